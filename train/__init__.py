@@ -1,0 +1,1 @@
+"""How a model is made: corpus, data pipeline, losses, trainer, checkpoints, configs."""
