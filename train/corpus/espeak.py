@@ -1,0 +1,249 @@
+"""eSpeak NG text-to-speech through ctypes: one process-wide engine, voices, and a voice split.
+
+Owns the binding to the shared library shipped by the PyPI package ``espeakng-loader`` (no apt, no
+subprocess), the list of English voices ``"accent+variant"`` and the deterministic split of those
+voices into training and held-out sets (whole variants are held out).
+
+The C library keeps global state, so the engine is initialised lazily once per process
+(``_engine()``); worker processes of a ``spawn`` pool each initialise their own copy.
+
+Header semantics (``speak_lib.h``): ``espeak_Initialize(output, buflength, path, options)`` returns
+the sample rate (22050 Hz); with ``AUDIO_OUTPUT_SYNCHRONOUS`` every call to ``espeak_Synth``
+returns after the whole text is synthesised, delivering int16 samples to the callback registered
+with ``espeak_SetSynthCallback``; the callback returns 0 to continue.
+
+References:
+    eSpeak NG, https://github.com/espeak-ng/espeak-ng (``src/include/espeak-ng/speak_lib.h``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import threading
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 16000
+"""Output sample rate of :func:`synthesize` in Hz."""
+
+ACCENTS = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
+"""English accents (language files under ``espeak-ng-data/lang/gmw``)."""
+
+# Variants left out. Every variant was measured on a phrase (duration, RMS, zero-crossing rate):
+# none is silent; these are left out as effect voices (heavy echo, robotic monotone) whose sound is
+# far from human speech, and "Mr serious" because its file name holds a space.
+_BAD_VARIANTS = frozenset({"Mr serious", "Demonic", "UniRobot", "anikaRobot"})
+
+# Accent names that eSpeak NG knows under another name ("en-gb" is the language file "en").
+_ACCENT_ALIASES = {"en-gb": "en"}
+
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_RATE, _PITCH, _RANGE = 1, 3, 4
+
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
+
+
+class _Engine:
+    """The process-wide eSpeak NG state: library handle, native rate, sample collector."""
+
+    def __init__(self) -> None:
+        import espeakng_loader
+
+        self.data_path = Path(espeakng_loader.get_data_path())
+        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_SetParameter.restype = ctypes.c_int
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_Synchronize.restype = ctypes.c_int
+        lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
+        path = str(self.data_path.parent).encode()  # the parent of espeak-ng-data
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, path, 0)
+        if rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed (returned {rate}) with data at {path!r}")
+        self.native_rate = int(rate)
+        self.lib = lib
+        self.chunks: list[np.ndarray] = []
+        self.callback = _SYNTH_CALLBACK(self._collect)  # keep a reference: C holds the pointer
+        lib.espeak_SetSynthCallback(self.callback)
+        self.lock = threading.Lock()
+
+    def _collect(self, wav, numsamples, events) -> int:
+        if numsamples > 0 and wav:
+            self.chunks.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).copy())
+        return 0
+
+
+_ENGINE: _Engine | None = None
+
+
+def _engine() -> _Engine:
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = _Engine()
+    return _ENGINE
+
+
+def synthesize(
+    text: str,
+    voice: str = "en-us",
+    rate_wpm: int = 160,
+    pitch: int = 50,
+    pitch_range: int = 50,
+) -> tuple[np.ndarray, int]:
+    """Speak ``text`` with an eSpeak NG voice.
+
+    Args:
+        text: words to speak (plain text, UTF-8).
+        voice: ``"accent"`` or ``"accent+variant"``, e.g. ``"en-us+m3"`` (see :func:`list_voices`).
+        rate_wpm: speaking rate in words per minute, 80..450.
+        pitch: base pitch 0..100 (eSpeak's default 50).
+        pitch_range: pitch range 0..100 (0 = monotone, default 50).
+
+    Returns:
+        ``(audio, 16000)``: ``audio`` is f32[N] in [-1, 1] at 16 kHz (resampled from the native
+        22050 Hz with a 320/441 polyphase filter), including eSpeak's own short silences.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text: expected a non-empty string, got {text!r}")
+    if not isinstance(voice, str) or not voice:
+        raise ValueError(f"voice: expected a name like 'en-us+m3', got {voice!r}")
+    if not 80 <= int(rate_wpm) <= 450:
+        raise ValueError(f"rate_wpm: expected 80..450, got {rate_wpm}")
+    for name, value in (("pitch", pitch), ("pitch_range", pitch_range)):
+        if not 0 <= int(value) <= 100:
+            raise ValueError(f"{name}: expected 0..100, got {value}")
+    eng = _engine()
+    with eng.lock:
+        accent, plus, variant = voice.partition("+")
+        name = _ACCENT_ALIASES.get(accent, accent) + plus + variant
+        if eng.lib.espeak_SetVoiceByName(name.encode()) != 0:
+            raise ValueError(f"voice: eSpeak NG does not know {voice!r}")
+        eng.lib.espeak_SetParameter(_RATE, int(rate_wpm), 0)
+        eng.lib.espeak_SetParameter(_PITCH, int(pitch), 0)
+        eng.lib.espeak_SetParameter(_RANGE, int(pitch_range), 0)
+        data = text.encode("utf-8")
+        buf = ctypes.create_string_buffer(data)
+        eng.chunks = []
+        err = eng.lib.espeak_Synth(
+            buf, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
+        )
+        eng.lib.espeak_Synchronize()
+        if err != 0:
+            raise RuntimeError(f"espeak_Synth failed with code {err} for {text!r}")
+        chunks, eng.chunks = eng.chunks, []
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    x = pcm.astype(np.float32) / 32768.0
+    if eng.native_rate != SAMPLE_RATE:
+        g = np.gcd(SAMPLE_RATE, eng.native_rate)
+        x = resample_poly(x, SAMPLE_RATE // g, eng.native_rate // g).astype(np.float32)
+    return np.clip(x, -1.0, 1.0), SAMPLE_RATE
+
+
+def _variants(data_path: Path) -> list[str]:
+    folder = data_path / "voices" / "!v"
+    names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return [n for n in names if " " not in n and n not in _BAD_VARIANTS]
+
+
+def list_voices(include_plain: bool = False) -> list[str]:
+    """All English voices ``"accent+variant"``: 8 accents x the usable variants of ``voices/!v``.
+
+    Args:
+        include_plain: also list the 8 accents without a variant.
+
+    Returns:
+        Sorted voice names (about 800).
+    """
+    variants = _variants(_engine().data_path)
+    voices = [f"{a}+{v}" for a in ACCENTS for v in variants]
+    if include_plain:
+        voices += list(ACCENTS)
+    return sorted(voices)
+
+
+def _stable_unit(key: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2.0**64
+
+
+def voice_variant(voice: str) -> str:
+    """The variant part of ``"accent+variant"`` (``""`` for a plain accent)."""
+    return voice.split("+", 1)[1] if "+" in voice else ""
+
+
+def variant_family(variant: str) -> str:
+    """Group near-identical variants: ``"iven3"``, ``"Mike"`` -> ``"iven"``, ``"mike"``; ``"m3"`` stays."""
+    stem = variant.lower().rstrip("0123456789")
+    return stem if len(stem) > 2 else variant.lower()
+
+
+def split_voices(
+    voices: list[str], heldout_fraction: float = 0.15, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Split voices into (train, held-out), holding out whole variants.
+
+    A variant is held out with all its accents, so a held-out variant never appears in training;
+    numbered copies of one variant (``klatt``..``klatt6``, ``iven``..``iven4``) are held out
+    together (:func:`variant_family`). The choice depends only on the names and ``seed``
+    (sha256), not on the list order. Plain accents (no variant) always go to training.
+
+    Args:
+        voices: names ``"accent+variant"``.
+        heldout_fraction: share of distinct variants held out, in (0, 1).
+        seed: changes which variants are held out.
+
+    Returns:
+        ``(train_voices, heldout_voices)``, each sorted, disjoint, together equal to ``voices``.
+    """
+    if not 0.0 < heldout_fraction < 1.0:
+        raise ValueError(f"heldout_fraction: expected in (0, 1), got {heldout_fraction}")
+    variants = sorted({voice_variant(v) for v in voices} - {""})
+    families: dict[str, list[str]] = {}
+    for v in variants:
+        families.setdefault(variant_family(v), []).append(v)
+    if len(families) < 2:
+        raise ValueError(f"voices: expected at least 2 distinct variant families, got {variants}")
+    target = max(1, round(heldout_fraction * len(variants)))
+    held: set[str] = set()
+    for fam in sorted(families, key=lambda f: _stable_unit(f, seed)):
+        if len(held) >= target or len(held) + len(families[fam]) >= len(variants):
+            break
+        held.update(families[fam])
+    train = sorted(v for v in voices if voice_variant(v) not in held)
+    heldout = sorted(v for v in voices if voice_variant(v) in held)
+    return train, heldout
+
+
+def default_voice_split(seed: int = 0) -> tuple[list[str], list[str]]:
+    """:func:`split_voices` of :func:`list_voices` with the default fraction."""
+    return split_voices(list_voices(), 0.15, seed)
