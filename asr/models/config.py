@@ -1,0 +1,84 @@
+"""Model hyperparameters: one frozen dataclass, one instance per size.
+
+`tiny` is the CPU demo, `small` the shipped on-device default, `large` the server-side teacher.
+Variants come from `dataclasses.replace`; the config is written into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "small"
+    n_mels: int = 80  # input feature dimension
+    subsample_channels: int = 64  # channels of the two stride-2 conv layers (4x in time)
+    d_model: int = 176  # encoder width
+    num_layers: int = 6  # transformer encoder layers
+    num_heads: int = 4  # attention heads
+    ff_dim: int = 704  # feed-forward hidden width
+    conv_kernel: int = 15  # depthwise causal conv in each layer (0 = none)
+    chunk_size: int = 8  # attention chunk, in encoder frames (40 ms each): 320 ms
+    left_chunks: int = 8  # chunks of left context each chunk sees (-1 = all)
+    dropout: float = 0.1  # dropout rate in training
+    predictor: str = "lstm"  # "lstm" or "stateless"
+    pred_dim: int = 256  # predictor embedding / hidden width
+    pred_layers: int = 1  # LSTM layers
+    context_size: int = 2  # tokens of history for the stateless predictor
+    joint_dim: int = 256  # joiner hidden width
+    vocab_size: int = 128  # tokens incl. blank (id 0) and unk (id 1)
+    blank_id: int = 0
+
+    def replace(self, **kw) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**d)
+
+
+CONFIGS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        name="tiny",
+        subsample_channels=32,
+        d_model=96,
+        num_layers=2,
+        num_heads=2,
+        ff_dim=256,
+        conv_kernel=7,
+        predictor="stateless",
+        pred_dim=96,
+        joint_dim=128,
+        vocab_size=64,
+    ),
+    "small": ModelConfig(name="small"),
+    "large": ModelConfig(
+        name="large",
+        subsample_channels=128,
+        d_model=384,
+        num_layers=12,
+        num_heads=6,
+        ff_dim=1536,
+        conv_kernel=31,
+        left_chunks=-1,
+        pred_dim=512,
+        pred_layers=2,
+        joint_dim=512,
+        vocab_size=256,
+    ),
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model size {name!r}; expected one of {sorted(CONFIGS)}")
+    return CONFIGS[name]
