@@ -1,0 +1,115 @@
+"""Finding and loading a trained model: `default`, a training work folder, or a model folder.
+
+A model folder holds `config.json` (the ModelConfig), `tokenizer.model` (sentencepiece bytes)
+and `params.msgpack` (flax msgpack of {'params', 'norm'}; float16 on disk, float32 in memory).
+A training work folder holds `config.json`, `tokenizer.model` and orbax `checkpoints/`; its
+newest checkpoint is loaded. `default` is the model folder shipped inside the package. Nothing
+is unpickled or executed on load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import serialization
+
+from asr.models.config import ModelConfig
+from asr.models.transducer import Transducer, build_model
+from asr.tokenizer import Tokenizer
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
+
+
+class ModelLoadError(ValueError):
+    """The model spec names nothing loadable, or the files are damaged."""
+
+
+@dataclass
+class LoadedModel:
+    model: Transducer
+    variables: dict  # {'params': ..., 'norm': {'mean', 'istd'}}
+    tokenizer: Tokenizer
+    config: ModelConfig
+    source: str  # where it was loaded from
+
+
+def _read_config(folder: Path) -> dict:
+    p = folder / "config.json"
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder}: no config.json; not a model or training folder") from None
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{p}: damaged config ({e})") from None
+
+
+def save_model_folder(folder: str | Path, config: ModelConfig, tokenizer: Tokenizer,
+                      variables: dict, dtype=np.float16, extra: dict | None = None) -> Path:
+    """Writes a self-contained inference model folder (see module docstring)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    small = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), variables)
+    (folder / "params.msgpack").write_bytes(serialization.msgpack_serialize(
+        jax.tree_util.tree_map(np.asarray, small)))
+    tokenizer.save(folder / "tokenizer.model")
+    meta = {"model": config.to_dict(), **(extra or {})}
+    (folder / "config.json").write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_model(spec: str | Path) -> LoadedModel:
+    """Loads `default`, a model folder or a training work folder (see module docstring)."""
+    folder = DEFAULT_MODEL_DIR if str(spec) == "default" else Path(spec)
+    if not folder.exists():
+        if str(spec) == "default":
+            raise ModelLoadError(f"the default model is not installed at {folder}")
+        raise ModelLoadError(f"{folder}: no such model folder")
+    if folder.is_file():
+        raise ModelLoadError(f"{folder}: expected a model folder (artifact files come later)")
+    meta = _read_config(folder)
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{folder}/config.json: bad model config ({e})") from None
+    try:
+        tokenizer = Tokenizer.load(folder / "tokenizer.model")
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError on damaged protos
+        raise ModelLoadError(f"{folder}/tokenizer.model: missing or damaged ({e})") from None
+    model = build_model(config)
+    if (folder / "params.msgpack").exists():
+        try:
+            raw = serialization.msgpack_restore((folder / "params.msgpack").read_bytes())
+        except Exception as e:
+            raise ModelLoadError(f"{folder}/params.msgpack: damaged ({e})") from None
+    elif (folder / "checkpoints").exists():
+        raw = _restore_orbax(folder / "checkpoints")
+    else:
+        raise ModelLoadError(f"{folder}: has neither params.msgpack nor checkpoints/")
+    variables = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), raw)
+    _check_shapes(model, variables, folder)
+    return LoadedModel(model, variables, tokenizer, config, str(folder))
+
+
+def _restore_orbax(path: Path) -> dict:
+    import orbax.checkpoint as ocp
+
+    mngr = ocp.CheckpointManager(path.absolute())
+    step = mngr.latest_step()
+    if step is None:
+        raise ModelLoadError(f"{path}: no checkpoint saved yet")
+    restored = mngr.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))
+    return dict(restored["model"])
+
+
+def _check_shapes(model: Transducer, variables: dict, folder: Path) -> None:
+    from asr.models.transducer import init_variables
+
+    want = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))
+    want_s = jax.tree_util.tree_map(lambda x: tuple(x.shape), want)
+    got_s = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), variables)
+    if want_s != got_s:
+        raise ModelLoadError(f"{folder}: parameters do not match config.json (damaged or mixed)")

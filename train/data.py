@@ -1,0 +1,208 @@
+"""Training data pipeline: manifests -> length-bucketed, fixed-shape batches, via grain.
+
+Each training step's batch is a pure function of (seed, step): the step's utterance indices
+come from a per-epoch plan (utterances grouped by length into buckets, shuffled, cut into
+batches whose size keeps the frame count near `frames_per_batch`), and each utterance's
+augmentation uses `np.random.default_rng((seed, step, slot))`. So a resumed run sees exactly the
+batches it would have seen, with no data-iterator state to checkpoint.
+
+Real speech is oversampled until it is at least `real_share` of the stream; since buckets are
+by length and real clips (digits, commands) are short, real speech is mixed into every batch of
+the short buckets, where most of the synthesized short requests and isolated words also land.
+
+Waveform augmentation (speed, pitch, vocal-tract length, reverberation, noise, gain, simulated
+8 kHz band) runs on the host in grain's reader threads; SpecAugment runs on the device inside
+the train step (`train.specaugment`).
+
+References: grain (github.com/google/grain), Ko et al. 2015 "Audio augmentation for speech
+recognition" (speed perturbation).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grain
+import numpy as np
+
+from asr.audio import AudioError, load_audio, resample
+from asr.features import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, log_mel
+from asr.text import normalize_text
+from asr.tokenizer import Tokenizer
+from train.configs import TrainConfig
+
+LABEL_ROUND = 8  # label buffers are padded to a multiple of this
+SPEED_MARGIN = 1.12  # speed perturbation can lengthen audio by up to 1/0.9
+
+
+def is_real(row: dict) -> bool:
+    """Synthesized utterances carry a `voice` (eSpeak voice) field; real speech does not."""
+    return "voice" not in row and not row.get("synthetic", False)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    frames: int  # padded feature frames
+    labels: int  # padded label length
+    batch: int  # utterances per batch
+    rows: tuple[int, ...]  # indices into the row list
+
+
+def make_buckets(
+    durations: Sequence[float], label_lens: Sequence[int], cfg: TrainConfig, margin: float
+) -> tuple[list[Bucket], int]:
+    """Groups utterances by padded length. Returns (buckets, number skipped as too long)."""
+    members: dict[int, list[int]] = {f: [] for f in cfg.bucket_frames}
+    skipped = 0
+    for i, d in enumerate(durations):
+        need = math.ceil(d * margin * SAMPLE_RATE / HOP_LENGTH) + 1
+        fit = [f for f in cfg.bucket_frames if f >= need]
+        if not fit or d > cfg.max_seconds:
+            skipped += 1
+            continue
+        members[fit[0]].append(i)
+    buckets = []
+    for f, rows in members.items():
+        if not rows:
+            continue
+        max_lab = max(max(label_lens[i] for i in rows), 1)
+        labels = LABEL_ROUND * math.ceil(max_lab / LABEL_ROUND)
+        batch = int(max(1, min(cfg.max_batch, cfg.frames_per_batch // f)))
+        buckets.append(Bucket(f, labels, batch, tuple(rows)))
+    return buckets, skipped
+
+
+class StepPlan(Sequence):
+    """plan[step] -> (step, bucket index, utterance indices): a grain MapDataset source."""
+
+    def __init__(self, buckets: list[Bucket], steps: int, seed: int, weights: np.ndarray):
+        self.buckets = buckets
+        self.steps = steps
+        self.seed = seed
+        self.weights = weights  # per-row repeat count (real-speech oversampling)
+        self.per_epoch = sum(
+            math.ceil(sum(int(weights[i]) for i in b.rows) / b.batch) for b in buckets
+        )
+        if self.per_epoch == 0:
+            raise ValueError("no training batches: every utterance was skipped or the data is empty")
+
+    def __len__(self) -> int:
+        return self.steps
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - two epochs are live at an epoch boundary
+    def _epoch(self, epoch: int) -> list[tuple[int, tuple[int, ...]]]:
+        rng = np.random.default_rng((self.seed, epoch, 7))
+        batches = []
+        for bi, b in enumerate(self.buckets):
+            rows = np.repeat(np.asarray(b.rows), [int(self.weights[i]) for i in b.rows])
+            rows = rng.permutation(rows)
+            n = math.ceil(len(rows) / b.batch)
+            rows = np.resize(rows, n * b.batch)  # wrap around to fill the last batch
+            batches += [(bi, tuple(int(r) for r in rows[k * b.batch : (k + 1) * b.batch]))
+                        for k in range(n)]
+        order = rng.permutation(len(batches))
+        return [batches[i] for i in order]
+
+    def __getitem__(self, step: int):
+        if not 0 <= step < self.steps:
+            raise IndexError(step)
+        bi, rows = self._epoch(step // self.per_epoch)[step % self.per_epoch]
+        return step, bi, rows
+
+
+class UtteranceLoader:
+    """Loads, augments and featurizes utterances; builds fixed-shape padded batches."""
+
+    def __init__(self, rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig,
+                 noise_bank=None, augment: bool = True):
+        self.rows = rows
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.noise_bank = noise_bank
+        self.augment = augment
+        self.labels = [tokenizer.encode(normalize_text(r["text"])) for r in rows]
+
+    def features(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
+        """f32[T, 80] features of row i, augmented when rng is given."""
+        x = load_audio(self.rows[i]["audio"])
+        if rng is not None and self.augment:
+            x = self._augment(x, rng)
+        return log_mel(x)
+
+    def _augment(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from train.augment import random_augment
+
+        if rng.random() < self.cfg.augment_prob:
+            x = random_augment(x, rng, self.noise_bank)
+        if rng.random() < self.cfg.narrowband_prob:
+            x = resample(resample(x, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)[: len(x)]
+        x = x * np.float32(10 ** (rng.uniform(-15, 10) / 20))  # gain, -15..+10 dB
+        return np.clip(x, -1.0, 1.0).astype(np.float32)
+
+    def batch(self, rows: Sequence[int], frames: int, labels: int,
+              rngs: Sequence[np.random.Generator | None]) -> dict[str, np.ndarray]:
+        """Padded batch: feats f32[B, frames, 80], feat_paddings f32[B, frames] (1.0 = pad),
+        labels int32[B, labels], label_paddings f32[B, labels]."""
+        b = len(rows)
+        feats = np.zeros((b, frames, 80), np.float32)
+        fpad = np.ones((b, frames), np.float32)
+        lab = np.zeros((b, labels), np.int32)
+        lpad = np.ones((b, labels), np.float32)
+        for k, (i, rng) in enumerate(zip(rows, rngs, strict=True)):
+            try:
+                f = self.features(i, rng)[:frames]
+            except AudioError:
+                continue  # an unreadable file gives an all-padding row (loss weight 0)
+            feats[k, : len(f)] = f
+            fpad[k, : len(f)] = 0.0
+            y = self.labels[i][:labels]
+            lab[k, : len(y)] = y
+            lpad[k, : len(y)] = 0.0
+        return {"feats": feats, "feat_paddings": fpad, "labels": lab, "label_paddings": lpad}
+
+
+def training_dataset(rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig, noise_bank,
+                     start_step: int = 0):
+    """grain IterDataset of batches for steps start_step..cfg.steps-1, and the bucket list."""
+    loader = UtteranceLoader(rows, tokenizer, cfg, noise_bank, augment=True)
+    durations = [float(r.get("duration") or 0.0) for r in rows]
+    buckets, skipped = make_buckets(durations, [len(y) for y in loader.labels], cfg, SPEED_MARGIN)
+    real = np.array([is_real(r) for r in rows])
+    weights = np.ones(len(rows), np.int64)
+    n_real, n_syn = int(real.sum()), int((~real).sum())
+    if n_real and n_syn and n_real / len(rows) < cfg.real_share:
+        rep = math.ceil(cfg.real_share * n_syn / ((1 - cfg.real_share) * n_real))
+        weights[real] = rep
+    plan = StepPlan(buckets, cfg.steps, cfg.seed, weights)
+
+    def load(item):
+        step, bi, idx = item
+        b = buckets[bi]
+        rngs = [np.random.default_rng((cfg.seed, step, k)) for k in range(len(idx))]
+        out = loader.batch(idx, b.frames, b.labels, rngs)
+        out["step"] = np.int64(step)
+        return out
+
+    ds = grain.MapDataset.source(plan)[start_step:].map(load)
+    opts = grain.ReadOptions(num_threads=cfg.data_threads, prefetch_buffer_size=4)
+    info = {"buckets": buckets, "skipped": skipped, "per_epoch": plan.per_epoch,
+            "real_repeat": int(weights.max()), "real": n_real, "synthetic": n_syn}
+    return ds.to_iter_dataset(opts), info
+
+
+def eval_batches(rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig, max_batch: int = 32):
+    """Unaugmented padded batches of `rows`, in order, with their row indices."""
+    loader = UtteranceLoader(rows, tokenizer, cfg, augment=False)
+    frames_of = [max(1, 1 + (int(float(r.get("duration") or 0) * SAMPLE_RATE) - WIN_LENGTH)
+                     // HOP_LENGTH) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: frames_of[i])
+    for s in range(0, len(order), max_batch):
+        idx = order[s : s + max_batch]
+        frames = max(frames_of[i] for i in idx)
+        frames = 64 * math.ceil(frames / 64)
+        labels = LABEL_ROUND * math.ceil(max(max(len(loader.labels[i]) for i in idx), 1)
+                                         / LABEL_ROUND)
+        yield idx, loader.batch(idx, frames, labels, [None] * len(idx))

@@ -1,0 +1,321 @@
+"""The trainer: plain functions over an explicit state; one jitted pure train step.
+
+  state = TrainState(step, params, opt_state, norm)
+  train_step(state, batch, rng) -> (state, metrics)     jitted once per batch shape, donated
+
+Killing training at any moment and running the same command again resumes from the newest
+orbax checkpoint: the batch of each step is a function of (seed, step) (`train.data`), the
+dropout and SpecAugment keys are `fold_in(seed key, step)`, and metric lines past the
+checkpoint are dropped on resume, so the resumed run is the run that would have happened.
+
+References: Loshchilov & Hutter 2019 (AdamW); Park et al. 2019 (SpecAugment);
+Graves 2012 (transducer loss, `train.loss`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from asr.features import log_mel
+from asr.model_io import save_model_folder
+from asr.models.config import get_config
+from asr.models.transducer import Transducer, build_model, count_params, init_variables
+from asr.text import normalize_text, word_error_rate
+from asr.tokenizer import Tokenizer
+from train.configs import TrainConfig
+from train.data import eval_batches, training_dataset
+from train.loss import rnnt_loss
+from train.specaugment import spec_augment
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32[] optimizer steps taken
+    params: Any  # model parameters
+    opt_state: Any  # optax state
+    norm: Any  # {'mean': f32[80], 'istd': f32[80]} feature normalization (not trained)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay; global-norm clipping; no decay on biases
+    and normalization scales."""
+    sched = make_lr(cfg)
+    mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim > 1, p)  # noqa: E731
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay, mask=mask),
+    )
+
+
+def loss_fn(params, norm, model: Transducer, batch, rng, train: bool):
+    """Mean per-utterance transducer loss over utterances that have frames."""
+    variables = {"params": params, "norm": norm}
+    rngs = {"dropout": rng} if train else {}
+    enc_p, enc_pad = model.apply(variables, batch["feats"], batch["feat_paddings"], train,
+                                 method=Transducer.encode, rngs=rngs)
+    b = batch["labels"].shape[0]
+    history = jnp.concatenate(
+        [jnp.full((b, 1), model.config.blank_id, jnp.int32), batch["labels"]], axis=1
+    )  # -> [B, U+1]: blank-prefixed label history
+    pred_p = model.apply(variables, history, train, method=Transducer.predict, rngs=rngs)
+
+    def joint_fn(e, p):
+        return model.apply(variables, e, p, method=Transducer.joint)
+
+    per_utt = rnnt_loss(joint_fn, enc_p, enc_pad, pred_p, batch["labels"],
+                        batch["label_paddings"], blank_id=model.config.blank_id)
+    valid = (jnp.sum(1.0 - enc_pad, axis=1) > 0).astype(jnp.float32)
+    loss = jnp.sum(per_utt * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+    return loss, {"loss": loss, "utterances": jnp.sum(valid)}
+
+
+def make_train_step(model: Transducer, cfg: TrainConfig, tx: optax.GradientTransformation):
+    def train_step(state: TrainState, batch, rng):
+        rng = jax.random.fold_in(rng, state.step)
+        k_spec, k_drop = jax.random.split(rng)
+        feats = spec_augment(k_spec, batch["feats"], batch["feat_paddings"],
+                             freq_masks=cfg.spec_freq_masks, freq_width=cfg.spec_freq_width,
+                             time_masks=cfg.spec_time_masks, time_ratio=cfg.spec_time_ratio)
+        use_spec = state.step >= cfg.spec_start_step
+        batch = dict(batch, feats=jnp.where(use_spec, feats, batch["feats"]))
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(
+            state.params, state.norm, model, batch, k_drop, True
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def feature_stats(rows: list[dict], n: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
+    """Mean and inverse std of log-mel features over up to n training utterances."""
+    from asr.audio import load_audio
+
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
+    feats = np.concatenate([log_mel(load_audio(rows[i]["audio"])) for i in idx])
+    return {"mean": feats.mean(0).astype(np.float32),
+            "istd": (1.0 / (feats.std(0) + 1e-3)).astype(np.float32)}
+
+
+@dataclass
+class Workdir:
+    root: Path
+
+    @property
+    def ckpt(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer.model"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def prepare_rows(rows: list[dict]) -> list[dict]:
+    """Fills in missing durations (soundfile header, no decode)."""
+    import soundfile as sf
+
+    out = []
+    for r in rows:
+        if not r.get("duration"):
+            info = sf.info(r["audio"])
+            r = dict(r, duration=info.frames / info.samplerate)
+        out.append(r)
+    return out
+
+
+def split_rows(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    """Training rows (split train or unset) and dev rows (split dev; else 2% held out)."""
+    train = [r for r in rows if r.get("split", "train") == "train"]
+    dev = [r for r in rows if r.get("split") == "dev"]
+    if not dev:
+        rng = np.random.default_rng(seed)
+        pick = set(rng.choice(len(train), size=max(1, len(train) // 50), replace=False).tolist())
+        dev = [r for i, r in enumerate(train) if i in pick]
+        train = [r for i, r in enumerate(train) if i not in pick]
+    return train, dev
+
+
+def evaluate(model: Transducer, variables, tokenizer: Tokenizer, rows: list[dict],
+             cfg: TrainConfig) -> dict:
+    """Greedy-decodes `rows` and returns {'wer', 'utterances'}."""
+    from asr.decoding import decoder_fns, greedy_search, strip
+
+    fns = decoder_fns(model, variables)
+    encode = jax.jit(lambda f, p: model.apply(variables, f, p, method=Transducer.encode))
+    hyps = [""] * len(rows)
+    for idx, batch in eval_batches(rows, tokenizer, cfg):
+        enc_p, enc_pad = encode(batch["feats"], batch["feat_paddings"])
+        toks, tpad, _ = greedy_search(fns, enc_p, enc_pad)
+        for i, t in zip(idx, strip(np.asarray(toks), np.asarray(tpad)), strict=True):
+            hyps[i] = tokenizer.decode(t)
+    res = word_error_rate([r["text"] for r in rows], hyps)
+    return {"wer": res["wer"], "utterances": len(rows)}
+
+
+def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: str | None = None,
+          progress: bool = True) -> dict:
+    """Trains (or resumes) in `workdir`; returns the final metrics.
+
+    Writes: config.json (recipe and model config), tokenizer.model, checkpoints/ (orbax),
+    metrics.jsonl, and model/ (an inference model folder, float16) at the end.
+    """
+    wd = Workdir(Path(workdir).absolute())
+    wd.root.mkdir(parents=True, exist_ok=True)
+    if wd.config.exists():  # resume: the recipe it started with wins
+        saved = json.loads(wd.config.read_text())
+        if TrainConfig.from_dict(saved["train"]) != cfg:
+            tqdm.write(f"{wd.root}: resuming with the recipe saved there (config.json)")
+        cfg = TrainConfig.from_dict(saved["train"])
+    rows = prepare_rows(rows)
+    train_rows, dev_rows = split_rows(rows, cfg.seed)
+    if not train_rows:
+        raise ValueError("no training utterances (all rows are dev/test?)")
+    dev_rows = dev_rows[: cfg.eval_utterances]
+
+    if wd.tokenizer.exists():
+        tokenizer = Tokenizer.load(wd.tokenizer)
+    else:
+        tokenizer = Tokenizer.train((normalize_text(r["text"]) for r in train_rows),
+                                    cfg.vocab_size)
+        _atomic_write(wd.tokenizer, tokenizer.model_proto)
+    mcfg = get_config(cfg.model).replace(vocab_size=tokenizer.vocab_size)
+    if not wd.config.exists():
+        meta = {"train": cfg.to_dict(), "model": mcfg.to_dict()}
+        _atomic_write(wd.config, json.dumps(meta, indent=2).encode())
+    model = build_model(mcfg)
+    tx = make_optimizer(cfg)
+
+    key = jax.random.PRNGKey(cfg.seed)
+    variables = init_variables(model, key)
+    state = TrainState(step=jnp.array(0, jnp.int32), params=variables["params"],
+                       opt_state=tx.init(variables["params"]), norm=variables["norm"])
+    mngr = ocp.CheckpointManager(
+        wd.ckpt, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    )
+    start = mngr.latest_step()
+    if start is not None:
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+        r = mngr.restore(start, args=ocp.args.Composite(
+            model=ocp.args.StandardRestore({"params": abstract.params, "norm": abstract.norm}),
+            train=ocp.args.StandardRestore({"step": abstract.step,
+                                            "opt_state": abstract.opt_state}),
+        ))
+        state = TrainState(step=r["train"]["step"], params=r["model"]["params"],
+                           opt_state=r["train"]["opt_state"], norm=r["model"]["norm"])
+        _truncate_metrics(wd.metrics, start)
+        tqdm.write(f"resumed from step {start}")
+    else:
+        start = 0
+        state = state.replace(norm=jax.tree_util.tree_map(jnp.asarray,
+                                                          feature_stats(train_rows, seed=cfg.seed)))
+
+    noise_bank = _noise_bank(noise_dir, cfg.seed)
+    ds, info = training_dataset(train_rows, tokenizer, cfg, noise_bank, start_step=start)
+    step_fn = make_train_step(model, cfg, tx)
+    n_params = count_params(state.params)
+    tqdm.write(f"model {mcfg.name}: {n_params / 1e6:.2f} M parameters, vocab {mcfg.vocab_size}; "
+               f"{info['synthetic']} synthesized + {info['real']} real utterances "
+               f"(real x{info['real_repeat']}), {info['skipped']} skipped as too long; "
+               f"{info['per_epoch']} steps per epoch; {len(dev_rows)} dev utterances")
+
+    def save(step: int) -> None:
+        mngr.save(step, args=ocp.args.Composite(
+            model=ocp.args.StandardSave({"params": state.params, "norm": state.norm}),
+            train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+        ))
+
+    last = {}
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
+               dynamic_ncols=True)
+    t0, frames_done = time.perf_counter(), 0
+    window: list[dict] = []
+    with open(wd.metrics, "a") as mf:
+        for batch in ds:
+            step = int(batch.pop("step"))
+            frames_done += int(np.sum(1.0 - batch["feat_paddings"]))
+            state, m = step_fn(state, batch, key)
+            window.append(m)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                m = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
+                window = []
+                dt = time.perf_counter() - t0
+                m.update(step=done, audio_s_per_s=frames_done * 0.01 / max(dt, 1e-9),
+                         lr=float(make_lr(cfg)(done)))
+                if not math.isfinite(m["loss"]):
+                    raise FloatingPointError(f"loss became {m['loss']} at step {done}")
+                mf.write(json.dumps(m) + "\n")
+                mf.flush()
+                bar.set_postfix(loss=f"{m['loss']:.3f}", audio_x=f"{m['audio_s_per_s']:.1f}")
+                last = m
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                ev = evaluate(model, {"params": state.params, "norm": state.norm}, tokenizer,
+                              dev_rows, cfg)
+                mf.write(json.dumps({"step": done, "dev_wer": ev["wer"]}) + "\n")
+                mf.flush()
+                tqdm.write(f"step {done}: dev WER {100 * ev['wer']:.2f}% on {ev['utterances']}")
+                last["dev_wer"] = ev["wer"]
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                save(done)
+            bar.update(1)
+    bar.close()
+    mngr.wait_until_finished()
+    variables = {"params": state.params, "norm": state.norm}
+    save_model_folder(wd.root / "model", mcfg, tokenizer, jax.device_get(variables),
+                      extra={"train": cfg.to_dict(), "steps": cfg.steps})
+    return last
+
+
+def make_lr(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warm-up to peak_lr, then cosine decay to end_lr at the last step."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.peak_lr, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1), cfg.end_lr
+    )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops metric lines written after checkpoint `step` (they will be produced again)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    _atomic_write(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def _noise_bank(noise_dir: str | None, seed: int):
+    from train.augment import NoiseBank
+
+    return NoiseBank(noise_dir, seed=seed) if noise_dir else NoiseBank(None, seed=seed)
+
+
+__all__ = ["TrainState", "evaluate", "make_optimizer", "make_train_step", "train"]
