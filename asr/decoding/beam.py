@@ -1,0 +1,186 @@
+"""Modified beam search for the transducer: batched, jitted, fixed-shape, with hypothesis merging.
+
+Owns `beam_search` and its loop state `BeamState`. "Modified" means at most one non-blank symbol
+per frame: every frame each of the K hypotheses either takes blank (stays as it is) or extends by
+one token, so a frame is one joint call and one predictor step over all B*K hypotheses. Candidates
+that spell the same token sequence are merged (log-add of their probabilities) before the top K
+are chosen, so each kept hypothesis scores the sum over its alignments (with at most one symbol
+per frame). Sequences are identified by a rolling int32 hash plus their length.
+
+References: Kang et al. 2023, "Fast and Parallel Decoding for Transducer" (one symbol per frame,
+batched over hypotheses); icefall `beam_search.py::modified_beam_search` (the algorithm; here a
+`lax.scan` over a fixed-shape state, as Flax `examples/wmt/decode.py` does for its beam search);
+Graves 2012 (merging prefixes by probability sum).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from asr.decoding.greedy import (
+    NEG,
+    DecoderFns,
+    check_encoder_outputs,
+    initial_predictor,
+    select_tree,
+)
+from asr.models.predictor import gather_state
+
+HASH_MULT = 1_000_003  # rolling hash: h(seq + [v]) = h(seq) * HASH_MULT + v + 1 (int32, wraps)
+
+
+class BeamState(NamedTuple):
+    """Loop state of `beam_search`; B utterances, K hypotheses each, L token slots."""
+
+    tokens: jax.Array  # int32[B, K, L]: hypothesis tokens, 0 past `lengths`
+    lengths: jax.Array  # int32[B, K]: tokens in each hypothesis
+    scores: jax.Array  # f32[B, K]: log-prob summed over merged alignments; ~NEG = dead
+    hashes: jax.Array  # int32[B, K]: rolling hash of tokens[..., :lengths]
+    pred_state: Any  # predictor state pytree, every leaf [B*K, ...] (row b*K + k)
+    pred_p: jax.Array  # f32[B*K, J]: predictor output after each hypothesis' last token
+
+
+def beam_search(
+    fns: DecoderFns,
+    enc_p: ArrayLike,
+    enc_paddings: ArrayLike,
+    beam: int = 4,
+    max_len: int | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Batched modified beam search.
+
+    Args:
+      fns: the model's predictor and joiner (`decoder_fns(model, variables)`).
+      enc_p: f32[B, T, J] projected encoder output (`Transducer.encode`).
+      enc_paddings: f32[B, T], 1.0 = padded frame (leaves every hypothesis unchanged).
+      beam: K, hypotheses kept per utterance.
+      max_len: token buffer length L >= 1; default T (enough: one symbol per frame at most).
+        Hypotheses whose buffer is full may only take blank.
+
+    Returns:
+      tokens int32[B, K, L] (0 past each length), token_paddings f32[B, K, L] (1.0 = padding),
+      scores f32[B, K]: log of the total probability of each token sequence over its alignments,
+      sorted best first. Scores near NEG (-1e9) mark dead slots, present only when fewer than K
+      distinct sequences are reachable.
+    """
+    check_encoder_outputs(enc_p, enc_paddings)
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    if max_len is None:
+        max_len = max(np.shape(enc_p)[1], 1)
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    return _beam_search(fns, enc_p, enc_paddings, int(beam), int(max_len))
+
+
+def _merge_duplicates(hashes: jax.Array, lengths: jax.Array, scores: jax.Array) -> jax.Array:
+    """Log-adds the scores of equal hypotheses into the first of them; the others get NEG.
+
+    hashes, lengths: int32[B, K]; scores f32[B, K] -> f32[B, K]. Only the dead copies of the empty
+    hypothesis at the start are ever equal (merging below keeps the beam distinct); kept so the
+    invariant holds for any initial state.
+    """
+    k = scores.shape[1]
+    same = (hashes[:, :, None] == hashes[:, None, :]) & (lengths[:, :, None] == lengths[:, None, :])
+    first = jnp.argmax(same, axis=2)  # -> [B, K]: index of the first equal hypothesis
+    is_first = first == jnp.arange(k)[None]
+    total = jax.nn.logsumexp(jnp.where(same, scores[:, None, :], NEG), axis=2)
+    return jnp.where(is_first, jnp.maximum(total, NEG), NEG)
+
+
+@functools.partial(jax.jit, static_argnames=("beam", "max_len"))
+def _beam_search(fns, enc_p, enc_paddings, beam, max_len):
+    enc_p = jnp.asarray(enc_p, jnp.float32)
+    b, _, je = enc_p.shape
+    k = beam
+    blank = fns.blank_id
+    pred_state, pred_p = initial_predictor(fns, b * k)
+    init = BeamState(
+        tokens=jnp.zeros((b, k, max_len), jnp.int32),
+        lengths=jnp.zeros((b, k), jnp.int32),
+        scores=jnp.full((b, k), NEG, jnp.float32).at[:, 0].set(0.0),
+        hashes=jnp.zeros((b, k), jnp.int32),
+        pred_state=pred_state,
+        pred_p=pred_p,
+    )
+    bi = jnp.arange(b)[:, None, None]  # batch index for [B, K, K] gathers
+    ki = jnp.arange(k)[None, :, None]  # hypothesis index i (rows of [B, K, K])
+    kj = jnp.arange(k)[None, None, :]  # hypothesis index j (columns of [B, K, K])
+
+    def frame(s: BeamState, xs):
+        enc_t, valid = xs  # f32[B, J], bool[B]
+        scores = _merge_duplicates(s.hashes, s.lengths, s.scores)
+        logits = fns.joint(
+            fns.variables,
+            jnp.broadcast_to(enc_t[:, None, :], (b, k, je)),
+            s.pred_p.reshape(b, k, -1),
+        )  # -> [B, K, V]
+        v_size = logits.shape[-1]
+        logp = jnp.maximum(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), NEG)
+        nonblank = jnp.arange(v_size) != blank  # -> [V]
+        cand = scores[:, :, None] + logp  # -> [B, K, V]
+        cand = jnp.where(nonblank & (s.lengths >= max_len)[:, :, None], NEG, cand)
+
+        # Merge: hypothesis i taking blank spells the same sequence as hypothesis j extended by
+        # i's last token when seq_j + [last_i] == seq_i. The blank candidate absorbs that one.
+        last = s.tokens[bi[..., 0], ki[..., 0], jnp.maximum(s.lengths - 1, 0)]  # -> [B, K]
+        ext_hash = s.hashes[:, None, :] * HASH_MULT + (last[:, :, None] + 1)  # -> [B, i, j]
+        match = (
+            (s.lengths[:, :, None] > 0)
+            & (s.lengths[:, None, :] + 1 == s.lengths[:, :, None])
+            & (ext_hash == s.hashes[:, :, None])
+        )  # -> [B, i, j]
+        ext_at = cand[bi, kj, last[:, :, None]]  # cand[b, j, last_i] -> [B, i, j]
+        absorbed = jax.nn.logsumexp(jnp.where(match, ext_at, NEG), axis=2)  # -> [B, i]
+        blank_sc = jnp.where(
+            jnp.any(match, axis=2), jnp.logaddexp(cand[:, :, blank], absorbed), cand[:, :, blank]
+        )
+        taken = jnp.einsum(
+            "bij,biv->bjv", match.astype(jnp.float32), jax.nn.one_hot(last, v_size)
+        )  # -> [B, j, V]: > 0 where cand[b, j, v] was absorbed
+        cand = jnp.where(taken > 0, NEG, cand).at[:, :, blank].set(blank_sc)
+
+        top, idx = jax.lax.top_k(cand.reshape(b, k * v_size), k)  # -> [B, K] each
+        src = idx // v_size  # -> [B, K]: parent hypothesis
+        tok = (idx % v_size).astype(jnp.int32)  # -> [B, K]: symbol taken
+        ext = tok != blank
+        tokens = jnp.take_along_axis(s.tokens, src[:, :, None], axis=1)
+        lengths = jnp.take_along_axis(s.lengths, src, axis=1)
+        hashes = jnp.take_along_axis(s.hashes, src, axis=1)
+        tokens = tokens.at[bi[..., 0], ki[..., 0], jnp.where(ext, lengths, max_len)].set(
+            tok, mode="drop"
+        )
+        flat_src = (jnp.arange(b)[:, None] * k + src).reshape(-1)  # -> [B*K]
+        ext_flat = ext.reshape(-1)
+        state_g = gather_state(s.pred_state, flat_src)
+        pred_p_g = s.pred_p[flat_src]
+        new_state, new_p = fns.pred_step(fns.variables, state_g, tok.reshape(-1))
+        new = BeamState(
+            tokens=tokens,
+            lengths=lengths + ext.astype(jnp.int32),
+            scores=jnp.maximum(top, NEG),
+            hashes=jnp.where(ext, hashes * HASH_MULT + tok + 1, hashes),
+            pred_state=select_tree(ext_flat, new_state, state_g),
+            pred_p=jnp.where(ext_flat[:, None], new_p, pred_p_g),
+        )
+        valid_flat = jnp.repeat(valid, k)
+        per_utt = (new.tokens, new.lengths, new.scores, new.hashes)
+        old_utt = (s.tokens, s.lengths, s.scores, s.hashes)
+        per_utt = select_tree(valid, per_utt, old_utt)
+        per_hyp = select_tree(valid_flat, (new.pred_state, new.pred_p), (s.pred_state, s.pred_p))
+        return BeamState(*per_utt, *per_hyp), None
+
+    xs = (jnp.swapaxes(enc_p, 0, 1), jnp.swapaxes(jnp.asarray(enc_paddings) < 0.5, 0, 1))
+    out, _ = jax.lax.scan(frame, init, xs)
+    order = jnp.argsort(-out.scores, axis=1, stable=True)  # -> [B, K] best first
+    tokens = jnp.take_along_axis(out.tokens, order[:, :, None], axis=1)
+    lengths = jnp.take_along_axis(out.lengths, order, axis=1)
+    scores = jnp.take_along_axis(out.scores, order, axis=1)
+    token_paddings = (jnp.arange(max_len)[None, None] >= lengths[:, :, None]).astype(jnp.float32)
+    return tokens, token_paddings, scores

@@ -1,0 +1,200 @@
+"""Greedy transducer decoding, batched and jitted, plus the callables every decoder runs on.
+
+Owns `DecoderFns` (the predictor and joiner as three pure functions of the model variables, so
+decoders are testable without a model), `decoder_fns` (builds it from a `Transducer`),
+`greedy_search`, and the host-side `strip` that turns padded token buffers into lists.
+
+Greedy search is a `lax.scan` over encoder frames; inside a frame a bounded `lax.while_loop`
+emits the argmax symbol while it is not blank, at most `max_symbols_per_frame` times. All shapes
+are fixed: tokens go into a [B, L] buffer with a per-utterance length counter.
+
+References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks" (greedy and beam
+decoding of the transducer); icefall `beam_search.py::greedy_search_batch` (the algorithm,
+rewritten here as a fixed-shape loop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+NEG = -1e9  # score of a dead hypothesis / forbidden candidate: large, finite (no inf - inf NaN)
+
+
+@flax.struct.dataclass
+class DecoderFns:
+    """The model as seen by a decoder. A pytree: `variables` is traced, the callables are static.
+
+    pred_init(variables, batch: int) -> state       pytree, every leaf with leading axis `batch`
+    pred_step(variables, state, tokens int32[N]) -> (state, pred_p f32[N, J])
+    joint(variables, enc_p f32[..., J], pred_p f32[..., J]) -> logits f32[..., V]
+
+    The initial predictor output is `pred_step(pred_init(B), blank)` (blank is the start symbol,
+    as in the training-time blank-prefixed history). Callables must be hashable and stable across
+    calls (module-level functions or frozen dataclasses) so jit caches hit; the variables are
+    ordinary arguments, so new weights do not retrace.
+    """
+
+    pred_init: Callable[..., Any] = flax.struct.field(pytree_node=False)
+    pred_step: Callable[..., Any] = flax.struct.field(pytree_node=False)
+    joint: Callable[..., Any] = flax.struct.field(pytree_node=False)
+    variables: Any = None
+    blank_id: int = flax.struct.field(pytree_node=False, default=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelMethod:
+    """`model.apply(variables, *args, method=Transducer.<name>)`, hashable by (model, name)."""
+
+    model: Any
+    name: str
+
+    def __call__(self, variables, *args):
+        return self.model.apply(variables, *args, method=getattr(type(self.model), self.name))
+
+
+def decoder_fns(model, variables) -> DecoderFns:
+    """DecoderFns of a `asr.models.transducer.Transducer` and its variables {'params', 'norm'}."""
+    return DecoderFns(
+        pred_init=_ModelMethod(model, "predictor_init"),
+        pred_step=_ModelMethod(model, "predict_step"),
+        joint=_ModelMethod(model, "joint"),
+        variables=variables,
+        blank_id=model.config.blank_id,
+    )
+
+
+def initial_predictor(fns: DecoderFns, batch: int):
+    """Predictor state and output after the start symbol: (state [batch, ...], f32[batch, J])."""
+    state = fns.pred_init(fns.variables, batch)
+    return fns.pred_step(fns.variables, state, jnp.full((batch,), fns.blank_id, jnp.int32))
+
+
+def select_tree(cond: jax.Array, new, old):
+    """Per-row `where` on two pytrees with leading axis N; cond: bool[N]."""
+
+    def pick(a, b):
+        return jnp.where(cond.reshape(cond.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+def check_encoder_outputs(enc_p: ArrayLike, enc_paddings: ArrayLike) -> None:
+    """Raises ValueError unless enc_p is f32[B, T, J] and enc_paddings f32[B, T]."""
+    if np.ndim(enc_p) != 3:
+        raise ValueError(f"enc_p must be [B, T, J], got shape {np.shape(enc_p)}")
+    if np.shape(enc_paddings) != np.shape(enc_p)[:2]:
+        raise ValueError(
+            f"enc_paddings must be [B, T] = {np.shape(enc_p)[:2]}, got {np.shape(enc_paddings)}"
+        )
+
+
+class _GreedyCarry(NamedTuple):
+    pred_state: Any  # predictor state pytree, leading axis B
+    pred_p: jax.Array  # f32[B, J]: predictor output after the last emitted token
+    tokens: jax.Array  # int32[B, L]: emitted tokens, 0 past `lengths`
+    lengths: jax.Array  # int32[B]: tokens emitted so far
+    scores: jax.Array  # f32[B]: sum of log-probs of every chosen symbol, blanks included
+
+
+def greedy_search(
+    fns: DecoderFns,
+    enc_p: ArrayLike,
+    enc_paddings: ArrayLike,
+    max_symbols_per_frame: int = 3,
+    max_len: int | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Batched greedy decoding.
+
+    Args:
+      fns: the model's predictor and joiner (`decoder_fns(model, variables)`).
+      enc_p: f32[B, T, J] projected encoder output (`Transducer.encode`).
+      enc_paddings: f32[B, T], 1.0 = padded frame (emits nothing, scores nothing).
+      max_symbols_per_frame: non-blank symbols one frame may emit before moving on.
+      max_len: token buffer length L; default T * max_symbols_per_frame (never overflows).
+        When the buffer is full, further non-blank argmaxes end their frame unwritten.
+
+    Returns:
+      tokens int32[B, L] (0 past each length), token_paddings f32[B, L] (1.0 = padding),
+      scores f32[B]: the sum of log-softmax of every chosen symbol on valid frames, blanks
+      included (a frame that hits max_symbols_per_frame ends without a blank).
+    """
+    check_encoder_outputs(enc_p, enc_paddings)
+    if max_symbols_per_frame < 1:
+        raise ValueError(f"max_symbols_per_frame must be >= 1, got {max_symbols_per_frame}")
+    if max_len is None:
+        max_len = np.shape(enc_p)[1] * max_symbols_per_frame
+    if max_len < 0:
+        raise ValueError(f"max_len must be >= 0, got {max_len}")
+    return _greedy_search(fns, enc_p, enc_paddings, int(max_symbols_per_frame), int(max_len))
+
+
+@functools.partial(jax.jit, static_argnames=("max_symbols", "max_len"))
+def _greedy_search(fns, enc_p, enc_paddings, max_symbols, max_len):
+    enc_p = jnp.asarray(enc_p, jnp.float32)
+    b = enc_p.shape[0]
+    rows = jnp.arange(b)
+    pred_state, pred_p = initial_predictor(fns, b)
+    init = _GreedyCarry(
+        pred_state=pred_state,
+        pred_p=pred_p,
+        tokens=jnp.zeros((b, max_len), jnp.int32),
+        lengths=jnp.zeros((b,), jnp.int32),
+        scores=jnp.zeros((b,), jnp.float32),
+    )
+
+    def frame(carry: _GreedyCarry, xs):
+        enc_t, valid = xs  # f32[B, J], bool[B]
+
+        def cond(loop):
+            i, active, _ = loop
+            return (i < max_symbols) & jnp.any(active)
+
+        def body(loop):
+            i, active, c = loop
+            logp = jax.nn.log_softmax(fns.joint(fns.variables, enc_t, c.pred_p), axis=-1)
+            k = jnp.argmax(logp, axis=-1).astype(jnp.int32)  # -> [B]
+            emit = active & (k != fns.blank_id)
+            write = emit & (c.lengths < max_len)
+            scores = c.scores + jnp.where(active, logp[rows, k], 0.0)
+            tokens = c.tokens.at[rows, jnp.where(write, c.lengths, max_len)].set(k, mode="drop")
+            new_state, new_p = fns.pred_step(fns.variables, c.pred_state, k)
+            c = _GreedyCarry(
+                pred_state=select_tree(write, new_state, c.pred_state),
+                pred_p=jnp.where(write[:, None], new_p, c.pred_p),
+                tokens=tokens,
+                lengths=c.lengths + write.astype(jnp.int32),
+                scores=scores,
+            )
+            return i + 1, write, c
+
+        _, _, carry = jax.lax.while_loop(cond, body, (jnp.int32(0), valid, carry))
+        return carry, None
+
+    xs = (jnp.swapaxes(enc_p, 0, 1), jnp.swapaxes(jnp.asarray(enc_paddings) < 0.5, 0, 1))
+    out, _ = jax.lax.scan(frame, init, xs)
+    token_paddings = (jnp.arange(max_len)[None] >= out.lengths[:, None]).astype(jnp.float32)
+    return out.tokens, token_paddings, out.scores
+
+
+def strip(tokens: ArrayLike, token_paddings: ArrayLike) -> list:
+    """Host side: int[..., L] tokens with f32[..., L] paddings -> nested lists of unpadded ids.
+
+    [B, L] gives list[list[int]]; [B, K, L] (beam output) gives list[list[list[int]]].
+    """
+    tokens, token_paddings = np.asarray(tokens), np.asarray(token_paddings)
+    if tokens.shape != token_paddings.shape:
+        raise ValueError(
+            f"tokens {tokens.shape} and token_paddings {token_paddings.shape} must match"
+        )
+    if tokens.ndim == 1:
+        return [int(t) for t in tokens[token_paddings < 0.5]]
+    return [strip(t, p) for t, p in zip(tokens, token_paddings, strict=True)]
