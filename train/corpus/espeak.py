@@ -54,8 +54,27 @@ _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _RATE, _PITCH, _RANGE = 1, 3, 4
 
+_EVENT_WORD = 1
+_EVENT_LIST_TERMINATED = 0
+
+
+class _Event(ctypes.Structure):
+    """``espeak_EVENT`` of speak_lib.h (the ``id`` union is 8 bytes)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # milliseconds from the start of the text
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),
+    ]
+
+
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
-    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
 )
 
 
@@ -93,6 +112,7 @@ class _Engine:
         self.native_rate = int(rate)
         self.lib = lib
         self.chunks: list[np.ndarray] = []
+        self.words: list[tuple[int, int]] = []  # (text_position 1-based, audio_position ms)
         self.callback = _SYNTH_CALLBACK(self._collect)  # keep a reference: C holds the pointer
         lib.espeak_SetSynthCallback(self.callback)
         self.lock = threading.Lock()
@@ -100,6 +120,11 @@ class _Engine:
     def _collect(self, wav, numsamples, events) -> int:
         if numsamples > 0 and wav:
             self.chunks.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).copy())
+        i = 0
+        while events and events[i].type != _EVENT_LIST_TERMINATED:
+            if events[i].type == _EVENT_WORD:
+                self.words.append((events[i].text_position, events[i].audio_position))
+            i += 1
         return 0
 
 
@@ -120,7 +145,19 @@ def synthesize(
     pitch: int = 50,
     pitch_range: int = 50,
 ) -> tuple[np.ndarray, int]:
-    """Speak ``text`` with an eSpeak NG voice.
+    """Speak ``text`` with an eSpeak NG voice: :func:`synthesize_words` without word times."""
+    audio, sr, _ = synthesize_words(text, voice, rate_wpm, pitch, pitch_range)
+    return audio, sr
+
+
+def synthesize_words(
+    text: str,
+    voice: str = "en-us",
+    rate_wpm: int = 160,
+    pitch: int = 50,
+    pitch_range: int = 50,
+) -> tuple[np.ndarray, int, list[tuple[int, float]]]:
+    """Speak ``text`` with an eSpeak NG voice, with the start time of each word.
 
     Args:
         text: words to speak (plain text, UTF-8).
@@ -130,8 +167,10 @@ def synthesize(
         pitch_range: pitch range 0..100 (0 = monotone, default 50).
 
     Returns:
-        ``(audio, 16000)``: ``audio`` is f32[N] in [-1, 1] at 16 kHz (resampled from the native
-        22050 Hz with a 320/441 polyphase filter), including eSpeak's own short silences.
+        ``(audio, 16000, words)``: ``audio`` is f32[N] in [-1, 1] at 16 kHz (resampled from the
+        native 22050 Hz with a 320/441 polyphase filter), including eSpeak's own short silences;
+        ``words`` lists ``(character offset in text, start in seconds)`` of each word, from
+        eSpeak's word events.
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text: expected a non-empty string, got {text!r}")
@@ -153,7 +192,7 @@ def synthesize(
         eng.lib.espeak_SetParameter(_RANGE, int(pitch_range), 0)
         data = text.encode("utf-8")
         buf = ctypes.create_string_buffer(data)
-        eng.chunks = []
+        eng.chunks, eng.words = [], []
         err = eng.lib.espeak_Synth(
             buf, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None
         )
@@ -161,12 +200,14 @@ def synthesize(
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed with code {err} for {text!r}")
         chunks, eng.chunks = eng.chunks, []
+        words = [(pos - 1, ms / 1000.0) for pos, ms in eng.words]
+        eng.words = []
     pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
     x = pcm.astype(np.float32) / 32768.0
     if eng.native_rate != SAMPLE_RATE:
         g = np.gcd(SAMPLE_RATE, eng.native_rate)
         x = resample_poly(x, SAMPLE_RATE // g, eng.native_rate // g).astype(np.float32)
-    return np.clip(x, -1.0, 1.0), SAMPLE_RATE
+    return np.clip(x, -1.0, 1.0), SAMPLE_RATE, words
 
 
 def _variants(data_path: Path) -> list[str]:
