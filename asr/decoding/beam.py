@@ -79,19 +79,19 @@ def beam_search(
     return _beam_search(fns, enc_p, enc_paddings, int(beam), int(max_len))
 
 
-def _merge_duplicates(hashes: jax.Array, lengths: jax.Array, scores: jax.Array) -> jax.Array:
+def _merge_duplicates(hashes: jax.Array, lengths: jax.Array, scores: jax.Array):
     """Log-adds the scores of equal hypotheses into the first of them; the others get NEG.
 
-    hashes, lengths: int32[B, K]; scores f32[B, K] -> f32[B, K]. Only the dead copies of the empty
-    hypothesis at the start are ever equal (merging below keeps the beam distinct); kept so the
-    invariant holds for any initial state.
+    hashes, lengths: int32[B, K]; scores f32[B, K] -> (scores f32[B, K], is_first bool[B, K]).
+    Equal hypotheses come from dead slots filled with copies (at the start every slot is the
+    empty sequence, and while fewer than K sequences are reachable); live ones stay distinct.
     """
     k = scores.shape[1]
     same = (hashes[:, :, None] == hashes[:, None, :]) & (lengths[:, :, None] == lengths[:, None, :])
     first = jnp.argmax(same, axis=2)  # -> [B, K]: index of the first equal hypothesis
     is_first = first == jnp.arange(k)[None]
     total = jax.nn.logsumexp(jnp.where(same, scores[:, None, :], NEG), axis=2)
-    return jnp.where(is_first, jnp.maximum(total, NEG), NEG)
+    return jnp.where(is_first, jnp.maximum(total, NEG), NEG), is_first
 
 
 @functools.partial(jax.jit, static_argnames=("beam", "max_len"))
@@ -115,7 +115,7 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len):
 
     def frame(s: BeamState, xs):
         enc_t, valid = xs  # f32[B, J], bool[B]
-        scores = _merge_duplicates(s.hashes, s.lengths, s.scores)
+        scores, is_first = _merge_duplicates(s.hashes, s.lengths, s.scores)
         logits = fns.joint(
             fns.variables,
             jnp.broadcast_to(enc_t[:, None, :], (b, k, je)),
@@ -131,8 +131,10 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len):
         # i's last token when seq_j + [last_i] == seq_i. The blank candidate absorbs that one.
         last = s.tokens[bi[..., 0], ki[..., 0], jnp.maximum(s.lengths - 1, 0)]  # -> [B, K]
         ext_hash = s.hashes[:, None, :] * HASH_MULT + (last[:, :, None] + 1)  # -> [B, i, j]
+        # Only the first copy of a hypothesis may absorb (else the mass would be counted twice).
         match = (
-            (s.lengths[:, :, None] > 0)
+            is_first[:, :, None]
+            & (s.lengths[:, :, None] > 0)
             & (s.lengths[:, None, :] + 1 == s.lengths[:, :, None])
             & (ext_hash == s.hashes[:, :, None])
         )  # -> [B, i, j]

@@ -1,0 +1,257 @@
+"""Tests of asr.decoding: greedy and modified beam search against NumPy references.
+
+A fake model whose joint logits are a table indexed by (frame, last token) gives exact
+references: greedy against a NumPy greedy loop, beam search (with a beam holding every sequence)
+against a brute-force sum over all one-symbol-per-frame alignments. A tiny random Transducer
+checks batched against one by one, beam=1 against greedy, ordering, uniqueness and no retracing.
+
+References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks"; Kang et al. 2023,
+"Fast and Parallel Decoding for Transducer".
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asr.decoding import NEG, DecoderFns, beam_search, decoder_fns, greedy_search, strip
+from asr.models.config import get_config
+from asr.models.transducer import Transducer, build_model, init_variables
+
+# ---- fake model: logits = table[t, last token]; enc_p = one_hot(t), pred_p = one_hot(last) ----
+
+
+def _fake_init(variables, batch):
+    return jnp.zeros((batch,), jnp.int32)  # state: last token (blank = start)
+
+
+def _fake_step(variables, state, tokens):
+    return tokens.astype(jnp.int32), jax.nn.one_hot(tokens, variables["table"].shape[-1])
+
+
+def _fake_joint(variables, enc_p, pred_p):
+    return jnp.einsum("...t,...u,tuv->...v", enc_p, pred_p, variables["table"])
+
+
+def fake_fns(table: np.ndarray, joint=_fake_joint) -> DecoderFns:
+    """table f32[T, V, V]: logits at frame t after last token u."""
+    return DecoderFns(_fake_init, _fake_step, joint, {"table": jnp.asarray(table, jnp.float32)})
+
+
+def fake_enc(batch: int, lengths: list[int], t: int):
+    enc_p = jnp.broadcast_to(jnp.eye(t), (batch, t, t))
+    paddings = (np.arange(t)[None] >= np.asarray(lengths)[:, None]).astype(np.float32)
+    return enc_p, jnp.asarray(paddings)
+
+
+def log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def np_greedy(table, n_frames, max_symbols):
+    last, out, score = 0, [], 0.0
+    for t in range(n_frames):
+        for _ in range(max_symbols):
+            lp = log_softmax(table[t, last])
+            k = int(np.argmax(lp))
+            score += lp[k]
+            if k == 0:
+                break
+            out.append(k)
+            last = k
+    return out, score
+
+
+def np_sequence_scores(table, n_frames):
+    """Brute force: {token sequence: log sum over its alignments}, one symbol per frame."""
+    v = table.shape[-1]
+    total: dict[tuple, float] = {}
+    for choice in itertools.product(range(v), repeat=n_frames):
+        last, lp = 0, 0.0
+        for t, c in enumerate(choice):
+            lp += log_softmax(table[t, last])[c]
+            if c != 0:
+                last = c
+        seq = tuple(c for c in choice if c != 0)
+        total[seq] = np.logaddexp(total.get(seq, -np.inf), lp)
+    return total
+
+
+def test_greedy_recovers_known_path():
+    t, v = 4, 5
+    table = np.zeros((t, v, v), np.float32)
+    table[:, :, 0] = 5.0  # blank unless told otherwise
+    table[0, 0, 1] = table[0, 1, 2] = 10.0  # frame 0: 1, 2, then blank
+    table[2, 2, 3] = 10.0  # frame 2: 3, then blank
+    enc_p, pads = fake_enc(1, [t], t)
+    tokens, token_pads, score = greedy_search(fake_fns(table), enc_p, pads, max_symbols_per_frame=3)
+    assert strip(tokens, token_pads) == [[1, 2, 3]]
+    assert tokens.shape == (1, t * 3) and tokens.dtype == jnp.int32
+    np.testing.assert_allclose(score, [np_greedy(table, t, 3)[1]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("max_symbols", [1, 2, 3])
+def test_greedy_matches_numpy_reference(max_symbols):
+    rng = np.random.default_rng(max_symbols)
+    t, v = 6, 5
+    table = rng.normal(size=(t, v, v)).astype(np.float32) * 2.0
+    lengths = [6, 4, 0]
+    enc_p, pads = fake_enc(3, lengths, t)
+    tokens, token_pads, scores = greedy_search(fake_fns(table), enc_p, pads, max_symbols)
+    for b, n in enumerate(lengths):
+        ref, ref_score = np_greedy(table, n, max_symbols)
+        assert strip(tokens, token_pads)[b] == ref
+        np.testing.assert_allclose(scores[b], ref_score, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_max_len_truncates():
+    t, v = 3, 4
+    table = np.zeros((t, v, v), np.float32)
+    table[:, :, 2] = 10.0  # always emit 2
+    enc_p, pads = fake_enc(1, [t], t)
+    tokens, token_pads, _ = greedy_search(fake_fns(table), enc_p, pads, 3, max_len=4)
+    assert tokens.shape == (1, 4)
+    assert strip(tokens, token_pads) == [[2, 2, 2, 2]]
+
+
+def test_beam_equals_brute_force_over_alignments():
+    rng = np.random.default_rng(0)
+    t, v = 4, 3
+    table = (rng.normal(size=(t, v, v)) * 1.5).astype(np.float32)
+    n_seqs = sum((v - 1) ** n for n in range(t + 1))  # every sequence fits in the beam: 31
+    lengths = [4, 3]
+    enc_p, pads = fake_enc(2, lengths, t)
+    tokens, token_pads, scores = beam_search(fake_fns(table), enc_p, pads, beam=n_seqs)
+    assert tokens.shape == (2, n_seqs, t) and scores.shape == (2, n_seqs)
+    hyps = strip(tokens, token_pads)
+    for b, n in enumerate(lengths):
+        ref = np_sequence_scores(table, n)
+        ref_sorted = sorted(ref.items(), key=lambda kv: -kv[1])
+        live = np.asarray(scores[b]) > NEG / 2
+        assert live.sum() == len(ref)
+        got = {tuple(h): float(s) for h, s, ok in zip(hyps[b], scores[b], live, strict=True) if ok}
+        assert set(got) == set(ref)
+        for seq, lp in ref.items():
+            np.testing.assert_allclose(got[seq], lp, rtol=1e-5, atol=1e-5)
+        assert tuple(hyps[b][0]) == ref_sorted[0][0]  # the best by merged probability
+        # (total probability of all sequences is 1)
+        np.testing.assert_allclose(jax.nn.logsumexp(scores[b][live]), 0.0, atol=1e-5)
+
+
+def test_beam_small_beam_best_is_exact_for_peaked_table():
+    rng = np.random.default_rng(1)
+    t, v = 5, 4
+    table = (rng.normal(size=(t, v, v)) * 4.0).astype(np.float32)
+    enc_p, pads = fake_enc(1, [t], t)
+    tokens, token_pads, scores = beam_search(fake_fns(table), enc_p, pads, beam=8)
+    ref = np_sequence_scores(table, t)
+    best = max(ref, key=ref.get)
+    assert tuple(strip(tokens, token_pads)[0][0]) == best
+    assert float(scores[0, 0]) <= ref[best] + 1e-5  # pruning can only lose alignments
+
+
+def test_beam_one_equals_greedy_one_symbol_on_fake():
+    rng = np.random.default_rng(2)
+    t, v = 7, 6
+    table = (rng.normal(size=(t, v, v)) * 2.0).astype(np.float32)
+    enc_p, pads = fake_enc(2, [7, 5], t)
+    g_tok, g_pad, g_sc = greedy_search(fake_fns(table), enc_p, pads, max_symbols_per_frame=1)
+    b_tok, b_pad, b_sc = beam_search(fake_fns(table), enc_p, pads, beam=1)
+    assert strip(g_tok, g_pad) == [h[0] for h in strip(b_tok, b_pad)]
+    np.testing.assert_allclose(g_sc, b_sc[:, 0], rtol=1e-5)
+
+
+class _CountingJoint:
+    """A fake joint that counts how often it is traced (called outside jit it is not used)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, variables, enc_p, pred_p):
+        self.calls += 1
+        return _fake_joint(variables, enc_p, pred_p)
+
+
+def test_no_retrace_on_same_shapes():
+    rng = np.random.default_rng(3)
+    t, v = 5, 4
+    joint = _CountingJoint()
+    enc_p, pads = fake_enc(2, [5, 3], t)
+    for search, kw in ((greedy_search, {"max_symbols_per_frame": 2}), (beam_search, {"beam": 3})):
+        table = rng.normal(size=(t, v, v)).astype(np.float32)
+        search(fake_fns(table, joint), enc_p, pads, **kw)
+        traced = joint.calls
+        assert traced > 0
+        table2 = rng.normal(size=(t, v, v)).astype(np.float32)  # new weights, same shapes
+        out = search(fake_fns(table2, joint), enc_p, 1.0 - (1.0 - pads), **kw)
+        jax.block_until_ready(out)
+        assert joint.calls == traced
+
+
+def test_bad_inputs_raise():
+    table = np.zeros((3, 4, 4), np.float32)
+    enc_p, pads = fake_enc(1, [3], 3)
+    with pytest.raises(ValueError, match="enc_p"):
+        greedy_search(fake_fns(table), enc_p[0], pads)
+    with pytest.raises(ValueError, match="enc_paddings"):
+        beam_search(fake_fns(table), enc_p, pads[:, :2])
+    with pytest.raises(ValueError, match="beam"):
+        beam_search(fake_fns(table), enc_p, pads, beam=0)
+    with pytest.raises(ValueError, match="max_symbols"):
+        greedy_search(fake_fns(table), enc_p, pads, max_symbols_per_frame=0)
+
+
+# ---- a tiny random Transducer ----
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = build_model(get_config("tiny").replace(vocab_size=16))
+    variables = jax.jit(lambda rng: init_variables(model, rng))(jax.random.PRNGKey(0))
+    feats = jax.random.normal(jax.random.PRNGKey(1), (3, 64, model.config.n_mels))
+    feat_pads = (np.arange(64)[None] >= np.array([64, 44, 28])[:, None]).astype(np.float32)
+    encode = jax.jit(lambda v, x, p: model.apply(v, x, p, method=Transducer.encode))
+    enc_p, enc_pads = encode(variables, feats, feat_pads)
+    lengths = [int(n) for n in np.sum(np.asarray(enc_pads) < 0.5, axis=1)]
+    assert len(set(lengths)) == 3, lengths  # variable lengths
+    return decoder_fns(model, variables), enc_p, enc_pads, lengths
+
+
+def test_greedy_batched_equals_one_by_one(tiny):
+    fns, enc_p, enc_pads, lengths = tiny
+    tokens, token_pads, scores = greedy_search(fns, enc_p, enc_pads, max_symbols_per_frame=2)
+    hyps = strip(tokens, token_pads)
+    assert any(hyps), "random model emitted nothing: test would be vacuous"
+    for b, n in enumerate(lengths):
+        t1, p1, s1 = greedy_search(fns, enc_p[b : b + 1, :n], enc_pads[b : b + 1, :n], 2)
+        assert strip(t1, p1)[0] == hyps[b]
+        np.testing.assert_allclose(s1[0], scores[b], rtol=1e-4, atol=1e-4)
+
+
+def test_beam_batched_equals_one_by_one(tiny):
+    fns, enc_p, enc_pads, lengths = tiny
+    tokens, token_pads, scores = beam_search(fns, enc_p, enc_pads, beam=4)
+    hyps = strip(tokens, token_pads)
+    for b, n in enumerate(lengths):
+        t1, p1, s1 = beam_search(fns, enc_p[b : b + 1, :n], enc_pads[b : b + 1, :n], beam=4)
+        assert strip(t1, p1)[0] == hyps[b]
+        np.testing.assert_allclose(s1[0], scores[b], rtol=1e-4, atol=1e-4)
+
+
+def test_beam_sorted_distinct_and_beam_one_is_greedy(tiny):
+    fns, enc_p, enc_pads, _ = tiny
+    tokens, token_pads, scores = beam_search(fns, enc_p, enc_pads, beam=4)
+    scores = np.asarray(scores)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    assert np.all(scores > NEG / 2)  # plenty of distinct sequences: no dead slots
+    for hyps in strip(tokens, token_pads):
+        assert len({tuple(h) for h in hyps}) == len(hyps), hyps
+    g_tok, g_pad, g_sc = greedy_search(fns, enc_p, enc_pads, max_symbols_per_frame=1)
+    b_tok, b_pad, b_sc = beam_search(fns, enc_p, enc_pads, beam=1)
+    assert strip(g_tok, g_pad) == [h[0] for h in strip(b_tok, b_pad)]
+    np.testing.assert_allclose(g_sc, b_sc[:, 0], rtol=1e-5, atol=1e-5)
