@@ -105,6 +105,9 @@ class _Engine:
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Synchronize.restype = ctypes.c_int
         lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        self.libc = ctypes.CDLL(None)  # eSpeak NG also draws from the C library's rand()
+        self.libc.srand.argtypes = [ctypes.c_uint]
         path = str(self.data_path.parent).encode()  # the parent of espeak-ng-data
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, path, 0)
         if rate <= 0:
@@ -144,9 +147,10 @@ def synthesize(
     rate_wpm: int = 160,
     pitch: int = 50,
     pitch_range: int = 50,
+    seed: int = 0,
 ) -> tuple[np.ndarray, int]:
     """Speak ``text`` with an eSpeak NG voice: :func:`synthesize_words` without word times."""
-    audio, sr, _ = synthesize_words(text, voice, rate_wpm, pitch, pitch_range)
+    audio, sr, _ = synthesize_words(text, voice, rate_wpm, pitch, pitch_range, seed)
     return audio, sr
 
 
@@ -156,6 +160,7 @@ def synthesize_words(
     rate_wpm: int = 160,
     pitch: int = 50,
     pitch_range: int = 50,
+    seed: int = 0,
 ) -> tuple[np.ndarray, int, list[tuple[int, float]]]:
     """Speak ``text`` with an eSpeak NG voice, with the start time of each word.
 
@@ -165,6 +170,7 @@ def synthesize_words(
         rate_wpm: speaking rate in words per minute, 80..450.
         pitch: base pitch 0..100 (eSpeak's default 50).
         pitch_range: pitch range 0..100 (0 = monotone, default 50).
+        seed: seed of eSpeak NG's random noise sources; the same arguments give the same samples.
 
     Returns:
         ``(audio, 16000, words)``: ``audio`` is f32[N] in [-1, 1] at 16 kHz (resampled from the
@@ -190,6 +196,10 @@ def synthesize_words(
         eng.lib.espeak_SetParameter(_RATE, int(rate_wpm), 0)
         eng.lib.espeak_SetParameter(_PITCH, int(pitch), 0)
         eng.lib.espeak_SetParameter(_RANGE, int(pitch_range), 0)
+        # eSpeak NG's noise sources draw random numbers: seed them so the output depends only on
+        # the arguments, not on what was synthesized before in this process.
+        eng.lib.espeak_ng_SetRandSeed(int(seed))
+        eng.libc.srand(int(seed) & 0xFFFFFFFF)
         data = text.encode("utf-8")
         buf = ctypes.create_string_buffer(data)
         eng.chunks, eng.words = [], []

@@ -1,0 +1,132 @@
+"""Tests of eSpeak NG synthesis, the voice split and the synthetic corpus (determinism, resume)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from train.corpus import espeak, loaders, synth
+from train.corpus import names as name_pool
+
+
+def test_synthesize_short_phrase():
+    x, sr = espeak.synthesize("turn on the lights", "en-us+m3", 160, 50, 50)
+    assert sr == 16000 and x.dtype == np.float32 and x.ndim == 1
+    assert 0.5 < x.size / sr < 2.5
+    assert np.sqrt(np.mean(x**2)) > 0.01 and np.all(np.abs(x) <= 1)
+
+
+def test_word_times_are_increasing():
+    x, sr, words = espeak.synthesize_words("computer play some jazz", "en-gb+f2", 150)
+    assert [p for p, _ in words] == [0, 9, 14, 19]
+    times = [t for _, t in words]
+    assert times == sorted(times) and times[-1] < x.size / sr
+
+
+def test_voices_differ():
+    a, _ = espeak.synthesize("call mom", "en-us+m1")
+    b, _ = espeak.synthesize("call mom", "en-gb-scotland+f3")
+    assert a.shape != b.shape or not np.allclose(a, b)
+
+
+def test_rate_changes_duration():
+    slow, _ = espeak.synthesize("set a timer for ten minutes", "en-us", 110)
+    fast, _ = espeak.synthesize("set a timer for ten minutes", "en-us", 220)
+    assert slow.size > 1.5 * fast.size
+
+
+def test_synthesize_validates():
+    with pytest.raises(ValueError, match="text"):
+        espeak.synthesize("  ")
+    with pytest.raises(ValueError, match="rate_wpm"):
+        espeak.synthesize("hi", rate_wpm=10)
+    with pytest.raises(ValueError, match="pitch"):
+        espeak.synthesize("hi", pitch=200)
+
+
+def test_list_and_split_voices():
+    voices = espeak.list_voices()
+    assert len(voices) >= 700 and "en-us+m3" in voices and "en-gb+whisper" in voices
+    train, held = espeak.split_voices(voices, 0.15, seed=0)
+    assert not set(train) & set(held) and set(train) | set(held) == set(voices)
+    held_variants = {espeak.voice_variant(v) for v in held}
+    train_variants = {espeak.voice_variant(v) for v in train}
+    assert not held_variants & train_variants
+    assert not {espeak.variant_family(v) for v in held_variants} & {
+        espeak.variant_family(v) for v in train_variants
+    }
+    assert 0.1 <= len(held) / len(voices) <= 0.25
+    assert espeak.split_voices(list(reversed(voices)), 0.15, 0) == (train, held)
+    assert espeak.split_voices(voices, 0.15, 1) != (train, held)
+    with pytest.raises(ValueError, match="heldout_fraction"):
+        espeak.split_voices(voices, 1.5)
+
+
+def _corpus(tmp_path, name="c"):
+    return synth.synthesize_corpus(
+        tmp_path / name, hours=0.005, seed=3, workers=1, heldout_test_hours=0.0, progress=False
+    )
+
+
+def test_synthesize_corpus_fields_splits_and_determinism(tmp_path):
+    manifest = _corpus(tmp_path, "a")
+    rows = loaders.read_manifest(manifest)
+    n_train_dev, n_test = synth.plan_counts(0.005, 0.0)
+    assert len(rows) == n_train_dev + n_test and n_test == 50
+    _, held_voices = espeak.default_voice_split()
+    held_names = {w for n in name_pool.HELDOUT_NAMES for w in n.split()}
+    train_names = {w for n in name_pool.TRAIN_NAMES for w in n.split()}
+    for r in rows:
+        x, sr = sf.read(r["audio"], dtype="float32")
+        info = sf.info(r["audio"])
+        assert sr == 16000 and info.subtype == "PCM_16" and info.format == "FLAC"
+        assert r["duration"] == pytest.approx(x.size / sr)
+        assert 0 < r["speech_start"] < r["speech_end"] <= r["duration"]
+        assert r["text"] == " ".join(r["text"].split()) and r["text"].islower()
+        assert 1 <= len(r["context"]) <= 5
+        if "wake_word_end" in r:
+            assert r["text"].startswith("computer ")
+            assert r["speech_start"] < r["wake_word_end"] < r["speech_end"]
+        ctx_words = {w for c in r["context"] for w in c.split()}
+        if r["split"] == "test":
+            assert r["speaker"] in held_voices
+            assert ctx_words <= held_names
+        else:
+            assert r["speaker"] not in held_voices
+            assert ctx_words <= train_names
+    assert {r["split"] for r in rows} >= {"train", "test"}
+    for split in loaders.SPLITS:
+        part = loaders.read_manifest(manifest.parent / f"{split}.jsonl")
+        assert all(r["split"] == split for r in part)
+    # relative paths in the file
+    first = (manifest.parent / "all.jsonl").read_text().splitlines()[0]
+    assert '"audio": "audio/' in first
+
+    again = loaders.read_manifest(_corpus(tmp_path, "b"))
+    assert [r["text"] for r in again] == [r["text"] for r in rows]
+    for r1, r2 in zip(rows[:20], again[:20], strict=True):
+        np.testing.assert_array_equal(sf.read(r1["audio"])[0], sf.read(r2["audio"])[0])
+
+
+def test_resume_rebuilds_missing_file(tmp_path):
+    manifest = _corpus(tmp_path)
+    rows = loaders.read_manifest(manifest)
+    victim = rows[5]
+    before = sf.read(victim["audio"])[0]
+    import os
+
+    os.remove(victim["audio"])
+    (manifest.parent / "train.jsonl").unlink()
+    manifest2 = _corpus(tmp_path)
+    rows2 = loaders.read_manifest(manifest2)
+    assert rows2 == rows
+    np.testing.assert_array_equal(sf.read(victim["audio"])[0], before)
+    assert (manifest.parent / "train.jsonl").exists()
+
+
+def test_synthesize_corpus_validates(tmp_path):
+    with pytest.raises(ValueError, match="hours"):
+        synth.synthesize_corpus(tmp_path, hours=0, workers=1)
+    with pytest.raises(ValueError, match="noise_dir"):
+        synth.synthesize_corpus(tmp_path, hours=0.01, noise_dir=tmp_path / "nope")
