@@ -17,8 +17,10 @@ the clean synthesized signal above 1% of its peak, shifted by the leading silenc
 ``wake_word_end`` is the start of the word after "computer", from eSpeak's word events (in the
 same synthesis, so it is exact up to eSpeak's 1 ms event resolution).
 
-Measured on the 2-core machine (``workers=2``, Speech Commands noise): 567 utterances (0.34 h)
-in 7.5 s with start-up, 120 utterances/s steady, i.e. about 2.7 hours of audio per minute.
+Measured on the 2-core machine (``workers=2``, Speech Commands noise, other jobs sharing the
+CPUs): 944 utterances (0.56 h of audio) in 18-29 s, i.e. 32-53 utterances/s or 1.2-1.9 hours of
+audio per minute; most of the time is FLAC encoding, noise and process start-up, not eSpeak NG
+(~2 ms per utterance).
 """
 
 from __future__ import annotations
