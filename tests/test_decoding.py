@@ -255,3 +255,14 @@ def test_beam_sorted_distinct_and_beam_one_is_greedy(tiny):
     b_tok, b_pad, b_sc = beam_search(fns, enc_p, enc_pads, beam=1)
     assert strip(g_tok, g_pad) == [h[0] for h in strip(b_tok, b_pad)]
     np.testing.assert_allclose(g_sc, b_sc[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_fns_of_a_model_hit_the_jit_cache(tiny):
+    fns, _, _, _ = tiny
+    model = fns.joint.model
+    other = jax.tree_util.tree_map(lambda x: x + 1.0, fns.variables)
+    # jit keys on the tree structure, which holds the static callables: rebuilding DecoderFns
+    # (or changing the weights) must give the same structure, so no retrace.
+    assert jax.tree_util.tree_structure(decoder_fns(model, other)) == jax.tree_util.tree_structure(
+        fns
+    )
