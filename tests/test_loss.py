@@ -155,7 +155,7 @@ def loss_via_table(logits, labels, frame_pad=None, label_pad=None, time_chunk=No
 
 
 def grad_via_table(logits, labels, frame_pad=None, label_pad=None, time_chunk=None):
-    """d sum(loss) / d logits, jitted."""
+    """(loss f32[B], d sum(loss) / d logits), jitted together (one compile per test case)."""
     b, t, u1, _ = logits.shape
     frame_pad = np.zeros((b, t), np.float32) if frame_pad is None else frame_pad
     label_pad = np.zeros((b, u1 - 1), np.float32) if label_pad is None else label_pad
@@ -179,9 +179,11 @@ def _loss_via_table(logits, labels, frame_pad, label_pad, time_chunk):
 @functools.partial(jax.jit, static_argnames="time_chunk")
 def _grad_via_table(logits, labels, frame_pad, label_pad, time_chunk):
     def total(x):
-        return _loss_via_table(x, labels, frame_pad, label_pad, time_chunk).sum()
+        loss = _loss_via_table(x, labels, frame_pad, label_pad, time_chunk)
+        return loss.sum(), loss
 
-    return jax.grad(total)(logits)
+    grad, loss = jax.grad(total, has_aux=True)(logits)
+    return loss, grad
 
 
 def add_joint(e, p):
@@ -222,7 +224,7 @@ def test_loss_equals_float64_forward_backward():
 def test_gradient_equals_graves_analytic():
     rng = np.random.default_rng(2)
     logits, labels = random_case(rng, 2, 6, 4, 5)
-    grad = grad_via_table(logits, labels, time_chunk=4)
+    _, grad = grad_via_table(logits, labels, time_chunk=4)
     for i in range(2):
         np.testing.assert_allclose(grad[i], np_grad_logits(logits[i], labels[i]), atol=2e-6)
 
@@ -256,7 +258,7 @@ def test_check_grads_finite_differences():
     def loss(e, p):
         return rnnt_loss(add_joint, e, jnp.zeros((b, t)), p, labels, jnp.zeros((b, u)), 0, 2)
 
-    check_grads(loss, (enc, pred), order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
+    check_grads(jax.jit(loss), (enc, pred), order=1, modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
 
 
 def test_variable_lengths_equal_one_by_one_and_padding_gets_zero_gradient():
@@ -268,8 +270,7 @@ def test_variable_lengths_equal_one_by_one_and_padding_gets_zero_gradient():
     frame_pad = (np.arange(t)[None] >= np.array(t_lens)[:, None]).astype(np.float32)
     label_pad = (np.arange(u)[None] >= np.array(u_lens)[:, None]).astype(np.float32)
     labels = np.where(label_pad > 0, -1, labels).astype(np.int32)  # garbage in padding
-    batched = loss_via_table(logits, labels, frame_pad, label_pad, time_chunk=2)
-    grad = grad_via_table(logits, labels, frame_pad, label_pad, time_chunk=2)
+    batched, grad = grad_via_table(logits, labels, frame_pad, label_pad, time_chunk=2)
     for i, (tl, ul) in enumerate(zip(t_lens, u_lens, strict=True)):
         sliced = logits[i : i + 1, :tl, : ul + 1]
         alone = loss_via_table(sliced, labels[i : i + 1, :ul])
@@ -292,8 +293,10 @@ def test_padded_logprobs_get_zero_gradient_even_if_nan():
     lab[:, :, 2:] = -np.inf
     frame_pad = np.array([[0, 0, 0, 1, 1]], np.float32)
     label_pad = np.array([[0, 0, 1]], np.float32)
-    loss, (gb, gl) = jax.value_and_grad(
-        lambda x, y: rnnt_loss_from_logprobs(x, y, frame_pad, label_pad).sum(), argnums=(0, 1)
+    loss, (gb, gl) = jax.jit(
+        jax.value_and_grad(
+            lambda x, y: rnnt_loss_from_logprobs(x, y, frame_pad, label_pad).sum(), argnums=(0, 1)
+        )
     )(b, lab)
     want = np_loss(logits[0, :3, :3], labels[0, :2])
     np.testing.assert_allclose(loss, want, rtol=1e-5)
@@ -306,11 +309,10 @@ def test_empty_transcript():
     rng = np.random.default_rng(7)
     logits, _ = random_case(rng, 2, 4, 0, 3)
     labels = np.zeros((2, 0), np.int32)
-    got = loss_via_table(logits, labels, time_chunk=3)
+    got, grad = grad_via_table(logits, labels, time_chunk=3)
     # U = 0: the only alignment is T blanks.
     want = -np_log_softmax(logits)[:, :, 0, 0].sum(axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    grad = grad_via_table(logits, labels)
     np.testing.assert_allclose(grad[0], np_grad_logits(logits[0], labels[0]), atol=2e-6)
 
 
@@ -318,37 +320,43 @@ def test_no_frames_gives_zero_loss_and_gradient():
     rng = np.random.default_rng(8)
     logits, labels = random_case(rng, 2, 3, 2, 3)
     frame_pad = np.array([[0, 0, 0], [1, 1, 1]], np.float32)
-    got = loss_via_table(logits, labels, frame_pad)
-    grad = grad_via_table(logits, labels, frame_pad)
+    got, grad = grad_via_table(logits, labels, frame_pad)
     assert got[1] == 0.0 and np.all(grad[1] == 0.0)
     np.testing.assert_allclose(got[0], np_loss(logits[0], labels[0]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("time_chunk", [1, 2, 3, 4, 7, 100, None])
+_CHUNK_RNG = np.random.default_rng(9)
+_CHUNK_CASE = (  # B=2, T=7 (2, 3 and 4 do not divide it), U=3, V=5
+    _CHUNK_RNG.normal(size=(2, 7, 5)).astype(np.float32),  # encoder_out
+    _CHUNK_RNG.normal(size=(2, 4, 5)).astype(np.float32),  # predictor_out
+    _CHUNK_RNG.integers(1, 5, size=(2, 3)).astype(np.int32),  # labels
+    np.array([[0] * 7, [0] * 5 + [1] * 2], np.float32),  # encoder_paddings
+    np.array([[0, 0, 0], [0, 0, 1]], np.float32),  # label_paddings
+)
+
+
+@functools.partial(jax.jit, static_argnames="chunk")
+def _chunk_loss_and_grads(enc, pred, labels, frame_pad, label_pad, chunk):
+    def total(e, p):
+        loss = rnnt_loss(add_joint, e, frame_pad, p, labels, label_pad, time_chunk=chunk)
+        return loss.sum(), loss
+
+    (_, loss), grads = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(enc, pred)
+    return loss, grads
+
+
+@pytest.mark.parametrize("time_chunk", [1, 2, 3, 4, 100, None])
 def test_time_chunk_does_not_change_loss_or_gradients(time_chunk):
-    rng = np.random.default_rng(9)
-    b, t, u, v = 2, 7, 3, 5  # 7 frames: 2, 3 and 4 do not divide T
-    enc = rng.normal(size=(b, t, v)).astype(np.float32)
-    pred = rng.normal(size=(b, u + 1, v)).astype(np.float32)
-    labels = rng.integers(1, v, size=(b, u)).astype(np.int32)
-    frame_pad = np.array([[0] * 7, [0] * 5 + [1] * 2], np.float32)
-    label_pad = np.array([[0, 0, 0], [0, 0, 1]], np.float32)
-
-    def loss(e, p, chunk):
-        return rnnt_loss(add_joint, e, frame_pad, p, labels, label_pad, time_chunk=chunk)
-
-    @functools.partial(jax.jit, static_argnames="chunk")
-    def value_and_grads(e, p, chunk):
-        return jax.value_and_grad(lambda e, p: loss(e, p, chunk).sum(), argnums=(0, 1))(e, p)
-
-    (_, got_grads), (_, want_grads) = (value_and_grads(enc, pred, c) for c in (time_chunk, t))
-    np.testing.assert_allclose(loss(enc, pred, time_chunk), loss(enc, pred, t), rtol=1e-6)
+    """Against one chunk of all 7 frames (no lax.map, no remat)."""
+    got_loss, got_grads = _chunk_loss_and_grads(*_CHUNK_CASE, chunk=time_chunk)
+    want_loss, want_grads = _chunk_loss_and_grads(*_CHUNK_CASE, chunk=7)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
     for got, want in zip(got_grads, want_grads, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_auto_time_chunk_budget():
-    assert auto_time_chunk(8, 400, 100, 512) == (64 * 1024 * 1024) // (8 * 101 * 512)
+    assert auto_time_chunk(8, 400, 100, 512) == (16 * 1024 * 1024) // (8 * 101 * 512)
     assert auto_time_chunk(2, 10, 3, 4) == 10
     assert auto_time_chunk(64, 1000, 1000, 100_000) == 1
 
@@ -367,8 +375,9 @@ def test_single_path_equals_sum_of_its_logprobs(t, u):
     else:
         path = [(k, 0, 0) for k in range(t)]
     want = -sum(logp[node] for node in path)
-    np.testing.assert_allclose(loss_via_table(logits, labels)[0], want, rtol=1e-6)
-    grad = grad_via_table(logits, labels)[0]
+    loss, grad = grad_via_table(logits, labels)
+    np.testing.assert_allclose(loss[0], want, rtol=1e-6)
+    grad = grad[0]
     want_grad = np.zeros_like(logp)
     for tt, uu, k in path:
         want_grad[tt, uu] = np.exp(logp[tt, uu])
@@ -425,9 +434,8 @@ def test_jit_does_not_retrace():
 def test_long_sequence_is_finite_and_matches_reference():
     rng = np.random.default_rng(13)
     logits, labels = random_case(rng, 1, 150, 40, 8, scale=4.0)
-    got = loss_via_table(logits, labels, time_chunk=32)
+    got, grad = grad_via_table(logits, labels, time_chunk=32)
     np.testing.assert_allclose(got[0], np_loss(logits[0], labels[0]), rtol=1e-5)
-    grad = grad_via_table(logits, labels, time_chunk=32)
     assert np.all(np.isfinite(grad))
 
 

@@ -43,9 +43,12 @@ from jax.typing import ArrayLike
 # enough below any real log-probability that exp(NEG - x) is exactly 0 in float32.
 NEG = -1e30
 
-# Automatic `time_chunk` keeps B * time_chunk * (U+1) * V under this many floats (256 MB in
-# float32) per joint-logits buffer; the backward pass holds a few such buffers at once.
-AUTO_CHUNK_FLOATS = 64 * 1024 * 1024
+# Automatic `time_chunk` keeps one chunk's logits, B * time_chunk * (U+1) * V, under this many
+# floats (64 MB in float32). The backward pass holds about six buffers of that size at once
+# (logits, the joint's hidden activations, softmax, their cotangents), so the joint's peak stays
+# near 0.4 GB whatever T is. Each chunk is still a joint matmul of several GFLOPs, enough to fill
+# a GPU; on CPUs (train/benchmarks/loss.py) small chunks are as fast as the full joint or faster.
+AUTO_CHUNK_FLOATS = 16 * 1024 * 1024
 
 JointFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -214,8 +217,9 @@ def rnnt_loss(
       label_paddings: f32[B, U], 1.0 = padded label.
       blank_id: vocabulary index of blank.
       time_chunk: frames per chunk of the joint. None chooses `auto_time_chunk`: the largest
-        chunk with B * chunk * (U+1) * V <= AUTO_CHUNK_FLOATS (64M floats, 256 MB in float32).
+        chunk with B * chunk * (U+1) * V <= AUTO_CHUNK_FLOATS (16M floats, 64 MB in float32).
         T is padded up to a multiple of it; the extra frames are dropped before the lattice.
+        A chunk covering all of T skips the remat (it would recompute without saving memory).
 
     Returns:
       f32[B] negative log-likelihood per utterance (see `rnnt_loss_from_logprobs`).
@@ -257,11 +261,15 @@ def rnnt_loss(
         raise ValueError(f"expected 0 <= blank_id < V={vocab}, got {blank_id}")
 
     chunk = auto_time_chunk(b, t, u, vocab) if time_chunk is None else min(time_chunk, t)
-    n_chunks = -(-t // chunk)
-    t_pad = n_chunks * chunk - t
-    enc = jnp.pad(enc, ((0, 0), (0, t_pad), (0, 0)))
-    enc_chunks = jnp.swapaxes(enc.reshape(b, n_chunks, chunk, -1), 0, 1)  # -> [K, B, chunk, De]
     labels = jnp.clip(labels, 0, vocab - 1)  # padded labels may hold anything, e.g. -1
+    if chunk == t:
+        # One chunk: rematerializing it would recompute everything and save nothing.
+        blank, label = _joint_columns(joint_fn, enc, pred, labels, blank_id)
+        return rnnt_loss_from_logprobs(blank, label, enc_pad, label_pad)
+
+    n_chunks = -(-t // chunk)
+    enc = jnp.pad(enc, ((0, 0), (0, n_chunks * chunk - t), (0, 0)))
+    enc_chunks = jnp.swapaxes(enc.reshape(b, n_chunks, chunk, -1), 0, 1)  # -> [K, B, chunk, De]
 
     @jax.checkpoint
     def chunk_fn(enc_chunk):
