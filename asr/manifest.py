@@ -22,7 +22,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
-    base = path.parent.absolute()
+    base = path.parent.resolve()
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -34,8 +34,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
                 raise ManifestError(f"{path}:{n}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict) or "audio" not in row or "text" not in row:
                 raise ManifestError(f"{path}:{n}: expected an object with 'audio' and 'text'")
-            audio = Path(row["audio"])
-            row["audio"] = str(audio if audio.is_absolute() else base / audio)
+            row["audio"] = str((base / row["audio"]).resolve())
             rows.append(row)
     if not rows:
         raise ManifestError(f"{path}: manifest has no utterances")
@@ -43,19 +42,17 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
 
 
 def write_manifest(rows: Iterable[dict], path: str | os.PathLike) -> Path:
-    """Writes rows atomically; audio paths inside the manifest's folder become relative."""
+    """Writes rows atomically, each `audio` made relative to the manifest's folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    base = path.parent.absolute()
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    base = path.parent.resolve()
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            row = dict(row)
-            audio = Path(row["audio"]).absolute()
-            try:
-                row["audio"] = str(audio.relative_to(base))
-            except ValueError:
-                row["audio"] = str(audio)
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+        for i, row in enumerate(rows):
+            if "audio" not in row or "text" not in row:
+                raise ManifestError(f"rows[{i}]: expected 'audio' and 'text', got {sorted(row)}")
+            out = dict(row)
+            out["audio"] = Path(os.path.relpath(Path(row["audio"]).resolve(), base)).as_posix()
+            f.write(json.dumps(out, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
     return path

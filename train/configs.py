@@ -19,7 +19,7 @@ class TrainConfig:
     steps: int = 20000  # optimizer steps in all
     frames_per_batch: int = 24000  # feature frames (10 ms) per batch, padding included
     max_batch: int = 64  # cap on utterances per batch
-    bucket_frames: tuple[int, ...] = (128, 256, 384, 512, 768, 1024, 1536)  # padded lengths
+    bucket_frames: tuple[int, ...] = (64, 128, 192, 256, 384, 512, 768, 1024, 1536)  # padded
     peak_lr: float = 1.5e-3  # AdamW peak learning rate
     warmup_steps: int = 1000  # linear warm-up, then cosine decay to end_lr
     end_lr: float = 3e-5

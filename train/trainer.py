@@ -239,7 +239,7 @@ def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: st
         state = state.replace(norm=jax.tree_util.tree_map(jnp.asarray,
                                                           feature_stats(train_rows, seed=cfg.seed)))
 
-    noise_bank = _noise_bank(noise_dir, cfg.seed)
+    noise_bank = _noise_bank(noise_dir)
     ds, info = training_dataset(train_rows, tokenizer, cfg, noise_bank, start_step=start)
     step_fn = make_train_step(model, cfg, tx)
     n_params = count_params(state.params)
@@ -312,10 +312,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
     _atomic_write(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
-def _noise_bank(noise_dir: str | None, seed: int):
+def _noise_bank(noise_dir: str | None):
     from train.augment import NoiseBank
 
-    return NoiseBank(noise_dir, seed=seed) if noise_dir else NoiseBank(None, seed=seed)
+    return NoiseBank(noise_dir)
 
 
 __all__ = ["TrainState", "evaluate", "make_optimizer", "make_train_step", "train"]

@@ -137,8 +137,6 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, feats, feat_paddings, train: bool = False):
         c = self.config
-        if feats.ndim != 3 or feats.shape[-1] != c.n_mels:
-            raise ValueError(f"feats must be [B, T, {c.n_mels}], got {feats.shape}")
         x = ConvSubsampling(c.subsample_channels, c.d_model)(feats)
         paddings = subsample_paddings(feat_paddings)
         assert x.shape[1] == paddings.shape[1], (x.shape, paddings.shape)

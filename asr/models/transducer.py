@@ -37,6 +37,11 @@ class Transducer(nn.Module):
         self.feat_istd = self.variable("norm", "istd", jnp.ones, (c.n_mels,))
 
     def encode(self, feats, feat_paddings, train: bool = False):
+        c = self.config
+        if feats.ndim != 3 or feats.shape[-1] != c.n_mels:
+            raise ValueError(f"feats must be [B, T, {c.n_mels}], got {feats.shape}")
+        if feat_paddings.shape != feats.shape[:2]:
+            raise ValueError(f"feat_paddings must be {feats.shape[:2]}, got {feat_paddings.shape}")
         x = (feats - self.feat_mean.value) * self.feat_istd.value
         enc, paddings = self.encoder(x, feat_paddings, train=train)
         return self.joiner.project_encoder(enc), paddings

@@ -17,93 +17,27 @@ folders, and JSONL manifests. Durations come from the file header (no decoding);
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from asr.manifest import read_manifest, write_manifest
+from asr.text import normalize_text
 
 SPLITS = ("train", "dev", "test")
 AUDIO_SUFFIXES = (".flac", ".wav")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def normalize_text(text: str) -> str:
-    """Lower case, keep letters, digits and apostrophes inside words, single spaces.
-
-    ``"What's the TIME, o'clock?"`` -> ``"what's the time o'clock"``.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"text: expected a string, got {type(text).__name__}")
-    text = text.lower().replace("\u2019", "'")
-    text = re.sub(r"[^a-z0-9']+", " ", text)
-    words = [w.strip("'") for w in text.split()]
-    return " ".join(w for w in words if w)
-
-
-def write_manifest(rows: Iterable[dict], path: str | Path) -> Path:
-    """Write rows as JSONL, with each ``audio`` made relative to the manifest's folder.
-
-    Args:
-        rows: manifest rows (``audio`` absolute or relative to the current directory).
-        path: the ``.jsonl`` file to write (parent folders are created; written atomically).
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    base = path.parent.resolve()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i, row in enumerate(rows):
-            if "audio" not in row or "text" not in row:
-                raise ValueError(f"rows[{i}]: expected 'audio' and 'text' keys, got {sorted(row)}")
-            out = dict(row)
-            out["audio"] = Path(os.path.relpath(Path(row["audio"]).resolve(), base)).as_posix()
-            f.write(json.dumps(out, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_manifest(path: str | Path) -> list[dict]:
-    """Read a JSONL manifest; ``audio`` paths come back absolute (resolved against its folder).
-
-    Raises:
-        ValueError: missing file, bad JSON, or a row without ``audio``/``text`` (with the line
-            number).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"path: expected a JSONL manifest file, got {path} (not found)")
-    base = path.parent.resolve()
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"{path}:{lineno}: expected a JSON object, got bad JSON ({e})"
-                ) from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row)}")
-            missing = [k for k in ("audio", "text") if k not in row]
-            if missing:
-                raise ValueError(
-                    f"{path}:{lineno}: expected keys 'audio' and 'text', missing {missing}"
-                )
-            row["audio"] = str((base / row["audio"]).resolve())
-            rows.append(row)
-    return rows
-
-
 load_jsonl = read_manifest
+# read_manifest, write_manifest (asr.manifest) and normalize_text (asr.text) are re-exported
+# here so that corpus code has one import for manifests.
+__all__ = ["load_fsdd", "load_jsonl", "load_kaldi", "load_librispeech", "load_speech_commands",
+           "normalize_text", "read_manifest", "split_by_speaker", "write_manifest"]
 
 
 def estimate_speech_bounds(
