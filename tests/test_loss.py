@@ -356,7 +356,9 @@ def test_time_chunk_does_not_change_loss_or_gradients(time_chunk):
 
 
 def test_auto_time_chunk_budget():
-    assert auto_time_chunk(8, 400, 100, 512) == (16 * 1024 * 1024) // (8 * 101 * 512)
+    assert auto_time_chunk(8, 400, 100, 512) == 40  # budget allows 40 frames: 10 chunks
+    assert auto_time_chunk(8, 401, 100, 512) == 37  # 11 chunks of 37 rather than 10 of 40 + 1
+    assert auto_time_chunk(8, 200, 50, 256) == 100  # budget allows 160 frames: 2 chunks of 100
     assert auto_time_chunk(2, 10, 3, 4) == 10
     assert auto_time_chunk(64, 1000, 1000, 100_000) == 1
 

@@ -160,9 +160,12 @@ def rnnt_loss_from_logprobs(
 
 def auto_time_chunk(batch: int, frames: int, label_len: int, vocab: int) -> int:
     """Frames per chunk so that one chunk's logits, B * chunk * (U+1) * V floats, stay under
-    `AUTO_CHUNK_FLOATS` (at least 1 frame, at most all `frames`)."""
+    `AUTO_CHUNK_FLOATS` (but at least 1 frame), split evenly: the fewest chunks that respect the
+    budget, each ceil(T / chunks) frames, so padding T up to a multiple wastes < 1 frame a chunk."""
     per_frame = max(1, batch * (label_len + 1) * vocab)
-    return int(max(1, min(frames, AUTO_CHUNK_FLOATS // per_frame)))
+    largest = max(1, min(frames, AUTO_CHUNK_FLOATS // per_frame))
+    n_chunks = -(-frames // largest)
+    return -(-frames // n_chunks)
 
 
 def _joint_columns(
