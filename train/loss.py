@@ -183,17 +183,15 @@ def _joint_columns(
       labels: int32[B, U], already clipped to [0, V).
 
     Returns:
-      (f32[B, t, U+1] log P(blank), f32[B, t, U] log P(y_{u+1})), computed as logit minus
-      logsumexp so the chunk's full log-softmax is never stored.
+      (f32[B, t, U+1] log P(blank), f32[B, t, U] log P(y_{u+1})). The chunk's log-softmax lives
+      only inside this function (XLA fuses it with the gathers).
     """
     u = labels.shape[1]
     logits = joint_fn(enc[:, :, None, :], pred[:, None, :, :])  # -> [B, t, U+1, V]
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    log_norm = jax.nn.logsumexp(logits, axis=-1)  # -> [B, t, U+1]
-    blank = logits[..., blank_id] - log_norm
-    idx = jnp.broadcast_to(labels[:, None, :, None], (*logits.shape[:2], u, 1))
-    label = jnp.take_along_axis(logits[:, :, :u, :], idx, axis=-1)[..., 0]  # -> [B, t, U]
-    return blank, label - log_norm[:, :, :u]
+    logp = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
+    blank = logp[..., blank_id]  # -> [B, t, U+1]
+    label = jnp.take_along_axis(logp[:, :, :u], labels[:, None, :, None], axis=-1)[..., 0]
+    return blank, label  # label: [B, t, U]
 
 
 def rnnt_loss(
