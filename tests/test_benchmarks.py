@@ -1,0 +1,84 @@
+"""Smoke tests of the benchmarks in `train/benchmarks`: they run, and their helpers are right.
+
+The train-step benchmark runs the tiny recipe on a small batch for one timed step; the
+transcription benchmark's PocketSphinx wrapper transcribes a short eSpeak NG utterance (skipped
+where PocketSphinx or the eSpeak module is missing); the WER it reports agrees with jiwer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jiwer
+import numpy as np
+import pytest
+
+from asr.audio import SAMPLE_RATE, resample
+from asr.text import word_error_rate
+from train.benchmarks.train_step import bench_size, format_row
+from train.benchmarks.transcribe import select_rows
+
+
+def test_train_step_benchmark_tiny_row():
+    row = bench_size("tiny", repeats=1, frames=128, labels=8, batch=2)
+    for key in (
+        "size",
+        "params_M",
+        "batch",
+        "frames",
+        "labels",
+        "vocab",
+        "compile_s",
+        "first_s",
+        "median_ms",
+        "min_ms",
+        "audio_s_per_s",
+        "xla_temp_MB",
+        "xla_argument_MB",
+        "xla_output_MB",
+        "xla_total_MB",
+        "device_peak_MB",
+        "loss",
+    ):
+        assert key in row, key
+    assert row["size"] == "tiny" and row["batch"] == 2 and row["frames"] == 128, row
+    assert row["median_ms"] > 0 and row["min_ms"] > 0 and row["compile_s"] > 0, row
+    assert row["audio_s_per_s"] == pytest.approx(2 * 128 * 0.01 / (row["median_ms"] / 1e3))
+    assert np.isfinite(row["loss"]) and row["loss"] > 0, row["loss"]
+    assert row["xla_total_MB"] is None or row["xla_total_MB"] > 0, row
+    assert "tiny" in format_row(row)
+
+
+def test_train_step_benchmark_rejects_bad_repeats():
+    with pytest.raises(ValueError, match="repeats"):
+        bench_size("tiny", repeats=0)
+
+
+def test_pocketsphinx_wrapper_transcribes_synthesized_speech():
+    if importlib.util.find_spec("pocketsphinx") is None:
+        pytest.skip("pocketsphinx (a dev extra) is not installed")
+    espeak = pytest.importorskip("train.corpus.espeak")
+    from train.benchmarks.transcribe import PocketSphinx
+
+    audio, sr = espeak.synthesize("hello world this is a test")
+    audio = resample(np.asarray(audio, np.float32), sr, SAMPLE_RATE)
+    text = PocketSphinx().transcribe(audio)
+    assert isinstance(text, str) and text.strip(), repr(text)
+
+
+def test_word_error_rate_agrees_with_jiwer():
+    refs = ["the cat sat on the mat", "hello world"]
+    hyps = ["the cat sit on mat", "hello there world"]
+    ours = word_error_rate(refs, hyps)
+    assert ours["wer"] == pytest.approx(jiwer.wer(refs, hyps))
+    assert ours["words"] == 8
+    # Normalization applies to both sides: case and punctuation do not count as errors.
+    assert word_error_rate(["Hello, World!"], ["hello world"])["wer"] == 0.0
+
+
+def test_select_rows_spreads_evenly():
+    rows = [{"i": i} for i in range(10)]
+    assert [r["i"] for r in select_rows(rows, 3)] == [0, 4, 9]
+    assert select_rows(rows, None) == rows and select_rows(rows, 50) == rows
+    with pytest.raises(ValueError):
+        select_rows(rows, 0)
