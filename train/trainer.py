@@ -200,7 +200,8 @@ def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: st
     train_rows, dev_rows = split_rows(rows, cfg.seed)
     if not train_rows:
         raise ValueError("no training utterances (all rows are dev/test?)")
-    dev_rows = dev_rows[: cfg.eval_utterances]
+    perm = np.random.default_rng(cfg.seed).permutation(len(dev_rows))
+    dev_rows = [dev_rows[i] for i in perm[: cfg.eval_utterances]]  # a mix of every dev source
 
     if wd.tokenizer.exists():
         tokenizer = Tokenizer.load(wd.tokenizer)

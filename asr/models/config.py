@@ -15,16 +15,16 @@ class ModelConfig:
     name: str = "small"
     n_mels: int = 80  # input feature dimension
     subsample_channels: int = 64  # channels of the two stride-2 conv layers (4x in time)
-    d_model: int = 176  # encoder width
+    d_model: int = 144  # encoder width
     num_layers: int = 6  # transformer encoder layers
     num_heads: int = 4  # attention heads
-    ff_dim: int = 704  # feed-forward hidden width
+    ff_dim: int = 576  # feed-forward hidden width
     conv_kernel: int = 15  # depthwise causal conv in each layer (0 = none)
     chunk_size: int = 8  # attention chunk, in encoder frames (40 ms each): 320 ms
     left_chunks: int = 8  # chunks of left context each chunk sees (-1 = all)
     dropout: float = 0.1  # dropout rate in training
     predictor: str = "lstm"  # "lstm" or "stateless"
-    pred_dim: int = 256  # predictor embedding / hidden width
+    pred_dim: int = 192  # predictor embedding / hidden width
     pred_layers: int = 1  # LSTM layers
     context_size: int = 2  # tokens of history for the stateless predictor
     joint_dim: int = 256  # joiner hidden width
