@@ -83,7 +83,7 @@ def rnnt_loss_from_logprobs(
 ) -> jax.Array:
     """Transducer negative log-likelihood from the lattice's log-probabilities.
 
-    Node (t, u) means "t frames consumed up to frame t, u labels emitted". From (t, u) a blank
+    Node (t, u) means "at frame t, with u labels emitted so far". From (t, u) a blank
     moves to (t+1, u) and the next label y_{u+1} moves to (t, u+1). An alignment ends with a
     blank emitted at (T_b-1, U_b), for the true lengths T_b and U_b of utterance b.
 
