@@ -47,7 +47,7 @@ class Tokenizer:
             bos_id=-1,
             eos_id=-1,
             hard_vocab_limit=False,
-            num_threads=2,
+            num_threads=1,  # deterministic: same text, same model
             minloglevel=2,
         )
         return cls(out.getvalue())

@@ -96,7 +96,7 @@ def make_train_step(model: Transducer, cfg: TrainConfig, tx: optax.GradientTrans
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree_utils.tree_norm(grads)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return jax.jit(train_step, donate_argnums=(0,))
@@ -183,8 +183,11 @@ def evaluate(model: Transducer, variables, tokenizer: Tokenizer, rows: list[dict
 
 
 def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: str | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, stop_after: int | None = None) -> dict:
     """Trains (or resumes) in `workdir`; returns the final metrics.
+
+    `stop_after`: stop (with a checkpoint) after this many steps of this call, e.g. to share a
+    machine in time slices; running again resumes.
 
     Writes: config.json (recipe and model config), tokenizer.model, checkpoints/ (orbax),
     metrics.jsonl, and model/ (an inference model folder, float16) at the end.
@@ -286,11 +289,16 @@ def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: st
                 mf.flush()
                 tqdm.write(f"step {done}: dev WER {100 * ev['wer']:.2f}% on {ev['utterances']}")
                 last["dev_wer"] = ev["wer"]
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            stopping = stop_after is not None and done - start >= stop_after
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or stopping:
                 save(done)
             bar.update(1)
+            if stopping:
+                break
     bar.close()
     mngr.wait_until_finished()
+    if int(state.step) < cfg.steps:
+        return last
     variables = {"params": state.params, "norm": state.norm}
     save_model_folder(wd.root / "model", mcfg, tokenizer, jax.device_get(variables),
                       extra={"train": cfg.to_dict(), "steps": cfg.steps})

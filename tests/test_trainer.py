@@ -1,0 +1,94 @@
+"""Trainer: loss goes down, checkpoints resume to the same result, the model folder loads."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.manifest import read_manifest, write_manifest
+from asr.model_io import load_model
+from train.configs import get_recipe
+from train.data import StepPlan, make_buckets
+from train.trainer import train
+
+PHRASES = ["turn on the lights", "call mom", "stop", "play some jazz", "yes", "set a timer",
+           "what's the weather", "seven", "go", "no"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from train.corpus.espeak import synthesize
+
+    root = tmp_path_factory.mktemp("corpus")
+    rows = []
+    for i, text in enumerate(PHRASES * 2):
+        x, sr = synthesize(text, voice=["en-us", "en-gb+f2"][i % 2], rate_wpm=170)
+        p = root / f"{i}.wav"
+        sf.write(p, x, sr)
+        rows.append({"audio": str(p), "text": text, "duration": len(x) / sr,
+                     "split": "dev" if i in (3, 14) else "train"})
+    return write_manifest(rows, root / "m.jsonl")
+
+
+def _cfg(**kw):
+    base = dict(bucket_frames=(320,), steps=8, frames_per_batch=1200, max_batch=6, warmup_steps=2, eval_every=8,
+                eval_utterances=2, ckpt_every=4, log_every=2, spec_start_step=0, data_threads=1)
+    base.update(kw)
+    return get_recipe("tiny").replace(**base)
+
+
+def _params(workdir):
+    return load_model(workdir / "model").variables
+
+
+def test_interrupted_run_resumes_to_the_same_result(corpus, tmp_path):
+    rows = read_manifest(corpus)
+    cfg = _cfg()
+    train(cfg, rows, tmp_path / "a", progress=False)
+    # "killed" after 4 steps (the last checkpoint), then the same command again
+    train(cfg, rows, tmp_path / "b", progress=False, stop_after=4)
+    assert not (tmp_path / "b" / "model").exists()
+    train(cfg, rows, tmp_path / "b", progress=False)
+    a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # the metric log has each step once, as if never interrupted
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text()
+             .splitlines() if "loss" in ln]
+    assert steps == [2, 4, 6, 8], steps
+    ma = (tmp_path / "a" / "metrics.jsonl").read_text()
+    mb = (tmp_path / "b" / "metrics.jsonl").read_text()
+    losses = lambda m: [json.loads(ln)["loss"] for ln in m.splitlines() if "loss" in ln]  # noqa: E731
+    np.testing.assert_allclose(losses(ma), losses(mb), rtol=1e-6)
+
+
+def test_loss_decreases_when_overfitting(corpus, tmp_path):
+    rows = read_manifest(corpus)
+    cfg = _cfg(steps=30, ckpt_every=30, eval_every=30, log_every=10, peak_lr=3e-3,
+               spec_start_step=1000, augment_prob=0.0, narrowband_prob=0.0)
+    train(cfg, rows, tmp_path / "w", progress=False)
+    losses = [json.loads(ln)["loss"] for ln in (tmp_path / "w" / "metrics.jsonl").read_text()
+              .splitlines() if "loss" in ln]
+    assert losses[-1] < 0.5 * losses[0], losses
+    loaded = load_model(tmp_path / "w")  # the training folder itself loads (orbax)
+    assert loaded.config.name == "tiny"
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    durations = list(np.linspace(0.3, 6.0, 50))
+    labels = [int(d * 5) for d in durations]
+    cfg = get_recipe("tiny")
+    buckets, skipped = make_buckets(durations, labels, cfg, margin=1.12)
+    assert skipped == 0
+    for b in buckets:
+        assert b.batch * b.frames <= max(cfg.frames_per_batch, b.frames)
+        assert all(durations[i] * 1.12 * 100 < b.frames for i in b.rows)
+    w = np.ones(50, np.int64)
+    p1, p2 = StepPlan(buckets, 100, 0, w), StepPlan(buckets, 100, 0, w)
+    assert [p1[s] for s in (0, 7, 55, 99)] == [p2[s] for s in (99, 55, 7, 0)][::-1]
+    assert [p1[s] for s in range(10)] != [StepPlan(buckets, 100, 1, w)[s] for s in range(10)]
+    # one epoch covers every utterance
+    seen = {i for s in range(p1.per_epoch) for i in p1[s][2]}
+    assert seen == set(range(50))
