@@ -17,8 +17,11 @@ from importlib.metadata import entry_points
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default",
-                   help="'default' (shipped), a model folder, or a training work folder")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="'default' (shipped), a model folder, or a training work folder",
+    )
     p.add_argument("--method", choices=["beam", "greedy"], default="beam")
     p.add_argument("--beam", type=int, default=4, help="beam width (default 4)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -41,8 +44,15 @@ def cmd_transcribe(args) -> int:
             status = 1
             continue
         if args.json:
-            print(json.dumps({"audio": path, "text": res[0].text if res else "",
-                              "nbest": [{"text": h.text, "score": h.score} for h in res]}))
+            print(
+                json.dumps(
+                    {
+                        "audio": path,
+                        "text": res[0].text if res else "",
+                        "nbest": [{"text": h.text, "score": h.score} for h in res],
+                    }
+                )
+            )
         elif args.nbest > 1:
             for rank, h in enumerate(res, 1):
                 print(f"{path}\t{rank}\t{h.score:.3f}\t{h.text}")
@@ -63,8 +73,10 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"WER {100 * res['wer']:.2f}% over {res['utterances']} utterances "
-              f"({res['words']} words), RTF {res['rtf']:.3f} on {res['device']}")
+        print(
+            f"WER {100 * res['wer']:.2f}% over {res['utterances']} utterances "
+            f"({res['words']} words), RTF {res['rtf']:.3f} on {res['device']}"
+        )
     return 0
 
 

@@ -47,14 +47,21 @@ def _read_config(folder: Path) -> dict:
         raise ModelLoadError(f"{p}: damaged config ({e})") from None
 
 
-def save_model_folder(folder: str | Path, config: ModelConfig, tokenizer: Tokenizer,
-                      variables: dict, dtype=np.float16, extra: dict | None = None) -> Path:
+def save_model_folder(
+    folder: str | Path,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    variables: dict,
+    dtype=np.float16,
+    extra: dict | None = None,
+) -> Path:
     """Writes a self-contained inference model folder (see module docstring)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     small = jax.tree_util.tree_map(lambda x: np.asarray(x, dtype), variables)
-    (folder / "params.msgpack").write_bytes(serialization.msgpack_serialize(
-        jax.tree_util.tree_map(np.asarray, small)))
+    (folder / "params.msgpack").write_bytes(
+        serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray, small))
+    )
     tokenizer.save(folder / "tokenizer.model")
     meta = {"model": config.to_dict(), **(extra or {})}
     (folder / "config.json").write_text(json.dumps(meta, indent=2))

@@ -33,9 +33,12 @@ class DecodeSettings:
     batch_size: int = 8
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "beam": self.beam,
-                "max_symbols_per_frame": self.max_symbols_per_frame,
-                "batch_size": self.batch_size}
+        return {
+            "method": self.method,
+            "beam": self.beam,
+            "max_symbols_per_frame": self.max_symbols_per_frame,
+            "batch_size": self.batch_size,
+        }
 
 
 @dataclass
@@ -69,11 +72,11 @@ class Recognizer:
         fns = decoder_fns(model, variables)
 
         def run(feats, feat_paddings):
-            enc_p, enc_pad = model.apply(variables, feats, feat_paddings,
-                                         method=Transducer.encode)
+            enc_p, enc_pad = model.apply(variables, feats, feat_paddings, method=Transducer.encode)
             if settings.method == "greedy":
                 toks, tpad, scores = greedy_search(
-                    fns, enc_p, enc_pad, max_symbols_per_frame=settings.max_symbols_per_frame)
+                    fns, enc_p, enc_pad, max_symbols_per_frame=settings.max_symbols_per_frame
+                )
                 return toks[:, None], tpad[:, None], scores[:, None]
             return beam_search(fns, enc_p, enc_pad, beam=settings.beam)
 
@@ -103,8 +106,11 @@ class Recognizer:
             self.timing.compute_s += time.perf_counter() - t0
             for k, i in enumerate(idx):
                 seqs = strip(toks[k], tpad[k])
-                hyps = [Hypothesis(self.loaded.tokenizer.decode(q), float(sc))
-                        for q, sc in zip(seqs, scores[k], strict=True) if sc > -1e8]
+                hyps = [
+                    Hypothesis(self.loaded.tokenizer.decode(q), float(sc))
+                    for q, sc in zip(seqs, scores[k], strict=True)
+                    if sc > -1e8
+                ]
                 out[i] = hyps[:nbest]
         return out
 
@@ -150,6 +156,8 @@ def evaluate_manifest(recognizer: Recognizer, rows: list[dict], pairs: int = 5) 
         "decode": recognizer.settings.to_dict(),
         "model": recognizer.loaded.source,
         "device": jax.devices()[0].device_kind,
-        "pairs": [{"ref": normalize_text(r), "hyp": normalize_text(h)}
-                  for r, h in list(zip(refs, hyps, strict=True))[:pairs]],
+        "pairs": [
+            {"ref": normalize_text(r), "hyp": normalize_text(h)}
+            for r, h in list(zip(refs, hyps, strict=True))[:pairs]
+        ],
     }

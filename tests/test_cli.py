@@ -22,8 +22,9 @@ def model_dir(tmp_path_factory):
     tok = Tokenizer.train(["turn on the lights", "call mom", "stop", "go"] * 20, vocab_size=24)
     cfg = get_config("tiny").replace(vocab_size=tok.vocab_size)
     variables = init_variables(build_model(cfg), jax.random.PRNGKey(0))
-    return save_model_folder(tmp_path_factory.mktemp("m") / "model", cfg, tok,
-                             jax.device_get(variables))
+    return save_model_folder(
+        tmp_path_factory.mktemp("m") / "model", cfg, tok, jax.device_get(variables)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,20 @@ def test_transcribe_nbest_and_json(model_dir, audio, capsys):
     assert 1 <= len(lines) <= 2 and all(ln.split("\t")[0] == str(audio[0]) for ln in lines)
     scores = [float(ln.split("\t")[2]) for ln in lines]
     assert scores == sorted(scores, reverse=True)
-    assert main(["transcribe", "--model", str(model_dir), "--json", "--method", "greedy",
-                 *map(str, audio)]) == 0
+    assert (
+        main(
+            [
+                "transcribe",
+                "--model",
+                str(model_dir),
+                "--json",
+                "--method",
+                "greedy",
+                *map(str, audio),
+            ]
+        )
+        == 0
+    )
     objs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [o["audio"] for o in objs] == list(map(str, audio))
     assert all("text" in o and "nbest" in o for o in objs)
@@ -60,8 +73,9 @@ def test_eval_json_with_relative_paths(model_dir, audio, tmp_path, capsys):
     m = tmp_path / "sub" / "m.jsonl"
     m.parent.mkdir()
     rel = [str(shutil.copy(a, m.parent / a.name)) for a in audio]
-    m.write_text("".join(json.dumps({"audio": a.split("/")[-1], "text": "Call Mom!"}) + "\n"
-                         for a in rel))
+    m.write_text(
+        "".join(json.dumps({"audio": a.split("/")[-1], "text": "Call Mom!"}) + "\n" for a in rel)
+    )
     assert main(["eval", "--model", str(model_dir), "--manifest", str(m), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["utterances"] == 3 and out["unreadable"] == 0
@@ -101,7 +115,8 @@ def test_damaged_model_folders(model_dir, tmp_path):
 
 
 def test_console_script_lists_every_subcommand():
-    out = subprocess.run([sys.executable, "-m", "asr.cli", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "asr.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for cmd in ("transcribe", "eval", "corpus", "train", "demo"):
         assert cmd in out, out

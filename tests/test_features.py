@@ -13,10 +13,22 @@ def _reference(x: np.ndarray) -> np.ndarray:
     librosa centres the 400-sample window inside the 512-point frame (56 zeros each side), so
     56 leading zeros align its frame i with our samples [160 i, 160 i + 400)."""
     x = np.concatenate([np.zeros(56), x.astype(np.float64)])
-    s = np.abs(librosa.stft(x, n_fft=512, hop_length=HOP_LENGTH,
-                            win_length=WIN_LENGTH, window="hann", center=False)) ** 2
-    fb = librosa.filters.mel(sr=16000, n_fft=512, n_mels=N_MELS, fmin=20.0, fmax=7600.0,
-                             dtype=np.float64)
+    s = (
+        np.abs(
+            librosa.stft(
+                x,
+                n_fft=512,
+                hop_length=HOP_LENGTH,
+                win_length=WIN_LENGTH,
+                window="hann",
+                center=False,
+            )
+        )
+        ** 2
+    )
+    fb = librosa.filters.mel(
+        sr=16000, n_fft=512, n_mels=N_MELS, fmin=20.0, fmax=7600.0, dtype=np.float64
+    )
     return np.log(fb @ s + 1e-6).T
 
 

@@ -22,8 +22,9 @@ def test_wer_matches_jiwer_and_normalizes_both_sides():
     refs = ["Turn on the lights.", "what's up"]
     hyps = ["turn of the lights", "What's up!"]
     got = word_error_rate(refs, hyps)
-    assert got["wer"] == pytest.approx(jiwer.wer(["turn on the lights", "what's up"],
-                                                 ["turn of the lights", "what's up"]))
+    assert got["wer"] == pytest.approx(
+        jiwer.wer(["turn on the lights", "what's up"], ["turn of the lights", "what's up"])
+    )
     assert got["substitutions"] == 1 and got["words"] == 6
 
 

@@ -2,8 +2,13 @@ import pytest
 
 from asr.tokenizer import BLANK_ID, Tokenizer
 
-TEXTS = ["turn on the kitchen lights", "call mom", "set a timer for five minutes",
-         "what's the weather in paris", "play some jazz music"] * 40
+TEXTS = [
+    "turn on the kitchen lights",
+    "call mom",
+    "set a timer for five minutes",
+    "what's the weather in paris",
+    "play some jazz music",
+] * 40
 
 
 def test_roundtrip_and_blank(tmp_path):

@@ -13,8 +13,18 @@ from train.configs import get_recipe
 from train.data import StepPlan, make_buckets
 from train.trainer import train
 
-PHRASES = ["turn on the lights", "call mom", "stop", "play some jazz", "yes", "set a timer",
-           "what's the weather", "seven", "go", "no"]
+PHRASES = [
+    "turn on the lights",
+    "call mom",
+    "stop",
+    "play some jazz",
+    "yes",
+    "set a timer",
+    "what's the weather",
+    "seven",
+    "go",
+    "no",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +37,31 @@ def corpus(tmp_path_factory):
         x, sr = synthesize(text, voice=["en-us", "en-gb+f2"][i % 2], rate_wpm=170)
         p = root / f"{i}.wav"
         sf.write(p, x, sr)
-        rows.append({"audio": str(p), "text": text, "duration": len(x) / sr,
-                     "split": "dev" if i in (3, 14) else "train"})
+        rows.append(
+            {
+                "audio": str(p),
+                "text": text,
+                "duration": len(x) / sr,
+                "split": "dev" if i in (3, 14) else "train",
+            }
+        )
     return write_manifest(rows, root / "m.jsonl")
 
 
 def _cfg(**kw):
-    base = dict(bucket_frames=(320,), steps=8, frames_per_batch=1200, max_batch=6, warmup_steps=2, eval_every=8,
-                eval_utterances=2, ckpt_every=4, log_every=2, spec_start_step=0, data_threads=1)
+    base = dict(
+        bucket_frames=(320,),
+        steps=8,
+        frames_per_batch=1200,
+        max_batch=6,
+        warmup_steps=2,
+        eval_every=8,
+        eval_utterances=2,
+        ckpt_every=4,
+        log_every=2,
+        spec_start_step=0,
+        data_threads=1,
+    )
     base.update(kw)
     return get_recipe("tiny").replace(**base)
 
@@ -55,8 +82,11 @@ def test_interrupted_run_resumes_to_the_same_result(corpus, tmp_path):
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     # the metric log has each step once, as if never interrupted
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text()
-             .splitlines() if "loss" in ln]
+    steps = [
+        json.loads(ln)["step"]
+        for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in ln
+    ]
     assert steps == [2, 4, 6, 8], steps
     ma = (tmp_path / "a" / "metrics.jsonl").read_text()
     mb = (tmp_path / "b" / "metrics.jsonl").read_text()
@@ -66,11 +96,22 @@ def test_interrupted_run_resumes_to_the_same_result(corpus, tmp_path):
 
 def test_loss_decreases_when_overfitting(corpus, tmp_path):
     rows = read_manifest(corpus)
-    cfg = _cfg(steps=30, ckpt_every=30, eval_every=30, log_every=10, peak_lr=3e-3,
-               spec_start_step=1000, augment_prob=0.0, narrowband_prob=0.0)
+    cfg = _cfg(
+        steps=30,
+        ckpt_every=30,
+        eval_every=30,
+        log_every=10,
+        peak_lr=3e-3,
+        spec_start_step=1000,
+        augment_prob=0.0,
+        narrowband_prob=0.0,
+    )
     train(cfg, rows, tmp_path / "w", progress=False)
-    losses = [json.loads(ln)["loss"] for ln in (tmp_path / "w" / "metrics.jsonl").read_text()
-              .splitlines() if "loss" in ln]
+    losses = [
+        json.loads(ln)["loss"]
+        for ln in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in ln
+    ]
     assert losses[-1] < 0.5 * losses[0], losses
     loaded = load_model(tmp_path / "w")  # the training folder itself loads (orbax)
     assert loaded.config.name == "tiny"

@@ -21,10 +21,17 @@ def add_corpus_command(sub) -> None:
     s.add_argument("--out", required=True, help="output folder (audio/ and *.jsonl manifests)")
     s.add_argument("--hours", type=float, default=1.0, help="hours of audio (default 1)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--wake-word-prob", type=float, default=0.3,
-                   help="share of utterances starting with the wake word 'computer'")
-    s.add_argument("--noise-dir", default=None,
-                   help="folder of noise clips (e.g. speech_commands/_silence_); else synthetic")
+    s.add_argument(
+        "--wake-word-prob",
+        type=float,
+        default=0.3,
+        help="share of utterances starting with the wake word 'computer'",
+    )
+    s.add_argument(
+        "--noise-dir",
+        default=None,
+        help="folder of noise clips (e.g. speech_commands/_silence_); else synthetic",
+    )
     s.add_argument("--workers", type=int, default=2)
     s.set_defaults(func=cmd_synth)
 
@@ -40,9 +47,14 @@ def cmd_synth(args) -> int:
     from train.corpus.synth import synthesize_corpus
 
     t0 = time.perf_counter()
-    manifest = synthesize_corpus(args.out, hours=args.hours, seed=args.seed,
-                                 wake_word_prob=args.wake_word_prob, noise_dir=args.noise_dir,
-                                 workers=args.workers)
+    manifest = synthesize_corpus(
+        args.out,
+        hours=args.hours,
+        seed=args.seed,
+        wake_word_prob=args.wake_word_prob,
+        noise_dir=args.noise_dir,
+        workers=args.workers,
+    )
     print(f"wrote {manifest} in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -50,9 +62,13 @@ def cmd_synth(args) -> int:
 def load_real(kind: str, src: str) -> list[dict]:
     from train.corpus import loaders
 
-    fn = {"fsdd": loaders.load_fsdd, "speech_commands": loaders.load_speech_commands,
-          "librispeech": loaders.load_librispeech, "kaldi": loaders.load_kaldi,
-          "jsonl": loaders.load_jsonl}[kind]
+    fn = {
+        "fsdd": loaders.load_fsdd,
+        "speech_commands": loaders.load_speech_commands,
+        "librispeech": loaders.load_librispeech,
+        "kaldi": loaders.load_kaldi,
+        "jsonl": loaders.load_jsonl,
+    }[kind]
     return fn(src)
 
 
@@ -63,8 +79,9 @@ def cmd_import(args) -> int:
     if args.split:
         rows = [r for r in rows if r.get("split") == args.split]
     if not rows:
-        raise ValueError(f"no utterances in {args.src}" + (f" for split {args.split}"
-                                                           if args.split else ""))
+        raise ValueError(
+            f"no utterances in {args.src}" + (f" for split {args.split}" if args.split else "")
+        )
     write_manifest(rows, args.out)
     splits = {}
     for r in rows:
@@ -78,8 +95,13 @@ def add_train_command(sub) -> None:
     p.add_argument("--config", default="small", help="recipe: tiny, small or large")
     p.add_argument("--data", nargs="+", required=True, help="manifests (JSONL)")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and the final model")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override recipe fields, e.g. --set steps=500 peak_lr=1e-3")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override recipe fields, e.g. --set steps=500 peak_lr=1e-3",
+    )
     p.add_argument("--noise-dir", default=None, help="noise clips for augmentation")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -99,8 +121,7 @@ def cmd_train(args) -> int:
 
     cfg = get_recipe(args.config).override(args.set)
     rows = [r for m in args.data for r in read_manifest(m)]
-    res = train(cfg, rows, args.workdir, noise_dir=args.noise_dir,
-                progress=not args.no_progress)
+    res = train(cfg, rows, args.workdir, noise_dir=args.noise_dir, progress=not args.no_progress)
     print(json.dumps({"workdir": args.workdir, **res}))
     return 0
 
@@ -118,19 +139,27 @@ def cmd_demo(args) -> int:
     print(f"[1/3] synthesizing {args.hours} h of voice-assistant requests with eSpeak NG")
     synthesize_corpus(wd / "corpus", hours=args.hours, seed=0, workers=2)
     rows = read_manifest(wd / "corpus" / "train.jsonl") + read_manifest(wd / "corpus" / "dev.jsonl")
-    print(f"[2/3] training the tiny model for {args.steps} steps on {len(rows)} utterances "
-          f"(a short demonstration run; the shipped model trained far longer)")
+    print(
+        f"[2/3] training the tiny model for {args.steps} steps on {len(rows)} utterances "
+        f"(a short demonstration run; the shipped model trained far longer)"
+    )
     cfg = get_recipe("tiny").replace(steps=args.steps)
     res = train(cfg, rows, wd / "tiny")
-    print(f"      tiny model after {args.steps} steps: loss {res.get('loss', float('nan')):.2f}, "
-          f"dev WER {100 * res.get('dev_wer', float('nan')):.1f}%")
+    print(
+        f"      tiny model after {args.steps} steps: loss {res.get('loss', float('nan')):.2f}, "
+        f"dev WER {100 * res.get('dev_wer', float('nan')):.1f}%"
+    )
     test = read_manifest(wd / "corpus" / "test.jsonl")[: args.utterances]
-    print(f"[3/3] the shipped default model on {len(test)} held-out utterances "
-          "(voices and names never seen in training)")
+    print(
+        f"[3/3] the shipped default model on {len(test)} held-out utterances "
+        "(voices and names never seen in training)"
+    )
     rec = Recognizer(load_model("default"), DecodeSettings(method="beam", beam=4))
     out = evaluate_manifest(rec, test, pairs=len(test))
     for s in out["pairs"]:
         print(f"  REF: {s['ref']}\n  HYP: {s['hyp']}")
-    print(f"WER {100 * out['wer']:.2f}% ({out['words']} words), real-time factor "
-          f"{out['rtf']:.3f} on {out['device']}")
+    print(
+        f"WER {100 * out['wer']:.2f}% ({out['words']} words), real-time factor "
+        f"{out['rtf']:.3f} on {out['device']}"
+    )
     return 0

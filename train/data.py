@@ -87,7 +87,9 @@ class StepPlan(Sequence):
             math.ceil(sum(int(weights[i]) for i in b.rows) / b.batch) for b in buckets
         )
         if self.per_epoch == 0:
-            raise ValueError("no training batches: every utterance was skipped or the data is empty")
+            raise ValueError(
+                "no training batches: every utterance was skipped or the data is empty"
+            )
 
     def __len__(self) -> int:
         return self.steps
@@ -101,8 +103,9 @@ class StepPlan(Sequence):
             rows = rng.permutation(rows)
             n = math.ceil(len(rows) / b.batch)
             rows = np.resize(rows, n * b.batch)  # wrap around to fill the last batch
-            batches += [(bi, tuple(int(r) for r in rows[k * b.batch : (k + 1) * b.batch]))
-                        for k in range(n)]
+            batches += [
+                (bi, tuple(int(r) for r in rows[k * b.batch : (k + 1) * b.batch])) for k in range(n)
+            ]
         order = rng.permutation(len(batches))
         return [batches[i] for i in order]
 
@@ -116,8 +119,14 @@ class StepPlan(Sequence):
 class UtteranceLoader:
     """Loads, augments and featurizes utterances; builds fixed-shape padded batches."""
 
-    def __init__(self, rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig,
-                 noise_bank=None, augment: bool = True):
+    def __init__(
+        self,
+        rows: list[dict],
+        tokenizer: Tokenizer,
+        cfg: TrainConfig,
+        noise_bank=None,
+        augment: bool = True,
+    ):
         self.rows = rows
         self.tokenizer = tokenizer
         self.cfg = cfg
@@ -142,8 +151,13 @@ class UtteranceLoader:
         x = x * np.float32(10 ** (rng.uniform(-15, 10) / 20))  # gain, -15..+10 dB
         return np.clip(x, -1.0, 1.0).astype(np.float32)
 
-    def batch(self, rows: Sequence[int], frames: int, labels: int,
-              rngs: Sequence[np.random.Generator | None]) -> dict[str, np.ndarray]:
+    def batch(
+        self,
+        rows: Sequence[int],
+        frames: int,
+        labels: int,
+        rngs: Sequence[np.random.Generator | None],
+    ) -> dict[str, np.ndarray]:
         """Padded batch: feats f32[B, frames, 80], feat_paddings f32[B, frames] (1.0 = pad),
         labels int32[B, labels], label_paddings f32[B, labels]."""
         b = len(rows)
@@ -164,8 +178,9 @@ class UtteranceLoader:
         return {"feats": feats, "feat_paddings": fpad, "labels": lab, "label_paddings": lpad}
 
 
-def training_dataset(rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig, noise_bank,
-                     start_step: int = 0):
+def training_dataset(
+    rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig, noise_bank, start_step: int = 0
+):
     """grain IterDataset of batches for steps start_step..cfg.steps-1, and the bucket list."""
     loader = UtteranceLoader(rows, tokenizer, cfg, noise_bank, augment=True)
     durations = [float(r.get("duration") or 0.0) for r in rows]
@@ -188,21 +203,30 @@ def training_dataset(rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig, n
 
     ds = grain.MapDataset.source(plan)[start_step:].map(load)
     opts = grain.ReadOptions(num_threads=cfg.data_threads, prefetch_buffer_size=4)
-    info = {"buckets": buckets, "skipped": skipped, "per_epoch": plan.per_epoch,
-            "real_repeat": int(weights.max()), "real": n_real, "synthetic": n_syn}
+    info = {
+        "buckets": buckets,
+        "skipped": skipped,
+        "per_epoch": plan.per_epoch,
+        "real_repeat": int(weights.max()),
+        "real": n_real,
+        "synthetic": n_syn,
+    }
     return ds.to_iter_dataset(opts), info
 
 
 def eval_batches(rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig, max_batch: int = 32):
     """Unaugmented padded batches of `rows`, in order, with their row indices."""
     loader = UtteranceLoader(rows, tokenizer, cfg, augment=False)
-    frames_of = [max(1, 1 + (int(float(r.get("duration") or 0) * SAMPLE_RATE) - WIN_LENGTH)
-                     // HOP_LENGTH) for r in rows]
+    frames_of = [
+        max(1, 1 + (int(float(r.get("duration") or 0) * SAMPLE_RATE) - WIN_LENGTH) // HOP_LENGTH)
+        for r in rows
+    ]
     order = sorted(range(len(rows)), key=lambda i: frames_of[i])
     for s in range(0, len(order), max_batch):
         idx = order[s : s + max_batch]
         frames = max(frames_of[i] for i in idx)
         frames = 64 * math.ceil(frames / 64)
-        labels = LABEL_ROUND * math.ceil(max(max(len(loader.labels[i]) for i in idx), 1)
-                                         / LABEL_ROUND)
+        labels = LABEL_ROUND * math.ceil(
+            max(max(len(loader.labels[i]) for i in idx), 1) / LABEL_ROUND
+        )
         yield idx, loader.batch(idx, frames, labels, [None] * len(idx))

@@ -64,8 +64,14 @@ def loss_fn(params, norm, model: Transducer, batch, rng, train: bool):
     """Mean per-utterance transducer loss over utterances that have frames."""
     variables = {"params": params, "norm": norm}
     rngs = {"dropout": rng} if train else {}
-    enc_p, enc_pad = model.apply(variables, batch["feats"], batch["feat_paddings"], train,
-                                 method=Transducer.encode, rngs=rngs)
+    enc_p, enc_pad = model.apply(
+        variables,
+        batch["feats"],
+        batch["feat_paddings"],
+        train,
+        method=Transducer.encode,
+        rngs=rngs,
+    )
     b = batch["labels"].shape[0]
     history = jnp.concatenate(
         [jnp.full((b, 1), model.config.blank_id, jnp.int32), batch["labels"]], axis=1
@@ -75,8 +81,15 @@ def loss_fn(params, norm, model: Transducer, batch, rng, train: bool):
     def joint_fn(e, p):
         return model.apply(variables, e, p, method=Transducer.joint)
 
-    per_utt = rnnt_loss(joint_fn, enc_p, enc_pad, pred_p, batch["labels"],
-                        batch["label_paddings"], blank_id=model.config.blank_id)
+    per_utt = rnnt_loss(
+        joint_fn,
+        enc_p,
+        enc_pad,
+        pred_p,
+        batch["labels"],
+        batch["label_paddings"],
+        blank_id=model.config.blank_id,
+    )
     valid = (jnp.sum(1.0 - enc_pad, axis=1) > 0).astype(jnp.float32)
     loss = jnp.sum(per_utt * valid) / jnp.maximum(jnp.sum(valid), 1.0)
     return loss, {"loss": loss, "utterances": jnp.sum(valid)}
@@ -86,9 +99,15 @@ def make_train_step(model: Transducer, cfg: TrainConfig, tx: optax.GradientTrans
     def train_step(state: TrainState, batch, rng):
         rng = jax.random.fold_in(rng, state.step)
         k_spec, k_drop = jax.random.split(rng)
-        feats = spec_augment(k_spec, batch["feats"], batch["feat_paddings"],
-                             freq_masks=cfg.spec_freq_masks, freq_width=cfg.spec_freq_width,
-                             time_masks=cfg.spec_time_masks, time_ratio=cfg.spec_time_ratio)
+        feats = spec_augment(
+            k_spec,
+            batch["feats"],
+            batch["feat_paddings"],
+            freq_masks=cfg.spec_freq_masks,
+            freq_width=cfg.spec_freq_width,
+            time_masks=cfg.spec_time_masks,
+            time_ratio=cfg.spec_time_ratio,
+        )
         use_spec = state.step >= cfg.spec_start_step
         batch = dict(batch, feats=jnp.where(use_spec, feats, batch["feats"]))
         grads, metrics = jax.grad(loss_fn, has_aux=True)(
@@ -109,8 +128,10 @@ def feature_stats(rows: list[dict], n: int = 300, seed: int = 0) -> dict[str, np
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
     feats = np.concatenate([log_mel(load_audio(rows[i]["audio"])) for i in idx])
-    return {"mean": feats.mean(0).astype(np.float32),
-            "istd": (1.0 / (feats.std(0) + 1e-3)).astype(np.float32)}
+    return {
+        "mean": feats.mean(0).astype(np.float32),
+        "istd": (1.0 / (feats.std(0) + 1e-3)).astype(np.float32),
+    }
 
 
 @dataclass
@@ -165,8 +186,9 @@ def split_rows(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     return train, dev
 
 
-def evaluate(model: Transducer, variables, tokenizer: Tokenizer, rows: list[dict],
-             cfg: TrainConfig) -> dict:
+def evaluate(
+    model: Transducer, variables, tokenizer: Tokenizer, rows: list[dict], cfg: TrainConfig
+) -> dict:
     """Greedy-decodes `rows` and returns {'wer', 'utterances'}."""
     from asr.decoding import decoder_fns, greedy_search, strip
 
@@ -182,8 +204,14 @@ def evaluate(model: Transducer, variables, tokenizer: Tokenizer, rows: list[dict
     return {"wer": res["wer"], "utterances": len(rows)}
 
 
-def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: str | None = None,
-          progress: bool = True, stop_after: int | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    rows: list[dict],
+    workdir: str | Path,
+    noise_dir: str | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Trains (or resumes) in `workdir`; returns the final metrics.
 
     `stop_after`: stop (with a checkpoint) after this many steps of this call, e.g. to share a
@@ -209,8 +237,7 @@ def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: st
     if wd.tokenizer.exists():
         tokenizer = Tokenizer.load(wd.tokenizer)
     else:
-        tokenizer = Tokenizer.train((normalize_text(r["text"]) for r in train_rows),
-                                    cfg.vocab_size)
+        tokenizer = Tokenizer.train((normalize_text(r["text"]) for r in train_rows), cfg.vocab_size)
         _atomic_write(wd.tokenizer, tokenizer.model_proto)
     mcfg = get_config(cfg.model).replace(vocab_size=tokenizer.vocab_size)
     if not wd.config.exists():
@@ -221,46 +248,65 @@ def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: st
 
     key = jax.random.PRNGKey(cfg.seed)
     variables = init_variables(model, key)
-    state = TrainState(step=jnp.array(0, jnp.int32), params=variables["params"],
-                       opt_state=tx.init(variables["params"]), norm=variables["norm"])
+    state = TrainState(
+        step=jnp.array(0, jnp.int32),
+        params=variables["params"],
+        opt_state=tx.init(variables["params"]),
+        norm=variables["norm"],
+    )
     mngr = ocp.CheckpointManager(
         wd.ckpt, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     )
     start = mngr.latest_step()
     if start is not None:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-        r = mngr.restore(start, args=ocp.args.Composite(
-            model=ocp.args.StandardRestore({"params": abstract.params, "norm": abstract.norm}),
-            train=ocp.args.StandardRestore({"step": abstract.step,
-                                            "opt_state": abstract.opt_state}),
-        ))
-        state = TrainState(step=r["train"]["step"], params=r["model"]["params"],
-                           opt_state=r["train"]["opt_state"], norm=r["model"]["norm"])
+        r = mngr.restore(
+            start,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardRestore({"params": abstract.params, "norm": abstract.norm}),
+                train=ocp.args.StandardRestore(
+                    {"step": abstract.step, "opt_state": abstract.opt_state}
+                ),
+            ),
+        )
+        state = TrainState(
+            step=r["train"]["step"],
+            params=r["model"]["params"],
+            opt_state=r["train"]["opt_state"],
+            norm=r["model"]["norm"],
+        )
         _truncate_metrics(wd.metrics, start)
         tqdm.write(f"resumed from step {start}")
     else:
         start = 0
-        state = state.replace(norm=jax.tree_util.tree_map(jnp.asarray,
-                                                          feature_stats(train_rows, seed=cfg.seed)))
+        state = state.replace(
+            norm=jax.tree_util.tree_map(jnp.asarray, feature_stats(train_rows, seed=cfg.seed))
+        )
 
     noise_bank = _noise_bank(noise_dir)
     ds, info = training_dataset(train_rows, tokenizer, cfg, noise_bank, start_step=start)
     step_fn = make_train_step(model, cfg, tx)
     n_params = count_params(state.params)
-    tqdm.write(f"model {mcfg.name}: {n_params / 1e6:.2f} M parameters, vocab {mcfg.vocab_size}; "
-               f"{info['synthetic']} synthesized + {info['real']} real utterances "
-               f"(real x{info['real_repeat']}), {info['skipped']} skipped as too long; "
-               f"{info['per_epoch']} steps per epoch; {len(dev_rows)} dev utterances")
+    tqdm.write(
+        f"model {mcfg.name}: {n_params / 1e6:.2f} M parameters, vocab {mcfg.vocab_size}; "
+        f"{info['synthetic']} synthesized + {info['real']} real utterances "
+        f"(real x{info['real_repeat']}), {info['skipped']} skipped as too long; "
+        f"{info['per_epoch']} steps per epoch; {len(dev_rows)} dev utterances"
+    )
 
     def save(step: int) -> None:
-        mngr.save(step, args=ocp.args.Composite(
-            model=ocp.args.StandardSave({"params": state.params, "norm": state.norm}),
-            train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
-        ))
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardSave({"params": state.params, "norm": state.norm}),
+                train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+            ),
+        )
 
     last = {}
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True
+    )
     t0, frames_done = time.perf_counter(), 0
     window: list[dict] = []
     with open(wd.metrics, "a") as mf:
@@ -274,8 +320,11 @@ def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: st
                 m = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
                 window = []
                 dt = time.perf_counter() - t0
-                m.update(step=done, audio_s_per_s=frames_done * 0.01 / max(dt, 1e-9),
-                         lr=float(make_lr(cfg)(done)))
+                m.update(
+                    step=done,
+                    audio_s_per_s=frames_done * 0.01 / max(dt, 1e-9),
+                    lr=float(make_lr(cfg)(done)),
+                )
                 if not math.isfinite(m["loss"]):
                     raise FloatingPointError(f"loss became {m['loss']} at step {done}")
                 mf.write(json.dumps(m) + "\n")
@@ -283,8 +332,9 @@ def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: st
                 bar.set_postfix(loss=f"{m['loss']:.3f}", audio_x=f"{m['audio_s_per_s']:.1f}")
                 last = m
             if done % cfg.eval_every == 0 or done == cfg.steps:
-                ev = evaluate(model, {"params": state.params, "norm": state.norm}, tokenizer,
-                              dev_rows, cfg)
+                ev = evaluate(
+                    model, {"params": state.params, "norm": state.norm}, tokenizer, dev_rows, cfg
+                )
                 mf.write(json.dumps({"step": done, "dev_wer": ev["wer"]}) + "\n")
                 mf.flush()
                 tqdm.write(f"step {done}: dev WER {100 * ev['wer']:.2f}% on {ev['utterances']}")
@@ -300,8 +350,13 @@ def train(cfg: TrainConfig, rows: list[dict], workdir: str | Path, noise_dir: st
     if int(state.step) < cfg.steps:
         return last
     variables = {"params": state.params, "norm": state.norm}
-    save_model_folder(wd.root / "model", mcfg, tokenizer, jax.device_get(variables),
-                      extra={"train": cfg.to_dict(), "steps": cfg.steps})
+    save_model_folder(
+        wd.root / "model",
+        mcfg,
+        tokenizer,
+        jax.device_get(variables),
+        extra={"train": cfg.to_dict(), "steps": cfg.steps},
+    )
     return last
 
 
@@ -316,8 +371,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drops metric lines written after checkpoint `step` (they will be produced again)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines()
-            if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    keep = [
+        ln
+        for ln in path.read_text().splitlines()
+        if ln.strip() and json.loads(ln).get("step", 0) <= step
+    ]
     _atomic_write(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 

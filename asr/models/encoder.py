@@ -28,9 +28,7 @@ def subsample_paddings(paddings: jax.Array, factor: int = 4) -> jax.Array:
     return paddings[:, ::factor]
 
 
-def chunk_attention_mask(
-    paddings: jax.Array, chunk_size: int, left_chunks: int
-) -> jax.Array:
+def chunk_attention_mask(paddings: jax.Array, chunk_size: int, left_chunks: int) -> jax.Array:
     """bool[B, 1, T, T]: query i may attend key j iff j is not padded, chunk(j) <= chunk(i) and
     chunk(j) >= chunk(i) - left_chunks (no left limit when left_chunks < 0)."""
     t = paddings.shape[1]
@@ -105,8 +103,9 @@ class CausalConvModule(nn.Module):
         x = nn.Dense(2 * self.d_model)(x)
         x = nn.glu(x, axis=-1)
         x = jnp.pad(x, ((0, 0), (self.kernel - 1, 0), (0, 0)))
-        x = nn.Conv(self.d_model, (self.kernel,), feature_group_count=self.d_model,
-                    padding="VALID")(x)
+        x = nn.Conv(
+            self.d_model, (self.kernel,), feature_group_count=self.d_model, padding="VALID"
+        )(x)
         x = nn.LayerNorm()(x)
         x = nn.swish(x)
         return nn.Dense(self.d_model)(x)

@@ -24,7 +24,9 @@ class LstmPredictor(nn.Module):
     def setup(self):
         c = self.config
         self.embed = nn.Embed(c.vocab_size, c.pred_dim)
-        self.cells = [nn.OptimizedLSTMCell(c.pred_dim, name=f"lstm_{i}") for i in range(c.pred_layers)]
+        self.cells = [
+            nn.OptimizedLSTMCell(c.pred_dim, name=f"lstm_{i}") for i in range(c.pred_layers)
+        ]
         self.norm = nn.LayerNorm()
 
     def initial_state(self, batch: int):
@@ -47,8 +49,9 @@ class LstmPredictor(nn.Module):
             carry, y = mdl.step(carry, tok)
             return carry, y
 
-        scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
-                       in_axes=1, out_axes=1)
+        scan = nn.scan(
+            body, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1
+        )
         _, ys = scan(self, state, labels)
         return ys
 

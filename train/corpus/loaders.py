@@ -36,8 +36,17 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 load_jsonl = read_manifest
 # read_manifest, write_manifest (asr.manifest) and normalize_text (asr.text) are re-exported
 # here so that corpus code has one import for manifests.
-__all__ = ["load_fsdd", "load_jsonl", "load_kaldi", "load_librispeech", "load_speech_commands",
-           "normalize_text", "read_manifest", "split_by_speaker", "write_manifest"]
+__all__ = [
+    "load_fsdd",
+    "load_jsonl",
+    "load_kaldi",
+    "load_librispeech",
+    "load_speech_commands",
+    "normalize_text",
+    "read_manifest",
+    "split_by_speaker",
+    "write_manifest",
+]
 
 
 def estimate_speech_bounds(
