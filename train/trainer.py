@@ -307,44 +307,41 @@ def train(
     bar = tqdm(
         total=cfg.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True
     )
-    t0, frames_done = time.perf_counter(), 0
+    t0, frames = time.perf_counter(), 0  # speed is measured over each logging window
     window: list[dict] = []
-    with open(wd.metrics, "a") as mf:
+    log = MetricsLog(wd)
+    try:
         for batch in ds:
             step = int(batch.pop("step"))
-            frames_done += int(np.sum(1.0 - batch["feat_paddings"]))
+            frames += int(np.sum(1.0 - batch["feat_paddings"]))
             state, m = step_fn(state, batch, key)
             window.append(m)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 m = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
-                window = []
                 dt = time.perf_counter() - t0
-                m.update(
-                    step=done,
-                    audio_s_per_s=frames_done * 0.01 / max(dt, 1e-9),
-                    lr=float(make_lr(cfg)(done)),
-                )
+                m.update(step=done, audio_s_per_s=frames * 0.01 / dt, lr=float(make_lr(cfg)(done)))
+                window, t0, frames = [], time.perf_counter(), 0
                 if not math.isfinite(m["loss"]):
                     raise FloatingPointError(f"loss became {m['loss']} at step {done}")
-                mf.write(json.dumps(m) + "\n")
-                mf.flush()
+                log.write(m)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", audio_x=f"{m['audio_s_per_s']:.1f}")
                 last = m
             if done % cfg.eval_every == 0 or done == cfg.steps:
-                ev = evaluate(
-                    model, {"params": state.params, "norm": state.norm}, tokenizer, dev_rows, cfg
-                )
-                mf.write(json.dumps({"step": done, "dev_wer": ev["wer"]}) + "\n")
-                mf.flush()
+                variables = {"params": state.params, "norm": state.norm}
+                ev = evaluate(model, variables, tokenizer, dev_rows, cfg)
+                log.write({"step": done, "dev_wer": ev["wer"]})
                 tqdm.write(f"step {done}: dev WER {100 * ev['wer']:.2f}% on {ev['utterances']}")
                 last["dev_wer"] = ev["wer"]
+                t0 = time.perf_counter()  # evaluation time is not training speed
             stopping = stop_after is not None and done - start >= stop_after
             if done % cfg.ckpt_every == 0 or done == cfg.steps or stopping:
                 save(done)
             bar.update(1)
             if stopping:
                 break
+    finally:
+        log.close()
     bar.close()
     mngr.wait_until_finished()
     if int(state.step) < cfg.steps:
@@ -365,6 +362,34 @@ def make_lr(cfg: TrainConfig) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         0.0, cfg.peak_lr, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1), cfg.end_lr
     )
+
+
+class MetricsLog:
+    """Appends metric dicts to metrics.jsonl, and to TensorBoard when tensorboardX is installed
+    (`pip install tensorboardX`; event files under <workdir>/tensorboard)."""
+
+    def __init__(self, workdir: Workdir):
+        self._file = open(workdir.metrics, "a")  # noqa: SIM115 - closed in close()
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            self._tb = None
+        else:
+            self._tb = SummaryWriter(str(workdir.root / "tensorboard"))
+
+    def write(self, metrics: dict) -> None:
+        self._file.write(json.dumps(metrics) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if k != "step":
+                    self._tb.add_scalar(k, v, metrics["step"])
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
