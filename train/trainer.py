@@ -95,6 +95,17 @@ def loss_fn(params, norm, model: Transducer, batch, rng, train: bool):
     return loss, {"loss": loss, "utterances": jnp.sum(valid)}
 
 
+def init_state(model: Transducer, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
+    """Step 0: freshly initialized parameters and optimizer state."""
+    variables = init_variables(model, key)
+    return TrainState(
+        step=jnp.array(0, jnp.int32),
+        params=variables["params"],
+        opt_state=tx.init(variables["params"]),
+        norm=variables["norm"],
+    )
+
+
 def make_train_step(model: Transducer, cfg: TrainConfig, tx: optax.GradientTransformation):
     def train_step(state: TrainState, batch, rng):
         rng = jax.random.fold_in(rng, state.step)
@@ -247,13 +258,7 @@ def train(
     tx = make_optimizer(cfg)
 
     key = jax.random.PRNGKey(cfg.seed)
-    variables = init_variables(model, key)
-    state = TrainState(
-        step=jnp.array(0, jnp.int32),
-        params=variables["params"],
-        opt_state=tx.init(variables["params"]),
-        norm=variables["norm"],
-    )
+    state = init_state(model, tx, key)
     mngr = ocp.CheckpointManager(
         wd.ckpt, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     )

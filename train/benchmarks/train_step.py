@@ -33,13 +33,12 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from asr.models.config import get_config
-from asr.models.transducer import build_model, count_params, init_variables
+from asr.models.transducer import build_model, count_params
 from train.configs import get_recipe
-from train.trainer import TrainState, make_optimizer, make_train_step
+from train.trainer import init_state, make_optimizer, make_train_step
 
 FRAME_S = 0.01  # one feature frame
 MB = 2**20
@@ -132,13 +131,7 @@ def bench_size(
     model = build_model(mcfg)
     tx = make_optimizer(cfg)
     key = jax.random.PRNGKey(seed)
-    variables = init_variables(model, key)
-    state = TrainState(
-        step=jnp.array(0, jnp.int32),
-        params=variables["params"],
-        opt_state=tx.init(variables["params"]),
-        norm=variables["norm"],
-    )
+    state = init_state(model, tx, key)
     data = jax.device_put(synthetic_batch(b, frames, labels, mcfg.vocab_size, mcfg.n_mels, seed))
     step_fn = make_train_step(model, cfg, tx)
 
