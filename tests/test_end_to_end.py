@@ -50,9 +50,23 @@ def test_default_model_on_fsdd_test(default_recognizer, shared_data):
 
 def test_demo_command_runs(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "asr.cli", "demo", "--workdir", str(tmp_path), "--hours", "0.02",
-         "--steps", "20", "--utterances", "4"],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "asr.cli",
+            "demo",
+            "--workdir",
+            str(tmp_path),
+            "--hours",
+            "0.02",
+            "--steps",
+            "20",
+            "--utterances",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "REF:" in proc.stdout and "HYP:" in proc.stdout and "WER" in proc.stdout

@@ -114,6 +114,8 @@ def test_loss_decreases_when_overfitting(corpus, tmp_path):
         if "loss" in ln
     ]
     assert losses[-1] < 0.5 * losses[0], losses
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "w" / "curves.png").stat().st_size > 1000
     if importlib.util.find_spec("tensorboardX"):
         assert list((tmp_path / "w" / "tensorboard").glob("events.out.tfevents.*"))
     loaded = load_model(tmp_path / "w")  # the training folder itself loads (orbax)

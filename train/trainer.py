@@ -349,6 +349,7 @@ def train(
         log.close()
     bar.close()
     mngr.wait_until_finished()
+    _plot(wd)
     if int(state.step) < cfg.steps:
         return last
     variables = {"params": state.params, "norm": state.norm}
@@ -395,6 +396,16 @@ class MetricsLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _plot(wd: Workdir) -> None:
+    """curves.png in the work folder, when matplotlib is installed (a dev extra)."""
+    from train.plot import plot_curves
+
+    try:
+        plot_curves(wd.root)
+    except ImportError:
+        pass
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
