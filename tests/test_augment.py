@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,11 +127,8 @@ def test_noise_bank_fallback_and_errors(tmp_path):
         augment.NoiseBank(tmp_path / "missing")
 
 
-def test_noise_bank_real_silence_clips():
-    root = Path(
-        os.environ.get("ASR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data")
-    )
-    folder = root / "speech_commands" / "_silence_"
+def test_noise_bank_real_silence_clips(shared_data):
+    folder = shared_data / "speech_commands" / "_silence_"
     if not folder.is_dir():
         pytest.skip(f"no {folder}")
     bank = augment.NoiseBank(folder, max_clips=20)

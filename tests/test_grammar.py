@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,13 +9,9 @@ from train.corpus import grammar
 from train.corpus import names as name_pool
 
 
-def _shared_data() -> Path:
-    env = os.environ.get("ASR_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _vocabulary() -> set[str]:
-    path = _shared_data() / "requests" / "vocabulary.txt"
+@pytest.fixture
+def vocabulary(shared_data) -> set[str]:
+    path = shared_data / "requests" / "vocabulary.txt"
     if not path.exists():
         pytest.skip(f"no vocabulary at {path}")
     return {w.strip() for w in path.read_text().split() if w.strip()}
@@ -28,8 +21,8 @@ def _name_words(names) -> set[str]:
     return {w for n in names for w in n.split()}
 
 
-def test_grammar_vocabulary_covers_vocabulary_and_nothing_else():
-    vocab = _vocabulary()
+def test_grammar_vocabulary_covers_vocabulary_and_nothing_else(vocabulary):
+    vocab = vocabulary
     assert len(vocab) == 316
     words = grammar.grammar_vocabulary()
     assert vocab <= words, sorted(vocab - words)
@@ -37,8 +30,8 @@ def test_grammar_vocabulary_covers_vocabulary_and_nothing_else():
     assert not extra, sorted(extra)
 
 
-def test_sampled_sentences_cover_vocabulary():
-    vocab = _vocabulary()
+def test_sampled_sentences_cover_vocabulary(vocabulary):
+    vocab = vocabulary
     rng = np.random.default_rng(123)
     seen: set[str] = set()
     for _ in range(20000):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,6 @@ import soundfile as sf
 from train.corpus import loaders
 
 SR = 16000
-
-
-def _shared() -> Path:
-    env = os.environ.get("ASR_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _clip(path: Path, seconds: float = 1.0, speech=(0.3, 0.7), sr: int = SR) -> Path:
@@ -156,8 +150,8 @@ def test_loader_folder_errors(tmp_path):
         loaders.load_fsdd(tmp_path, split="random")
 
 
-def test_real_fsdd():
-    root = _shared() / "fsdd"
+def test_real_fsdd(shared_data):
+    root = shared_data / "fsdd"
     if not root.is_dir():
         pytest.skip(f"no {root}")
     rows = loaders.load_fsdd(root, vad=False)
@@ -167,8 +161,8 @@ def test_real_fsdd():
     assert all(0 < r["duration"] < 3 for r in rows)
 
 
-def test_real_speech_commands():
-    root = _shared() / "speech_commands"
+def test_real_speech_commands(shared_data):
+    root = shared_data / "speech_commands"
     if not root.is_dir():
         pytest.skip(f"no {root}")
     rows = loaders.load_speech_commands(root, vad=False)
