@@ -68,7 +68,7 @@ def cmd_eval(args) -> int:
     rows = read_manifest(args.manifest)
     if args.limit:
         rows = rows[: args.limit]
-    res = evaluate_manifest(_recognizer(args), rows)
+    res = evaluate_manifest(_recognizer(args), rows, progress=sys.stderr.isatty())
     res["manifest"] = str(args.manifest)
     if args.json:
         print(json.dumps(res))

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, AudioError, load_audio
-from asr.decoding import beam_search, decoder_fns, greedy_search, strip
+from asr.decoding import NEG, beam_search, decoder_fns, greedy_search, strip
 from asr.features import log_mel
 from asr.model_io import LoadedModel
 from asr.models.transducer import Transducer
@@ -82,13 +83,18 @@ class Recognizer:
 
         self._run = jax.jit(run)
 
-    def recognize(self, audios: list[np.ndarray], nbest: int = 1) -> list[list[Hypothesis]]:
+    def recognize(
+        self, audios: list[np.ndarray], nbest: int = 1, progress: bool = False
+    ) -> list[list[Hypothesis]]:
         """f32[N] 16 kHz arrays -> per input, up to `nbest` hypotheses, best first."""
+        t0 = time.perf_counter()
         feats = [log_mel(a) for a in audios]
+        self.timing.compute_s += time.perf_counter() - t0
         out: list[list[Hypothesis]] = [[] for _ in audios]
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]))
         bs = self.settings.batch_size
-        for s in range(0, len(order), bs):
+        starts = range(0, len(order), bs)
+        for s in tqdm(starts, desc="decode", unit="batch", disable=not progress, leave=False):
             idx = order[s : s + bs]
             t = FRAME_BUCKET * math.ceil(max(len(feats[i]) for i in idx) / FRAME_BUCKET)
             x = np.zeros((bs, t, feats[idx[0]].shape[1]), np.float32)
@@ -109,12 +115,12 @@ class Recognizer:
                 hyps = [
                     Hypothesis(self.loaded.tokenizer.decode(q), float(sc))
                     for q, sc in zip(seqs, scores[k], strict=True)
-                    if sc > -1e8
+                    if sc > NEG / 2  # dead beam slots score about NEG
                 ]
                 out[i] = hyps[:nbest]
         return out
 
-    def transcribe_files(self, paths: list[str], nbest: int = 1):
+    def transcribe_files(self, paths: list[str], nbest: int = 1, progress: bool = False):
         """Yields (path, hypotheses or AudioError) in input order; timing covers the work done."""
         audios, errors = {}, {}
         for p in paths:
@@ -126,17 +132,21 @@ class Recognizer:
             except AudioError as e:
                 errors[p] = e
         good = [p for p in paths if p in audios]
-        results = dict(zip(good, self.recognize([audios[p] for p in good], nbest), strict=True))
+        results = dict(
+            zip(good, self.recognize([audios[p] for p in good], nbest, progress), strict=True)
+        )
         for p in paths:
             yield p, results.get(p, errors.get(p))
 
 
-def evaluate_manifest(recognizer: Recognizer, rows: list[dict], pairs: int = 5) -> dict:
+def evaluate_manifest(
+    recognizer: Recognizer, rows: list[dict], pairs: int = 5, progress: bool = False
+) -> dict:
     """WER, utterance count and real-time factor over manifest rows; the first `pairs`
     normalized (reference, hypothesis) pairs are included for reading."""
     paths = [r["audio"] for r in rows]
     hyps, failed = [], []
-    for p, res in recognizer.transcribe_files(paths):
+    for p, res in recognizer.transcribe_files(paths, progress=progress):
         if isinstance(res, Exception):
             failed.append(f"{p}: {res}")
             hyps.append("")
