@@ -111,6 +111,11 @@ def add_train_command(sub) -> None:
     d.add_argument("--hours", type=float, default=0.12)
     d.add_argument("--steps", type=int, default=200)
     d.add_argument("--utterances", type=int, default=12, help="held-out utterances to show")
+    d.add_argument(
+        "--real",
+        default="../shared/data",
+        help="folder with fsdd/ and speech_commands/ to also show real speech (skipped if absent)",
+    )
     d.set_defaults(func=cmd_demo)
 
 
@@ -155,11 +160,34 @@ def cmd_demo(args) -> int:
         "(voices and names never seen in training)"
     )
     rec = Recognizer(load_model("default"), DecodeSettings(method="beam", beam=4))
-    out = evaluate_manifest(rec, test, pairs=len(test))
+    _show(evaluate_manifest(rec, test, pairs=len(test)))
+    real = _real_samples(Path(args.real), args.utterances)
+    if real:
+        print(f"      and on {len(real)} recordings of real people (FSDD and Speech Commands test)")
+        _show(evaluate_manifest(rec, real, pairs=len(real)))
+    return 0
+
+
+def _show(out: dict) -> None:
     for s in out["pairs"]:
         print(f"  REF: {s['ref']}\n  HYP: {s['hyp']}")
     print(
         f"WER {100 * out['wer']:.2f}% ({out['words']} words), real-time factor "
         f"{out['rtf']:.3f} on {out['device']}"
     )
-    return 0
+
+
+def _real_samples(root: Path, n: int) -> list[dict]:
+    """n test recordings spread over FSDD's official test split and Speech Commands' speaker-
+    disjoint test split, when the folders exist."""
+    from train.corpus.loaders import load_fsdd, load_speech_commands
+
+    rows = []
+    if (root / "fsdd").is_dir():
+        test = [r for r in load_fsdd(root / "fsdd", vad=False) if r["split"] == "test"]
+        rows += test[:: max(1, len(test) // (n // 2 or 1))][: n // 2]
+    if (root / "speech_commands").is_dir():
+        sc = load_speech_commands(root / "speech_commands", vad=False)
+        test = [r for r in sc if r["split"] == "test"]
+        rows += test[:: max(1, len(test) // (n - n // 2 or 1))][: n - n // 2]
+    return rows
