@@ -138,3 +138,33 @@ def test_batches_are_a_function_of_seed_and_step():
     # one epoch covers every utterance
     seen = {i for s in range(p1.per_epoch) for i in p1[s][2]}
     assert seen == set(range(50))
+
+
+def test_auxiliary_ctc_loss_adds_to_the_transducer_loss():
+    import jax.numpy as jnp
+
+    from asr.models import build_model
+    from train.trainer import loss_fn
+
+    cfg = get_recipe("tiny").replace(ctc_weight=0.5)
+    model = build_model(cfg.model_config(16))
+    from asr.models.transducer import init_variables
+
+    v = init_variables(model, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = {
+        "feats": jnp.asarray(rng.standard_normal((2, 64, 80)), jnp.float32),
+        "feat_paddings": jnp.zeros((2, 64)).at[1, 40:].set(1.0),
+        "labels": jnp.asarray([[3, 4, 5, 0], [6, 7, 0, 0]], jnp.int32),
+        "label_paddings": jnp.asarray([[0, 0, 0, 1], [0, 0, 1, 1]], jnp.float32),
+    }
+    args = (v["params"], v["norm"], model, batch, jax.random.PRNGKey(1), False)
+    loss, m = loss_fn(*args, 0.5)
+    assert np.isfinite(float(loss)) and float(m["ctc"]) > 0
+    np.testing.assert_allclose(
+        float(loss), float(m["transducer"]) + 0.5 * float(m["ctc"]), rtol=1e-6
+    )
+    grads = jax.grad(lambda p: loss_fn(p, *args[1:], 0.5)[0])(v["params"])
+    assert float(jnp.abs(grads["ctc_out"]["kernel"]).sum()) > 0
+    loss0, _ = loss_fn(*args)  # without the weight: the transducer loss alone
+    np.testing.assert_allclose(float(loss0), float(m["transducer"]), rtol=1e-6)

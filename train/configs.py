@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from asr.models.config import ModelConfig, get_config
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -25,6 +27,7 @@ class TrainConfig:
     end_lr: float = 3e-5
     weight_decay: float = 1e-3
     clip_norm: float = 1.0  # global gradient-norm clipping
+    ctc_weight: float = 0.0  # weight of an auxiliary CTC loss on the encoder (0 = none)
     spec_freq_masks: int = 2  # SpecAugment (Park et al. 2019): masks of up to F mel bins
     spec_freq_width: int = 15
     spec_time_masks: int = 4  # masks of up to `spec_time_ratio` of the frames each
@@ -40,6 +43,12 @@ class TrainConfig:
     data_threads: int = 2  # grain reader threads
     max_seconds: float = 16.0  # longer utterances are skipped (with a count in the log)
     extra: dict = field(default_factory=dict, hash=False, compare=False)  # free-form notes
+
+    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
+        """The model this recipe trains, with the tokenizer's vocabulary size."""
+        return get_config(self.model).replace(
+            vocab_size=vocab_size or self.vocab_size, ctc_head=self.ctc_weight > 0
+        )
 
     def replace(self, **kw) -> TrainConfig:
         return dataclasses.replace(self, **kw)

@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from asr.features import log_mel
 from asr.model_io import save_model_folder
-from asr.models.config import get_config
 from asr.models.transducer import Transducer, build_model, count_params, init_variables
 from asr.text import normalize_text, word_error_rate
 from asr.tokenizer import Tokenizer
@@ -60,8 +59,9 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def loss_fn(params, norm, model: Transducer, batch, rng, train: bool):
-    """Mean per-utterance transducer loss over utterances that have frames."""
+def loss_fn(params, norm, model: Transducer, batch, rng, train: bool, ctc_weight: float = 0.0):
+    """Mean per-utterance transducer loss over utterances that have frames, plus `ctc_weight`
+    times the mean auxiliary CTC loss when the model has a CTC head."""
     variables = {"params": params, "norm": norm}
     rngs = {"dropout": rng} if train else {}
     enc_p, enc_pad = model.apply(
@@ -91,8 +91,24 @@ def loss_fn(params, norm, model: Transducer, batch, rng, train: bool):
         blank_id=model.config.blank_id,
     )
     valid = (jnp.sum(1.0 - enc_pad, axis=1) > 0).astype(jnp.float32)
-    loss = jnp.sum(per_utt * valid) / jnp.maximum(jnp.sum(valid), 1.0)
-    return loss, {"loss": loss, "utterances": jnp.sum(valid)}
+    n = jnp.maximum(jnp.sum(valid), 1.0)
+    loss = jnp.sum(per_utt * valid) / n
+    metrics = {"loss": loss, "utterances": jnp.sum(valid)}
+    if ctc_weight > 0:
+        ctc = optax.ctc_loss(
+            model.apply(variables, enc_p, method=Transducer.ctc_logits),
+            enc_pad,
+            batch["labels"],
+            batch["label_paddings"],
+            blank_id=model.config.blank_id,
+        )
+        # CTC needs at least as many frames as labels; skip utterances that have fewer.
+        ok = valid * (jnp.sum(1.0 - enc_pad, 1) >= jnp.sum(1.0 - batch["label_paddings"], 1))
+        metrics["ctc"] = jnp.sum(ctc * ok) / jnp.maximum(jnp.sum(ok), 1.0)
+        metrics["transducer"] = loss
+        loss = loss + ctc_weight * metrics["ctc"]
+        metrics["loss"] = loss
+    return loss, metrics
 
 
 def init_state(model: Transducer, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
@@ -122,7 +138,7 @@ def make_train_step(model: Transducer, cfg: TrainConfig, tx: optax.GradientTrans
         use_spec = state.step >= cfg.spec_start_step
         batch = dict(batch, feats=jnp.where(use_spec, feats, batch["feats"]))
         grads, metrics = jax.grad(loss_fn, has_aux=True)(
-            state.params, state.norm, model, batch, k_drop, True
+            state.params, state.norm, model, batch, k_drop, True, cfg.ctc_weight
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -250,7 +266,7 @@ def train(
     else:
         tokenizer = Tokenizer.train((normalize_text(r["text"]) for r in train_rows), cfg.vocab_size)
         _atomic_write(wd.tokenizer, tokenizer.model_proto)
-    mcfg = get_config(cfg.model).replace(vocab_size=tokenizer.vocab_size)
+    mcfg = cfg.model_config(tokenizer.vocab_size)
     if not wd.config.exists():
         meta = {"train": cfg.to_dict(), "model": mcfg.to_dict()}
         _atomic_write(wd.config, json.dumps(meta, indent=2).encode())

@@ -30,6 +30,7 @@ class ModelConfig:
     joint_dim: int = 256  # joiner hidden width
     vocab_size: int = 128  # tokens incl. blank (id 0) and unk (id 1)
     blank_id: int = 0
+    ctc_head: bool = False  # auxiliary CTC output on the encoder (a training aid, see TrainConfig)
 
     def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)

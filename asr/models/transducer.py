@@ -5,11 +5,13 @@
   predictor_init(batch)                    -> predictor state pytree
   predict_step(state, tokens int32[B])     -> (state, pred_p f32[B, J])
   joint(enc_p[..., J], pred_p[..., J])     -> logits f32[..., V]
+  ctc_logits(enc_p)                        -> f32[B, T', V]  (only with config.ctc_head)
 
 Call them with `model.apply(variables, ..., method=Transducer.encode)`. Variables hold
 `params` and `norm` (feature mean and inverse std, set from training data, not trained).
 
-References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks".
+References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks"; the auxiliary
+CTC head follows the joint CTC/transducer training of icefall's recipes (Graves et al. 2006, CTC).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Transducer(nn.Module):
         self.encoder = Encoder(c)
         self.predictor = self.predictor_cls(c)
         self.joiner = Joiner(c)
+        if c.ctc_head:
+            self.ctc_out = nn.Dense(c.vocab_size)
         self.feat_mean = self.variable("norm", "mean", jnp.zeros, (c.n_mels,))
         self.feat_istd = self.variable("norm", "istd", jnp.ones, (c.n_mels,))
 
@@ -59,9 +63,15 @@ class Transducer(nn.Module):
     def joint(self, enc_p, pred_p):
         return self.joiner(enc_p, pred_p)
 
+    def ctc_logits(self, enc_p):
+        """f32[B, T', J] projected encoder output -> f32[B, T', V] CTC logits (needs ctc_head)."""
+        return self.ctc_out(nn.tanh(enc_p))
+
     def __call__(self, feats, feat_paddings, labels, train: bool = False):
         """Full forward for initialization: logits f32[B, T', U+1, V]."""
         enc_p, _ = self.encode(feats, feat_paddings, train)
+        if self.config.ctc_head:
+            self.ctc_logits(enc_p)  # creates its parameters
         pred_p = self.predict(labels, train)
         return self.joint(enc_p[:, :, None], pred_p[:, None])
 

@@ -35,7 +35,6 @@ import time
 import jax
 import numpy as np
 
-from asr.models.config import get_config
 from asr.models.transducer import build_model, count_params
 from train.configs import get_recipe
 from train.trainer import init_state, make_optimizer, make_train_step
@@ -126,7 +125,7 @@ def bench_size(
             f"repeats, frames and labels must be >= 1, got {repeats}, {frames}, {labels}"
         )
     cfg = get_recipe(size)
-    mcfg = get_config(cfg.model).replace(vocab_size=cfg.vocab_size)
+    mcfg = cfg.model_config()
     b = batch if batch is not None else max(1, min(cfg.frames_per_batch // frames, cfg.max_batch))
     model = build_model(mcfg)
     tx = make_optimizer(cfg)
