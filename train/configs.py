@@ -115,6 +115,7 @@ RECIPES: dict[str, TrainConfig] = {
         peak_lr=2e-3,
         warmup_steps=300,
         spec_start_step=400,
+        ctc_weight=0.3,  # without it the encoder had not started to align by step 900
         eval_every=300,
         ckpt_every=100,
     ),
