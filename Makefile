@@ -27,7 +27,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # The shipped default model (asr/assets/default): 6 h synthesized requests + the training
-# parts of FSDD and Speech Commands, `small` recipe. About 80 minutes on 2 CPU cores.
+# parts of FSDD and Speech Commands, `small` recipe. About 70 minutes on 2 CPU cores (65 of them training).
 default-model: $(BIN)/.installed
 	$(BIN)/asr corpus synth --out $(RUNS)/corpus6 --hours 6 --seed 0 --noise-dir $(SHARED)/speech_commands/_silence_
 	$(BIN)/asr corpus import fsdd $(SHARED)/fsdd --out $(RUNS)/real/fsdd_train.jsonl --split train

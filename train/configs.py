@@ -105,11 +105,11 @@ RECIPES: dict[str, TrainConfig] = {
         ckpt_every=50,
         log_every=10,
     ),
-    # The shipped on-device default, sized for the 2-core CPU it was trained on (about 90 min;
+    # The shipped on-device default, sized for the 2-core CPU it was trained on (about 65 min;
     # README "Training the shipped model"). On a GPU raise steps and frames_per_batch.
     "small": TrainConfig(
         model="small",
-        steps=2400,
+        steps=4000,
         frames_per_batch=10000,
         max_batch=48,
         peak_lr=2e-3,
