@@ -8,7 +8,7 @@ settings it started with.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from asr.models.config import ModelConfig, get_config
 
@@ -42,7 +42,6 @@ class TrainConfig:
     log_every: int = 25  # steps between metric lines
     data_threads: int = 2  # grain reader threads
     max_seconds: float = 16.0  # longer utterances are skipped (with a count in the log)
-    extra: dict = field(default_factory=dict, hash=False, compare=False)  # free-form notes
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The model this recipe trains, with the tokenizer's vocabulary size."""
