@@ -69,10 +69,12 @@ class Recognizer:
         self.loaded = loaded
         self.settings = settings
         self.timing = Timing()
-        model, variables = loaded.model, jax.device_put(loaded.variables)
-        fns = decoder_fns(model, variables)
+        model = loaded.model
+        self._variables = jax.device_put(loaded.variables)
 
-        def run(feats, feat_paddings):
+        def run(variables, feats, feat_paddings):
+            # weights are an argument, not closed over: not baked into each compiled shape
+            fns = decoder_fns(model, variables)
             enc_p, enc_pad = model.apply(variables, feats, feat_paddings, method=Transducer.encode)
             if settings.method == "greedy":
                 toks, tpad, scores = greedy_search(
@@ -104,11 +106,11 @@ class Recognizer:
                 pad[k, : len(feats[i])] = 0.0
             if t not in self.timing.seen:  # first use of this shape: compile, not timed
                 c0 = time.perf_counter()
-                jax.block_until_ready(self._run(x, pad))
+                jax.block_until_ready(self._run(self._variables, x, pad))
                 self.timing.compile_s += time.perf_counter() - c0
                 self.timing.seen.add(t)
             t0 = time.perf_counter()
-            toks, tpad, scores = jax.device_get(self._run(x, pad))
+            toks, tpad, scores = jax.device_get(self._run(self._variables, x, pad))
             self.timing.compute_s += time.perf_counter() - t0
             for k, i in enumerate(idx):
                 seqs = strip(toks[k], tpad[k])
