@@ -168,3 +168,58 @@ def test_auxiliary_ctc_loss_adds_to_the_transducer_loss():
     assert float(jnp.abs(grads["ctc_out"]["kernel"]).sum()) > 0
     loss0, _ = loss_fn(*args)  # without the weight: the transducer loss alone
     np.testing.assert_allclose(float(loss0), float(m["transducer"]), rtol=1e-6)
+
+
+def _leaves(workdir):
+    return jax.tree_util.tree_leaves(_params(workdir))
+
+
+def test_worker_processes_give_the_same_batches(corpus):
+    from asr.tokenizer import Tokenizer
+    from train.data import training_dataset
+
+    rows = [r for r in read_manifest(corpus) if r["split"] == "train"]
+    tok = Tokenizer.train([r["text"] for r in rows], vocab_size=40)
+    cfg = _cfg(augment_prob=1.0, narrowband_prob=0.5, steps=5)
+    threads, _ = training_dataset(rows, tok, cfg, noise_bank=None, start_step=1)
+    workers, _ = training_dataset(
+        rows, tok, cfg.replace(data_workers=2), noise_bank=None, start_step=1
+    )
+    a, b = list(threads), list(workers)
+    assert [int(x["step"]) for x in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b, strict=True):
+        for k in x:  # features: one BLAS thread per worker sums in another order
+            np.testing.assert_allclose(x[k], y[k], rtol=0, atol=1e-4 if k == "feats" else 0)
+
+
+def test_fine_tuning_starts_from_the_given_model(corpus, tmp_path):
+    rows = read_manifest(corpus)
+    train(_cfg(steps=4), rows, tmp_path / "base", progress=False)
+    base = tmp_path / "base" / "model"
+    # learning rate 0: the fine-tuned model must be the starting model, bit for bit
+    cfg = _cfg(steps=2, init_from=str(base), peak_lr=0.0, end_lr=0.0, seed=5)
+    train(cfg, rows, tmp_path / "ft", progress=False)
+    for x, y in zip(_leaves(tmp_path / "base"), _leaves(tmp_path / "ft"), strict=True):
+        np.testing.assert_array_equal(x, y)
+    tok = (tmp_path / "ft" / "model" / "tokenizer.model").read_bytes()
+    assert tok == (base / "tokenizer.model").read_bytes()
+    # a starting model of another size is refused with the reason
+    with pytest.raises(ValueError, match="config differs"):
+        train(get_recipe("small").replace(init_from=str(base)), rows, tmp_path / "x")
+
+
+def test_time_limit_stops_with_a_model_and_resumes(corpus, tmp_path):
+    rows = read_manifest(corpus)
+    cfg = _cfg(steps=4, precompile=True)
+    res = train(cfg, rows, tmp_path / "w", progress=False, time_limit=0.0)
+    assert res["steps"] == 1  # the limit is checked after each step
+    meta = json.loads((tmp_path / "w" / "model" / "config.json").read_text())
+    assert meta["steps"] == 1 and meta["complete"] is False
+    assert load_model(tmp_path / "w" / "model").config.name == "tiny"
+    res = train(cfg, rows, tmp_path / "w", progress=False)  # the same command resumes
+    meta = json.loads((tmp_path / "w" / "model" / "config.json").read_text())
+    assert res["steps"] == 4 and meta["complete"] is True
+    # precompiled steps and a resumed run give the run that never stopped
+    train(_cfg(steps=4), rows, tmp_path / "ref", progress=False)
+    for x, y in zip(_leaves(tmp_path / "ref"), _leaves(tmp_path / "w"), strict=True):
+        np.testing.assert_array_equal(x, y)

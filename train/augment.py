@@ -301,7 +301,9 @@ class NoiseBank:
             return
         if not self.folder.is_dir():
             raise ValueError(f"folder: expected a directory of noise clips, got {self.folder}")
-        files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
+        files = sorted(
+            p for p in self.folder.rglob("*") if p.suffix.lower() in (".wav", ".flac", ".ogg")
+        )
         for path in files[:max_clips]:
             y, sr = sf.read(path, dtype="float32", always_2d=True)
             y = y.mean(axis=1)

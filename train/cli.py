@@ -103,6 +103,13 @@ def add_train_command(sub) -> None:
         help="override recipe fields, e.g. --set steps=500 peak_lr=1e-3",
     )
     p.add_argument("--noise-dir", default=None, help="noise clips for augmentation")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="stop with a checkpoint and a model folder after this many minutes (resumable)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -126,7 +133,14 @@ def cmd_train(args) -> int:
 
     cfg = get_recipe(args.config).override(args.set)
     rows = [r for m in args.data for r in read_manifest(m)]
-    res = train(cfg, rows, args.workdir, noise_dir=args.noise_dir, progress=not args.no_progress)
+    res = train(
+        cfg,
+        rows,
+        args.workdir,
+        noise_dir=args.noise_dir,
+        progress=not args.no_progress,
+        time_limit=None if args.time_limit is None else 60.0 * args.time_limit,
+    )
     print(json.dumps({"workdir": args.workdir, **res}))
     return 0
 

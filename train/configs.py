@@ -40,7 +40,10 @@ class TrainConfig:
     eval_utterances: int = 200  # dev utterances decoded at each evaluation
     ckpt_every: int = 250  # steps between checkpoints
     log_every: int = 25  # steps between metric lines
-    data_threads: int = 2  # grain reader threads
+    data_threads: int = 2  # grain reader threads (in the training process)
+    data_workers: int = 0  # grain worker processes (0: threads only); use them on a GPU
+    precompile: bool = False  # compile the step for every bucket up front, in parallel threads
+    init_from: str = ""  # start from this model's weights, norm and tokenizer (fine-tuning)
     max_seconds: float = 16.0  # longer utterances are skipped (with a count in the log)
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:

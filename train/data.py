@@ -11,7 +11,8 @@ by length and real clips (digits, commands) are short, real speech is mixed into
 the short buckets, where most of the synthesized short requests and isolated words also land.
 
 Waveform augmentation (speed, pitch, vocal-tract length, reverberation, noise, gain, simulated
-8 kHz band) runs on the host in grain's reader threads; SpecAugment runs on the device inside
+8 kHz band) runs on the host in grain's reader threads, or in worker processes when
+`data_workers` > 0 (a GPU outruns a few threads); SpecAugment runs on the device inside
 the train step (`train.specaugment`).
 
 References: grain (github.com/google/grain), Ko et al. 2015 "Audio augmentation for speech
@@ -178,6 +179,29 @@ class UtteranceLoader:
         return {"feats": feats, "feat_paddings": fpad, "labels": lab, "label_paddings": lpad}
 
 
+# One thread per data worker: N workers that each start a BLAS/OpenMP pool of all cores
+# oversubscribe the machine. Measured on a 16-core GPU host: 14 workers featurized 356 s of
+# audio per second with default pools and 4629 with one thread each (one worker alone: 345).
+_ONE_THREAD = {
+    k: "1"
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+}
+
+
+def _worker_init(index: int, count: int) -> None:
+    """Data workers featurize with NumPy on one thread each; any JAX they import stays off
+    the accelerator."""
+    import os
+
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ.update(_ONE_THREAD)
+    try:
+        from threadpoolctl import threadpool_limits  # pools of libraries already loaded
+    except ImportError:
+        return
+    threadpool_limits(1)
+
+
 def training_dataset(
     rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig, noise_bank, start_step: int = 0
 ):
@@ -211,7 +235,25 @@ def training_dataset(
         "real": n_real,
         "synthetic": n_syn,
     }
-    return ds.to_iter_dataset(opts), info
+    it = ds.to_iter_dataset(opts)
+    if cfg.data_workers > 0:
+        from absl import flags  # grain's worker processes read absl flags: use their defaults
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        # Workers are spawned later, on first iteration, and inherit the environment then:
+        # this process's pools are already sized, so only the workers get one thread.
+        import os
+
+        os.environ.update(_ONE_THREAD)
+        # Worker processes each featurize a slice of the steps; grain interleaves them back in
+        # step order, so the batches are those of threads (features to float rounding: BLAS
+        # sums in another order on one thread).
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=cfg.data_workers, per_worker_buffer_size=2),
+            worker_init_fn=_worker_init,
+        )
+    return it, info
 
 
 def eval_batches(rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig, max_batch: int = 32):

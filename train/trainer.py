@@ -148,6 +148,28 @@ def make_train_step(model: Transducer, cfg: TrainConfig, tx: optax.GradientTrans
     return jax.jit(train_step, donate_argnums=(0,))
 
 
+def precompile(step_fn, state: TrainState, key, buckets, n_mels: int) -> dict:
+    """Compiles `step_fn` for every bucket's batch shape at once, in threads (XLA compiles
+    outside the GIL), instead of one by one as each shape first appears. On a GPU this turns
+    minutes of staggered compiles into one parallel wait. Returns {(feats shape, labels
+    shape): compiled step}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(b):
+        f32, i32 = jnp.float32, jnp.int32
+        batch = {
+            "feats": jax.ShapeDtypeStruct((b.batch, b.frames, n_mels), f32),
+            "feat_paddings": jax.ShapeDtypeStruct((b.batch, b.frames), f32),
+            "labels": jax.ShapeDtypeStruct((b.batch, b.labels), i32),
+            "label_paddings": jax.ShapeDtypeStruct((b.batch, b.labels), f32),
+        }
+        shape = ((b.batch, b.frames, n_mels), (b.batch, b.labels))
+        return shape, step_fn.lower(state, batch, key).compile()
+
+    with ThreadPoolExecutor(max(1, len(buckets))) as ex:
+        return dict(ex.map(one, buckets))
+
+
 def feature_stats(rows: list[dict], n: int = 300, seed: int = 0) -> dict[str, np.ndarray]:
     """Mean and inverse std of log-mel features over up to n training utterances."""
     from asr.audio import load_audio
@@ -238,15 +260,20 @@ def train(
     noise_dir: str | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    time_limit: float | None = None,
 ) -> dict:
     """Trains (or resumes) in `workdir`; returns the final metrics.
 
     `stop_after`: stop (with a checkpoint) after this many steps of this call, e.g. to share a
     machine in time slices; running again resumes.
+    `time_limit`: stop (with a checkpoint) once this call has run this many seconds, and also
+    write the model folder of the step reached (its config.json says `"complete": false`), for
+    a machine that is lent for a fixed time. Running again resumes.
 
     Writes: config.json (recipe and model config), tokenizer.model, checkpoints/ (orbax),
     metrics.jsonl, and model/ (an inference model folder, float16) at the end.
     """
+    t_call = time.perf_counter()  # the time limit counts set-up and compiles too
     wd = Workdir(Path(workdir).absolute())
     wd.root.mkdir(parents=True, exist_ok=True)
     if wd.config.exists():  # resume: the recipe it started with wins
@@ -261,8 +288,12 @@ def train(
     perm = np.random.default_rng(cfg.seed).permutation(len(dev_rows))
     dev_rows = [dev_rows[i] for i in perm[: cfg.eval_utterances]]  # a mix of every dev source
 
+    init = _load_init(cfg) if cfg.init_from else None
     if wd.tokenizer.exists():
         tokenizer = Tokenizer.load(wd.tokenizer)
+    elif init is not None:  # fine-tuning keeps the starting model's tokenizer
+        tokenizer = init.tokenizer
+        _atomic_write(wd.tokenizer, tokenizer.model_proto)
     else:
         tokenizer = Tokenizer.train((normalize_text(r["text"]) for r in train_rows), cfg.vocab_size)
         _atomic_write(wd.tokenizer, tokenizer.model_proto)
@@ -298,6 +329,17 @@ def train(
         )
         _truncate_metrics(wd.metrics, start)
         tqdm.write(f"resumed from step {start}")
+    elif init is not None:
+        start = 0
+        if init.config != mcfg:
+            raise ValueError(
+                f"init_from={cfg.init_from!r} is a {init.config.name} model whose config differs "
+                f"from recipe {cfg.model!r} (with ctc_weight {cfg.ctc_weight}); pick the matching "
+                "--config and ctc_weight"
+            )
+        v = jax.tree_util.tree_map(jnp.asarray, init.variables)
+        state = state.replace(params=v["params"], opt_state=tx.init(v["params"]), norm=v["norm"])
+        tqdm.write(f"initialized from {init.source}")
     else:
         start = 0
         state = state.replace(
@@ -307,6 +349,11 @@ def train(
     noise_bank = _noise_bank(noise_dir)
     ds, info = training_dataset(train_rows, tokenizer, cfg, noise_bank, start_step=start)
     step_fn = make_train_step(model, cfg, tx)
+    compiled = {}
+    if cfg.precompile:
+        t = time.perf_counter()
+        compiled = precompile(step_fn, state, key, info["buckets"], mcfg.n_mels)
+        tqdm.write(f"compiled {len(compiled)} bucket shapes in {time.perf_counter() - t:.0f} s")
     n_params = count_params(state.params)
     tqdm.write(
         f"model {mcfg.name}: {n_params / 1e6:.2f} M parameters, vocab {mcfg.vocab_size}; "
@@ -335,7 +382,8 @@ def train(
         for batch in ds:
             step = int(batch.pop("step"))
             frames += int(np.sum(1.0 - batch["feat_paddings"]))
-            state, m = step_fn(state, batch, key)
+            fn = compiled.get((batch["feats"].shape, batch["labels"].shape), step_fn)
+            state, m = fn(state, batch, key)
             window.append(m)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
@@ -356,6 +404,10 @@ def train(
                 last["dev_wer"] = ev["wer"]
                 t0 = time.perf_counter()  # evaluation time is not training speed
             stopping = stop_after is not None and done - start >= stop_after
+            out_of_time = time_limit is not None and time.perf_counter() - t_call > time_limit
+            if out_of_time and done < cfg.steps:
+                tqdm.write(f"time limit of {time_limit:.0f} s reached at step {done}")
+                stopping = True
             if done % cfg.ckpt_every == 0 or done == cfg.steps or stopping:
                 save(done)
             bar.update(1)
@@ -366,7 +418,9 @@ def train(
     bar.close()
     mngr.wait_until_finished()
     _plot(wd)
-    if int(state.step) < cfg.steps:
+    reached = int(state.step)
+    out_of_time = time_limit is not None and time.perf_counter() - t_call > time_limit
+    if reached < cfg.steps and not out_of_time:
         return last
     variables = {"params": state.params, "norm": state.norm}
     save_model_folder(
@@ -374,9 +428,15 @@ def train(
         mcfg,
         tokenizer,
         jax.device_get(variables),
-        extra={"train": cfg.to_dict(), "steps": cfg.steps},
+        extra={"train": cfg.to_dict(), "steps": reached, "complete": reached >= cfg.steps},
     )
-    return last
+    return dict(last, steps=reached)
+
+
+def _load_init(cfg: TrainConfig):
+    from asr.model_io import load_model
+
+    return load_model(cfg.init_from)
 
 
 def make_lr(cfg: TrainConfig) -> optax.Schedule:
@@ -421,6 +481,8 @@ def _plot(wd: Workdir) -> None:
     try:
         plot_curves(wd.root)
     except ImportError:
+        pass
+    except ValueError:  # no metric line yet (stopped before the first log_every steps)
         pass
 
 
