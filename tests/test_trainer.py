@@ -223,3 +223,52 @@ def test_time_limit_stops_with_a_model_and_resumes(corpus, tmp_path):
     train(_cfg(steps=4), rows, tmp_path / "ref", progress=False)
     for x, y in zip(_leaves(tmp_path / "ref"), _leaves(tmp_path / "w"), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_real_phrases_join_trimmed_clips_of_one_speaker(tmp_path):
+    from train.data import PHRASE_EDGE, join_phrase, real_phrases
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for spk in ("ann", "bob"):
+        for k in range(6):
+            x = (0.01 * rng.standard_normal(16000)).astype(np.float32)
+            x[4000:12000] += 0.3 * np.sin(np.arange(8000) * (0.05 + 0.01 * k))
+            p = tmp_path / f"{spk}{k}.wav"
+            sf.write(p, x, 16000, subtype="FLOAT")
+            rows.append(
+                {"audio": str(p), "text": f"Word{k}!", "speaker": spk, "duration": 1.0,
+                 "speech_start": 0.25, "speech_end": 0.75}
+            )  # fmt: skip
+    phrases = real_phrases(rows, 20, seed=3)
+    assert phrases == real_phrases(rows, 20, seed=3) != real_phrases(rows, 20, seed=4)
+    for ph in phrases:
+        assert 2 <= len(ph["parts"]) <= 6
+        assert {rows[p]["speaker"] for p in ph["parts"]} == {ph["speaker"]}
+        assert ph["text"] == " ".join(f"word{rows[p]['text'][4]}" for p in ph["parts"])
+        x = join_phrase(rows, ph)
+        assert abs(len(x) / 16000 - ph["duration"]) < 0.01 * len(ph["parts"])
+        # the first part is its clip's speech, cut PHRASE_EDGE before and after the bounds
+        clip, _ = sf.read(rows[ph["parts"][0]]["audio"], dtype="float32")
+        a, b = int((0.25 - PHRASE_EDGE) * 16000), int((0.75 + PHRASE_EDGE) * 16000)
+        np.testing.assert_array_equal(x[: b - a], clip[a:b])
+
+
+def test_real_phrases_put_real_speech_into_long_buckets(corpus):
+    from asr.tokenizer import Tokenizer
+    from train.data import is_real, training_dataset
+
+    real = read_manifest(corpus)  # espeak clips without a voice field count as real here
+    synthetic = [dict(r, voice={"name": "x"}, duration=r["duration"] * 4) for r in real]
+    rows = real + synthetic
+    tok = Tokenizer.train([r["text"] for r in rows], vocab_size=40)
+    cfg = _cfg(bucket_frames=(320, 1600), frames_per_batch=3200, real_phrases=1.0)
+    _, info = training_dataset(rows, tok, cfg.replace(real_phrases=0.0), noise_bank=None)
+    ds, info2 = training_dataset(rows, tok, cfg, noise_bank=None)
+    long_without = [b for b in info["buckets"] if b.frames == 1600][0]
+    assert not any(is_real(rows[i]) for i in long_without.rows)
+    assert info2["real_phrases"] == len(real)
+    long_with = [b for b in info2["buckets"] if b.frames == 1600][0]
+    assert len(long_with.rows) > len(long_without.rows)
+    batch = next(iter(ds))
+    assert batch["feats"].shape[2] == 80 and np.isfinite(batch["feats"]).all()

@@ -36,6 +36,7 @@ class TrainConfig:
     augment_prob: float = 0.8  # share of utterances that get waveform augmentation
     narrowband_prob: float = 0.2  # share simulated as 8 kHz (telephone / FSDD-like) audio
     real_share: float = 0.35  # minimum share of real speech in the training stream
+    real_phrases: float = 0.0  # composite real utterances (2-6 clips joined) per real clip
     eval_every: int = 1000  # steps between dev-set WER evaluations
     eval_utterances: int = 200  # dev utterances decoded at each evaluation
     ckpt_every: int = 250  # steps between checkpoints

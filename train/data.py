@@ -6,9 +6,12 @@ batches whose size keeps the frame count near `frames_per_batch`), and each utte
 augmentation uses `np.random.default_rng((seed, step, slot))`. So a resumed run sees exactly the
 batches it would have seen, with no data-iterator state to checkpoint.
 
-Real speech is oversampled until it is at least `real_share` of the stream; since buckets are
-by length and real clips (digits, commands) are short, real speech is mixed into every batch of
-the short buckets, where most of the synthesized short requests and isolated words also land.
+Real speech is oversampled until it is at least `real_share` of the stream. Buckets are by
+length and real clips (digits, commands) are short, so on their own they mix only into the
+batches of the short buckets. With `real_phrases` > 0, composite real utterances (2 to 6 clips,
+of one speaker where the speaker has that many, trimmed to their speech and joined with short
+pauses: "seven two nine", "left go yes") fill the long buckets too, so real speech is mixed
+into every batch.
 
 Waveform augmentation (speed, pitch, vocal-tract length, reverberation, noise, gain, simulated
 8 kHz band) runs on the host in grain's reader threads, or in worker processes when
@@ -137,7 +140,8 @@ class UtteranceLoader:
 
     def features(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
         """f32[T, 80] features of row i, augmented when rng is given."""
-        x = load_audio(self.rows[i]["audio"])
+        row = self.rows[i]
+        x = join_phrase(self.rows, row) if "parts" in row else load_audio(row["audio"])
         if rng is not None and self.augment:
             x = self._augment(x, rng)
         return log_mel(x)
@@ -179,6 +183,64 @@ class UtteranceLoader:
         return {"feats": feats, "feat_paddings": fpad, "labels": lab, "label_paddings": lpad}
 
 
+PHRASE_EDGE = 0.08  # seconds kept around each clip's speech bounds in a composite phrase
+
+
+def _trimmed_duration(row: dict) -> float:
+    d = float(row.get("duration") or 0.0)
+    if row.get("speech_start") is None or row.get("speech_end") is None:
+        return d
+    return min(d, float(row["speech_end"]) - float(row["speech_start"]) + 2 * PHRASE_EDGE)
+
+
+def real_phrases(rows: list[dict], count: int, seed: int, max_clips: int = 6) -> list[dict]:
+    """`count` composite utterances of real clips (see module docstring), deterministic in
+    `seed`. Each is {"parts": [row indices], "gaps": [seconds between parts], "text",
+    "duration", "speaker"}; `rows` are the real rows, and indices point into the row list the
+    phrases are appended to, which must start with `rows`."""
+    if count <= 0 or len(rows) < 2:
+        return []
+    rng = np.random.default_rng((seed, 11))
+    by_speaker: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_speaker.setdefault(str(r.get("speaker", "")), []).append(i)
+    out = []
+    for _ in range(count):
+        k = int(rng.integers(2, max_clips + 1))
+        first = int(rng.integers(len(rows)))
+        same = by_speaker[str(rows[first].get("speaker", ""))]
+        pool = same if len(same) >= k else range(len(rows))
+        parts = [first] + [int(x) for x in rng.choice(pool, size=k - 1)]
+        gaps = [float(g) for g in rng.uniform(0.05, 0.4, size=k - 1)]
+        dur = sum(_trimmed_duration(rows[p]) for p in parts) + sum(gaps)
+        text = " ".join(normalize_text(rows[p]["text"]) for p in parts)
+        speaker = str(rows[first].get("speaker", "")) if pool is same else "mixed"
+        out.append(
+            {"parts": parts, "gaps": gaps, "text": text, "duration": dur, "speaker": speaker}
+        )
+    return out
+
+
+def join_phrase(rows: list[dict], phrase: dict) -> np.ndarray:
+    """The waveform of a composite phrase: each part trimmed to its speech bounds (with
+    PHRASE_EDGE on each side), joined by low-level noise pauses."""
+    pieces = []
+    for n, p in enumerate(phrase["parts"]):
+        r = rows[p]
+        x = load_audio(r["audio"])
+        if r.get("speech_start") is not None and r.get("speech_end") is not None:
+            a = max(0, int((float(r["speech_start"]) - PHRASE_EDGE) * SAMPLE_RATE))
+            b = min(len(x), int((float(r["speech_end"]) + PHRASE_EDGE) * SAMPLE_RATE))
+            x = x[a:b] if b > a else x
+        if n:
+            gap = int(phrase["gaps"][n - 1] * SAMPLE_RATE)
+            # a quiet noise floor (about -70 dBFS), not digital silence
+            noise = np.random.default_rng((p, n)).normal(0.0, 3e-4, gap)
+            pieces.append(noise.astype(np.float32))
+        pieces.append(x)
+    return np.concatenate(pieces)
+
+
 # One thread per data worker: N workers that each start a BLAS/OpenMP pool of all cores
 # oversubscribe the machine. Measured on a 16-core GPU host: 14 workers featurized 356 s of
 # audio per second with default pools and 4629 with one thread each (one worker alone: 345).
@@ -206,6 +268,14 @@ def training_dataset(
     rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig, noise_bank, start_step: int = 0
 ):
     """grain IterDataset of batches for steps start_step..cfg.steps-1, and the bucket list."""
+    n_phrases = 0
+    if cfg.real_phrases > 0:
+        real_rows = [r for r in rows if is_real(r)]
+        if real_rows and len(real_rows) < len(rows):
+            rows = real_rows + [r for r in rows if not is_real(r)]  # phrases index real_rows
+        phrases = real_phrases(real_rows, int(cfg.real_phrases * len(real_rows)), cfg.seed)
+        rows = rows + phrases
+        n_phrases = len(phrases)
     loader = UtteranceLoader(rows, tokenizer, cfg, noise_bank, augment=True)
     durations = [float(r.get("duration") or 0.0) for r in rows]
     buckets, skipped = make_buckets(durations, [len(y) for y in loader.labels], cfg, SPEED_MARGIN)
@@ -234,6 +304,7 @@ def training_dataset(
         "real_repeat": int(weights.max()),
         "real": n_real,
         "synthetic": n_syn,
+        "real_phrases": n_phrases,
     }
     it = ds.to_iter_dataset(opts)
     if cfg.data_workers > 0:
