@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from asr.features import log_mel
-from asr.model_io import save_model_folder
+from asr.model_io import load_model, save_model_folder
 from asr.models.transducer import Transducer, build_model, count_params, init_variables
 from asr.text import normalize_text, word_error_rate
 from asr.tokenizer import Tokenizer
@@ -288,7 +288,12 @@ def train(
     perm = np.random.default_rng(cfg.seed).permutation(len(dev_rows))
     dev_rows = [dev_rows[i] for i in perm[: cfg.eval_utterances]]  # a mix of every dev source
 
-    init = _load_init(cfg) if cfg.init_from else None
+    mngr = ocp.CheckpointManager(
+        wd.ckpt, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+    )
+    start = mngr.latest_step()
+    # the starting model is read only for a fresh run; a resumed one has it in its checkpoint
+    init = load_model(cfg.init_from) if cfg.init_from and start is None else None
     if wd.tokenizer.exists():
         tokenizer = Tokenizer.load(wd.tokenizer)
     elif init is not None:  # fine-tuning keeps the starting model's tokenizer
@@ -306,10 +311,6 @@ def train(
 
     key = jax.random.PRNGKey(cfg.seed)
     state = init_state(model, tx, key)
-    mngr = ocp.CheckpointManager(
-        wd.ckpt, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    )
-    start = mngr.latest_step()
     if start is not None:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
         r = mngr.restore(
@@ -376,6 +377,7 @@ def train(
     bar = tqdm(
         total=cfg.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True
     )
+    out_of_time = False  # stopped by time_limit (then the model folder is written anyway)
     t0, frames = time.perf_counter(), 0  # speed is measured over each logging window
     window: list[dict] = []
     log = MetricsLog(wd)
@@ -405,8 +407,12 @@ def train(
                 last["dev_wer"] = ev["wer"]
                 t0 = time.perf_counter()  # evaluation time is not training speed
             stopping = stop_after is not None and done - start >= stop_after
-            out_of_time = time_limit is not None and time.perf_counter() - t_call > time_limit
-            if out_of_time and done < cfg.steps:
+            if (
+                time_limit is not None
+                and done < cfg.steps
+                and time.perf_counter() - t_call > time_limit
+            ):
+                out_of_time = True
                 tqdm.write(f"time limit of {time_limit:.0f} s reached at step {done}")
                 stopping = True
             if done % cfg.ckpt_every == 0 or done == cfg.steps or stopping:
@@ -420,7 +426,6 @@ def train(
     mngr.wait_until_finished()
     _plot(wd)
     reached = int(state.step)
-    out_of_time = time_limit is not None and time.perf_counter() - t_call > time_limit
     if reached < cfg.steps and not out_of_time:
         return last
     variables = {"params": state.params, "norm": state.norm}
@@ -432,12 +437,6 @@ def train(
         extra={"train": cfg.to_dict(), "steps": reached, "complete": reached >= cfg.steps},
     )
     return dict(last, steps=reached)
-
-
-def _load_init(cfg: TrainConfig):
-    from asr.model_io import load_model
-
-    return load_model(cfg.init_from)
 
 
 def make_lr(cfg: TrainConfig) -> optax.Schedule:
