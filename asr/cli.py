@@ -2,6 +2,7 @@
 
   asr transcribe --model MODEL AUDIO...     one line of text per file (--nbest K, --json)
   asr eval --model MODEL --manifest FILE    one JSON object: wer, utterances, rtf, settings
+                                            (--by FIELD: WER per speaker/domain/...; --details F)
   asr corpus ... / asr train ... / asr demo  contributed by the `train` package
 
 Subcommands of other packages are found through the `asr.commands` entry-point group, so this
@@ -68,15 +69,37 @@ def cmd_eval(args) -> int:
     rows = read_manifest(args.manifest)
     if args.limit:
         rows = rows[: args.limit]
-    res = evaluate_manifest(_recognizer(args), rows, progress=sys.stderr.isatty())
+    for field in args.by:
+        if not any(field in r for r in rows):
+            raise ValueError(f"--by {field}: no row of {args.manifest} has that field")
+    res = evaluate_manifest(
+        _recognizer(args),
+        rows,
+        progress=sys.stderr.isatty(),
+        by=tuple(args.by),
+        details=bool(args.details),
+    )
     res["manifest"] = str(args.manifest)
+    if args.details:
+        with open(args.details, "w") as f:
+            for row in res.pop("utterances_detail"):
+                f.write(json.dumps(row) + "\n")
+        res["details"] = str(args.details)
     if args.json:
         print(json.dumps(res))
-    else:
-        print(
-            f"WER {100 * res['wer']:.2f}% over {res['utterances']} utterances "
-            f"({res['words']} words), RTF {res['rtf']:.3f} on {res['device']}"
-        )
+        return 0
+    print(
+        f"WER {100 * res['wer']:.2f}% over {res['utterances']} utterances "
+        f"({res['words']} words), RTF {res['rtf']:.3f} on {res['device']}"
+    )
+    for field, groups in res.get("by", {}).items():
+        print(f"\nWER by {field} (worst first):")
+        width = max(len(k) for k in groups)
+        for k, g in groups.items():
+            wer = "   n/a" if g["wer"] is None else f"{100 * g['wer']:5.1f}%"
+            print(f"  {k:<{width}}  {wer}  {g['words']:6d} words  {g['utterances']:5d} utts")
+    if args.details:
+        print(f"\nper-utterance results: {args.details}")
     return 0
 
 
@@ -96,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="JSONL manifest with audio and text")
     p.add_argument("--limit", type=int, default=0, help="first N utterances only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="also break the WER down by this manifest field (speaker, domain, ...); repeatable",
+    )
+    p.add_argument(
+        "--details",
+        metavar="FILE",
+        help="write each utterance (manifest row, normalized ref and hyp, edit counts) to this JSONL",
+    )
     p.set_defaults(func=cmd_eval)
 
     for ep in entry_points(group="asr.commands"):

@@ -21,7 +21,7 @@ from asr.decoding import NEG, beam_search, decoder_fns, greedy_search, strip
 from asr.features import log_mel
 from asr.model_io import LoadedModel
 from asr.models.transducer import Transducer
-from asr.text import normalize_text, word_error_rate
+from asr.text import group_error_rates, normalize_text, utterance_errors, word_error_rate
 
 FRAME_BUCKET = 128
 
@@ -142,10 +142,20 @@ class Recognizer:
 
 
 def evaluate_manifest(
-    recognizer: Recognizer, rows: list[dict], pairs: int = 5, progress: bool = False
+    recognizer: Recognizer,
+    rows: list[dict],
+    pairs: int = 5,
+    progress: bool = False,
+    by: tuple[str, ...] = (),
+    details: bool = False,
 ) -> dict:
-    """WER, utterance count and real-time factor over manifest rows; the first `pairs`
-    normalized (reference, hypothesis) pairs are included for reading."""
+    """WER, utterance count and real-time factor over manifest rows.
+
+    The first `pairs` normalized (reference, hypothesis) pairs are included for reading. `by`
+    names manifest fields (``speaker``, ``domain``, ...) to break the WER down by, under
+    ``"by": {field: {value: {wer, words, utterances}}}``, worst first. With `details`, the result
+    also has ``"utterances_detail"``: each row with its normalized ``ref``, ``hyp`` and edit counts.
+    """
     recognizer.timing = Timing(seen=recognizer.timing.seen)  # this evaluation's time only
     paths = [r["audio"] for r in rows]
     hyps, failed = [], []
@@ -158,7 +168,7 @@ def evaluate_manifest(
     refs = [r["text"] for r in rows]
     w = word_error_rate(refs, hyps)
     t = recognizer.timing
-    return {
+    out = {
         **w,
         "utterances": len(rows),
         "unreadable": len(failed),
@@ -174,3 +184,13 @@ def evaluate_manifest(
             for r, h in list(zip(refs, hyps, strict=True))[:pairs]
         ],
     }
+    if by or details:
+        scored = [
+            {**row, "ref": normalize_text(r), "hyp": normalize_text(h), **utterance_errors(r, h)}
+            for row, r, h in zip(rows, refs, hyps, strict=True)
+        ]
+        if by:
+            out["by"] = {f: group_error_rates(scored, f) for f in by}
+        if details:
+            out["utterances_detail"] = scored
+    return out

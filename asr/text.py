@@ -43,3 +43,49 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> dict:
         "insertions": out.insertions,
         "words": words,
     }
+
+
+def utterance_errors(reference: str, hypothesis: str) -> dict:
+    """Edit counts of one normalized pair -> {errors, words, substitutions, deletions, insertions}.
+
+    Summed over utterances these give the corpus WER of :func:`word_error_rate` (jiwer's corpus
+    WER is the same sum); an empty reference has 0 words and every hypothesis word is an insertion.
+    """
+    import jiwer
+
+    ref, hyp = normalize_text(reference), normalize_text(hypothesis)
+    if not ref:
+        n = len(hyp.split())
+        return {"errors": n, "words": 0, "substitutions": 0, "deletions": 0, "insertions": n}
+    out = jiwer.process_words(ref, hyp)
+    s, d, i = out.substitutions, out.deletions, out.insertions
+    return {
+        "errors": s + d + i,
+        "words": len(ref.split()),
+        "substitutions": s,
+        "deletions": d,
+        "insertions": i,
+    }
+
+
+def group_error_rates(rows: list[dict], field: str) -> dict[str, dict]:
+    """WER per value of ``row[field]`` over scored rows (each with ``errors`` and ``words``).
+
+    -> {value: {wer, words, utterances}}, worst first; rows without the field go under "(none)";
+    a group whose references are all empty has wer None. Lists (e.g. ``context``) are not
+    groupable and raise ValueError.
+    """
+    acc: dict[str, list[int]] = {}
+    for r in rows:
+        v = r.get(field, "(none)")
+        if isinstance(v, (list, dict)):
+            raise ValueError(f"--by {field}: its values are {type(v).__name__}s, not labels")
+        a = acc.setdefault(str(v), [0, 0, 0])
+        a[0] += r["errors"]
+        a[1] += r["words"]
+        a[2] += 1
+    out = {
+        k: {"wer": (e / w if w else None), "words": w, "utterances": n}
+        for k, (e, w, n) in acc.items()
+    }
+    return dict(sorted(out.items(), key=lambda kv: (-(kv[1]["wer"] or 0.0), kv[0])))

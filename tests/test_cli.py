@@ -83,6 +83,35 @@ def test_eval_json_with_relative_paths(model_dir, audio, tmp_path, capsys):
     assert out["pairs"][0]["ref"] == "call mom"
 
 
+def test_eval_by_field_and_details(model_dir, audio, tmp_path, capsys):
+    m = tmp_path / "m.jsonl"
+    spk = ["ann", "bob", "ann"]
+    m.write_text(
+        "".join(
+            json.dumps({"audio": str(a), "text": "call mom", "speaker": s}) + "\n"
+            for a, s in zip(audio, spk, strict=True)
+        )
+    )
+    det = tmp_path / "det.jsonl"
+    args = ["eval", "--model", str(model_dir), "--manifest", str(m), "--by", "speaker"]
+    assert main([*args, "--json", "--details", str(det)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = [json.loads(ln) for ln in det.read_text().splitlines()]
+    assert [r["speaker"] for r in rows] == spk and all(r["ref"] == "call mom" for r in rows)
+    # the per-speaker numbers are the per-utterance ones summed, and add up to the corpus WER
+    for s in set(spk):
+        mine = [r for r in rows if r["speaker"] == s]
+        g = out["by"]["speaker"][s]
+        assert g["utterances"] == len(mine) and g["words"] == 2 * len(mine)
+        assert g["wer"] == pytest.approx(sum(r["errors"] for r in mine) / g["words"])
+    assert sum(r["errors"] for r in rows) / 6 == pytest.approx(out["wer"])
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "WER by speaker" in text and "ann" in text and "bob" in text
+    assert main([*args[:-1], "nosuchfield"]) == 2
+    assert "no row of" in capsys.readouterr().err
+
+
 def test_bad_inputs_give_clear_errors(model_dir, audio, tmp_path, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
