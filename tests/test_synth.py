@@ -88,6 +88,9 @@ def test_synthesize_corpus_fields_splits_and_determinism(tmp_path):
         if "wake_word_end" in r:
             assert r["text"].startswith("computer ")
             assert r["speech_start"] < r["wake_word_end"] < r["speech_end"]
+        rt60, snr = r["room"]["rt60_s"], r["room"]["snr_db"]
+        assert rt60 is None or 0.2 <= rt60 <= 0.8
+        assert snr is None or 5.0 <= snr <= 35.0
         ctx_words = {w for c in r["context"] for w in c.split()}
         if r["split"] == "test":
             assert r["speaker"] in held_voices
@@ -96,6 +99,8 @@ def test_synthesize_corpus_fields_splits_and_determinism(tmp_path):
             assert r["speaker"] not in held_voices
             assert ctx_words <= train_names
     assert {r["split"] for r in rows} >= {"train", "test"}
+    for key in ("rt60_s", "snr_db"):  # each condition occurs both ways in a corpus this size
+        assert {r["room"][key] is None for r in rows} == {True, False}
     for split in loaders.SPLITS:
         part = loaders.read_manifest(manifest.parent / f"{split}.jsonl")
         assert all(r["split"] == split for r in part)

@@ -15,7 +15,9 @@ any file missing, and rewrites the manifests at the end.
 Labels are exact, not estimated: ``speech_start``/``speech_end`` are the first and last samples of
 the clean synthesized signal above 1% of its peak, shifted by the leading silence;
 ``wake_word_end`` is the start of the word after "computer", from eSpeak's word events (in the
-same synthesis, so it is exact up to eSpeak's 1 ms event resolution).
+same synthesis, so it is exact up to eSpeak's 1 ms event resolution). Each row also records its
+voice settings (``voice``) and acoustic condition (``room``: reverberation time ``rt60_s`` and
+signal-to-noise ratio ``snr_db``, None where not applied), for error analysis.
 
 Measured on the 2-core machine (``workers=2``, Speech Commands noise, other jobs sharing the
 CPUs): 944 utterances (0.56 h of audio) in 18-29 s, i.e. 32-53 utterances/s or 1.2-1.9 hours of
@@ -120,14 +122,16 @@ def make_utterance(cfg: SynthConfig, index: int) -> dict:
     trail = int(rng.uniform(*cfg.trail_s) * sr)
     x = np.concatenate([np.zeros(lead, np.float32), clean, np.zeros(trail, np.float32)])
     # x: f32[lead + len(clean) + trail], speech between the first and last loud samples
+    rt60 = snr = None
     if rng.random() < cfg.p_reverb:
-        x = augment.reverberate(x, rng, rng.uniform(*cfg.rt60))
+        rt60 = float(rng.uniform(*cfg.rt60))
+        x = augment.reverberate(x, rng, rt60)
     floor = augment.synthetic_noise(rng, x.size, "white") * peak * 10 ** (cfg.floor_noise_db / 20)
     x = x + floor
     if rng.random() < cfg.p_noise:
-        x = augment.add_noise(
-            x, _noise_bank(cfg.noise_dir).crop(rng, x.size), rng.uniform(*cfg.snr_db)
-        )
+        noise = _noise_bank(cfg.noise_dir).crop(rng, x.size)
+        snr = float(rng.uniform(*cfg.snr_db))
+        x = augment.add_noise(x, noise, snr)
     x = augment.peak_normalize(x, float(rng.uniform(0.3, 0.95)))
     row = {
         "audio": str(audio_path.resolve()),
@@ -140,6 +144,7 @@ def make_utterance(cfg: SynthConfig, index: int) -> dict:
         "split": split,
         "domain": req.domain,
         "voice": {"name": voice, "rate_wpm": rate, "pitch": pitch, "pitch_range": prange},
+        "room": {"rt60_s": rt60, "snr_db": snr},  # None: no reverberation / no added noise
     }
     if req.wake_word and len(words) >= 2:
         row["wake_word_end"] = lead / sr + words[1][1]
