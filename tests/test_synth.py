@@ -135,3 +135,57 @@ def test_synthesize_corpus_validates(tmp_path):
         synth.synthesize_corpus(tmp_path, hours=0, workers=1)
     with pytest.raises(ValueError, match="noise_dir"):
         synth.synthesize_corpus(tmp_path, hours=0.01, noise_dir=tmp_path / "nope")
+
+
+def test_random_variants_are_plausible_and_deterministic(tmp_path):
+    a = synth.random_variants(5, 30)
+    assert a == synth.random_variants(5, 30) and a != synth.random_variants(6, 30)
+    for name, text in a.items():
+        fields = [ln.split() for ln in text.splitlines()]
+        assert ["name", name] in fields
+        base, top = next(map(int, f[1:]) for f in fields if f[0] == "pitch")
+        assert 50 <= base < top <= 2 * 380
+        formants = [list(map(int, f[1:])) for f in fields if f[0] == "formant"]
+        assert [f[0] for f in formants] == list(range(9))
+        assert all(55 <= f[1] <= 190 for f in formants)  # 0.82..1.5 times 0.75..1.25 jitter
+    # the scale factor spans adult and child-like voices
+    f1 = [
+        next(int(ln.split()[2]) for ln in t.splitlines() if ln.startswith("formant 1"))
+        for t in a.values()
+    ]
+    assert min(f1) < 100 < 130 < max(f1)
+    with pytest.raises(ValueError, match="not an espeak-ng-data folder"):
+        espeak.use_data_path(tmp_path)
+    with pytest.raises(ValueError, match="shipped variant"):
+        espeak.make_variant_tree(tmp_path, {"m3": "language variant\n"})
+
+
+def test_corpus_with_random_voices(tmp_path):
+    man = synth.synthesize_corpus(
+        tmp_path / "r",
+        hours=0.005,
+        seed=3,
+        workers=1,
+        heldout_test_hours=0.0,
+        progress=False,
+        random_voices=1.0,
+        random_variants_count=8,
+    )
+    rows = loaders.read_manifest(man)
+    _, held = espeak.default_voice_split()
+    names = set(synth.random_variants(3, 8))
+    for r in rows:
+        x, _ = sf.read(r["audio"], dtype="float32")
+        assert np.abs(x).max() > 0.1
+        if r["split"] == "test":  # the test split keeps the held-out shipped voices
+            assert r["speaker"] in held
+        else:
+            assert espeak.voice_variant(r["speaker"]) in names
+    assert len({r["speaker"] for r in rows if r["split"] != "test"}) > 1
+    tree = tmp_path / "r" / "espeak" / "espeak-ng-data"
+    assert sorted(p.name for p in (tree / "voices" / "!v").glob("rnd3v*")) == sorted(names)
+    # the shipped voice list and split never see the generated variants
+    assert not any("rnd" in v for v in espeak.list_voices())
+    # default corpora use shipped voices only
+    plain = loaders.read_manifest(_corpus(tmp_path, "plain"))
+    assert not any(espeak.RANDOM_VARIANT_PREFIX in r["speaker"] for r in plain)

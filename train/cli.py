@@ -33,6 +33,15 @@ def add_corpus_command(sub) -> None:
         help="folder of noise clips (e.g. speech_commands/_silence_); else synthetic",
     )
     s.add_argument("--workers", type=int, default=2)
+    s.add_argument(
+        "--random-voices",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of train/dev utterances spoken by generated voice variants (default 0; "
+        "the test split keeps the held-out shipped voices)",
+    )
+    s.add_argument("--random-variants", type=int, default=400, help="how many variants to generate")
     s.set_defaults(func=cmd_synth)
 
     i = csub.add_parser("import", help="turn a real-speech folder into a manifest")
@@ -54,6 +63,8 @@ def cmd_synth(args) -> int:
         wake_word_prob=args.wake_word_prob,
         noise_dir=args.noise_dir,
         workers=args.workers,
+        random_voices=args.random_voices,
+        random_variants_count=args.random_variants,
     )
     print(f"wrote {manifest} in {time.perf_counter() - t0:.0f} s")
     return 0

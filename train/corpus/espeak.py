@@ -78,13 +78,38 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
 )
 
 
+def package_data_path() -> Path:
+    """The ``espeak-ng-data`` folder shipped by ``espeakng-loader``."""
+    import espeakng_loader
+
+    return Path(espeakng_loader.get_data_path())
+
+
+_DATA_PATH: Path | None = None  # espeak-ng-data folder to use instead of the package's
+
+
+def use_data_path(path: str | Path) -> None:
+    """Make this process's engine read its data from ``path`` (an ``espeak-ng-data`` folder, e.g.
+    one made by :func:`make_variant_tree`). Call before the first synthesis in the process."""
+    global _DATA_PATH
+    path = Path(path).resolve()
+    if path.name != "espeak-ng-data" or not (path / "phontab").exists():
+        raise ValueError(f"not an espeak-ng-data folder: {path}")
+    if _ENGINE is not None and _ENGINE.data_path != path:
+        raise RuntimeError(
+            f"eSpeak NG is already running on {_ENGINE.data_path} in this process; "
+            f"use_data_path({str(path)!r}) must come first"
+        )
+    _DATA_PATH = path
+
+
 class _Engine:
     """The process-wide eSpeak NG state: library handle, native rate, sample collector."""
 
     def __init__(self) -> None:
         import espeakng_loader
 
-        self.data_path = Path(espeakng_loader.get_data_path())
+        self.data_path = _DATA_PATH or package_data_path()
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_Initialize.restype = ctypes.c_int
@@ -235,11 +260,94 @@ def list_voices(include_plain: bool = False) -> list[str]:
     Returns:
         Sorted voice names (about 800).
     """
-    variants = _variants(_engine().data_path)
+    variants = _variants(package_data_path())  # never the generated ones of a variant tree
     voices = [f"{a}+{v}" for a in ACCENTS for v in variants]
     if include_plain:
         voices += list(ACCENTS)
     return sorted(voices)
+
+
+RANDOM_VARIANT_PREFIX = "rnd"
+"""Generated variants are named ``rnd<seed>v<k>``; :func:`list_voices` never lists them."""
+
+
+def random_variant(rng: np.random.Generator, name: str) -> str:
+    """The text of a random eSpeak NG voice variant file (``voices/!v`` format, docs/voices.md).
+
+    A vocal-tract-length factor ``s`` in [0.82, 1.5] (adult male-like 40%, female-like 35%,
+    child-like 25%) scales every
+    formant frequency, each jittered on its own; the base pitch follows ``s`` loosely (about
+    90 Hz at 0.95, 320 Hz at 1.45, each x0.75-1.3); formant strengths and widths, spectral tone,
+    flutter, roughness, consonant strength and the Klatt glottal source vary at random, with a
+    whispered voice (breath noise, weak voicing) in 10% and a breathy one in 20%. These are
+    plausible speakers, not copies of any shipped variant: the held-out variants stay unseen,
+    and training covers the space around and between the shipped ones.
+    """
+    u = rng.uniform
+    kind = u()  # adult male-like, female-like, child-like vocal tracts: 40/35/25%
+    s = u(0.82, 1.02) if kind < 0.4 else u(1.02, 1.25) if kind < 0.75 else u(1.25, 1.5)
+    lines = ["language variant", f"name {name}"]
+    base = float(np.clip(90 * (s / 0.95) ** 3 * u(0.75, 1.3), 50, 380))
+    lines.append(f"pitch {int(base)} {int(base * u(1.1, 1.8))}")
+    for k in range(9):
+        jitter = {0: 0.25, 1: 0.08, 2: 0.08, 3: 0.08, 4: 0.15, 5: 0.15}.get(k, 0.25)
+        freq = 100 * s * u(1 - jitter, 1 + jitter)
+        strength = u(70, 130) if 1 <= k <= 3 else u(30, 150) if k in (0, 4, 5) else u(10, 150)
+        lines.append(f"formant {k} {int(freq)} {int(strength)} {int(u(70, 150))}")
+    lines.append(
+        f"tone 600 {int(u(120, 255))} 1200 {int(u(90, 200))} 2000 {int(u(60, 180))} "
+        f"5000 {int(u(40, 200))}"
+    )
+    style = u()
+    if style < 0.1:  # whisper
+        lines += [
+            "breath " + " ".join(str(int(u(40, 80))) for _ in range(6)),
+            f"voicing {int(u(12, 40))}",
+            f"flutter {int(u(10, 25))}",
+        ]
+    else:
+        if style < 0.3:  # breathy
+            lines.append("breath " + " ".join(str(int(u(0, 12))) for _ in range(6)))
+        lines.append(f"voicing {int(u(60, 115))}")
+        lines.append(f"flutter {int(u(0, 12)) if u() < 0.85 else int(u(12, 30))}")
+    if u() < 0.3:
+        lines.append(f"roughness {int(rng.integers(1, 5))}")
+    lines.append(f"consonants {int(u(70, 130))} {int(u(70, 130))}")
+    if u() < 0.25:
+        lines.append(f"klatt {int(rng.integers(1, 7))}")
+    return "\n".join(lines) + "\n"
+
+
+def make_variant_tree(root: str | Path, variants: dict[str, str]) -> Path:
+    """``root/espeak-ng-data``: the package's data linked in, plus extra ``voices/!v`` files.
+
+    Every entry of the package's ``espeak-ng-data`` is a symbolic link, except ``voices/!v``,
+    a real folder holding links to the shipped variants and the files of ``variants``
+    (name -> text, e.g. from :func:`random_variant`). Pass the result to :func:`use_data_path`.
+    Calling it again with the same arguments rewrites nothing.
+    """
+    pkg = package_data_path()
+    data = Path(root).resolve() / "espeak-ng-data"
+    vdir = data / "voices" / "!v"
+    vdir.mkdir(parents=True, exist_ok=True)
+    for parent, src, skip in ((data, pkg, "voices"), (data / "voices", pkg / "voices", "!v")):
+        for entry in src.iterdir():
+            link = parent / entry.name
+            if entry.name != skip and not link.is_symlink():
+                link.symlink_to(entry)
+    for entry in (pkg / "voices" / "!v").iterdir():
+        link = vdir / entry.name
+        if not link.is_symlink():
+            link.symlink_to(entry)
+    for name, text in variants.items():
+        if not name or "/" in name or name in {p.name for p in (pkg / "voices" / "!v").iterdir()}:
+            raise ValueError(f"variant name {name!r}: empty, a path, or a shipped variant's name")
+        f = vdir / name
+        if not f.exists() or f.read_text() != text:
+            tmp = f.with_name(f".{name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(f)
+    return data
 
 
 def _stable_unit(key: str, seed: int) -> float:

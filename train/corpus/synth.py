@@ -67,6 +67,9 @@ class SynthConfig:
     p_noise: float = 0.8  # probability of added noise
     snr_db: tuple[float, float] = (5.0, 35.0)
     floor_noise_db: float = -70.0  # faint noise everywhere else, relative to the speech peak
+    random_voices: float = 0.0  # share of train/dev utterances spoken by generated variants
+    random_variants: int = 0  # how many generated variants (rnd<seed>v<k>)
+    espeak_data: str | None = None  # espeak-ng-data tree holding them (make_variant_tree)
 
 
 def _audio_path(out_dir: Path, index: int) -> Path:
@@ -110,6 +113,9 @@ def make_utterance(cfg: SynthConfig, index: int) -> dict:
     names = name_pool.HELDOUT_NAMES if split == "test" else name_pool.TRAIN_NAMES
     req = grammar.sample_request(rng, names, cfg.wake_word_prob)
     voice = voices[int(rng.integers(len(voices)))]
+    if split != "test" and cfg.random_voices > 0 and rng.random() < cfg.random_voices:
+        accent = espeak.ACCENTS[int(rng.integers(len(espeak.ACCENTS)))]
+        voice = f"{accent}+{random_variant_name(cfg.seed, int(rng.integers(cfg.random_variants)))}"
     rate = int(rng.integers(cfg.rate_wpm[0], cfg.rate_wpm[1] + 1))
     pitch = int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1))
     prange = int(rng.integers(cfg.pitch_range[0], cfg.pitch_range[1] + 1))
@@ -162,6 +168,20 @@ BLOCK = 256
 """Utterances per block: a block is always synthesized in order, by a fresh process."""
 
 
+def random_variant_name(seed: int, k: int) -> str:
+    return f"{espeak.RANDOM_VARIANT_PREFIX}{seed}v{k}"
+
+
+def random_variants(seed: int, count: int) -> dict[str, str]:
+    """The generated voice variants of a corpus: name -> variant file text (deterministic)."""
+    return {
+        random_variant_name(seed, k): espeak.random_variant(
+            np.random.default_rng([seed, 0x5EED, k]), random_variant_name(seed, k)
+        )
+        for k in range(count)
+    }
+
+
 def _block_done(cfg: SynthConfig, start: int, stop: int) -> bool:
     for i in range(start, stop):
         path = _audio_path(Path(cfg.out_dir), i)
@@ -179,6 +199,8 @@ def _work_block(args: tuple[SynthConfig, int, int]) -> list[dict]:
             json.loads(_audio_path(Path(cfg.out_dir), i).with_suffix(".json").read_text())
             for i in range(start, stop)
         ]
+    if cfg.espeak_data:
+        espeak.use_data_path(cfg.espeak_data)
     return [make_utterance(cfg, i) for i in range(start, stop)]
 
 
@@ -208,6 +230,8 @@ def synthesize_corpus(
     dev_fraction: float = 0.05,
     heldout_test_hours: float | None = None,
     progress: bool = True,
+    random_voices: float = 0.0,
+    random_variants_count: int = 400,
 ) -> Path:
     """Synthesize a request corpus into ``out_dir``.
 
@@ -222,6 +246,10 @@ def synthesize_corpus(
         heldout_test_hours: hours of the test split (held-out voices and names); default 10% of
             ``hours``, at least 50 utterances.
         progress: show a tqdm progress bar.
+        random_voices: share of train/dev utterances spoken by generated voice variants
+            (:func:`train.corpus.espeak.random_variant`, written under ``out_dir/espeak/``) in
+            place of shipped ones; the test split always keeps the held-out shipped variants.
+        random_variants_count: how many variants to generate (when ``random_voices`` > 0).
 
     Returns:
         The path of ``all.jsonl``; ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` lie beside it.
@@ -232,11 +260,25 @@ def synthesize_corpus(
         raise ValueError(f"dev_fraction: expected in [0, 1), got {dev_fraction}")
     if int(workers) < 1:
         raise ValueError(f"workers: expected >= 1, got {workers}")
+    if not 0.0 <= random_voices <= 1.0:
+        raise ValueError(f"random_voices: expected in [0, 1], got {random_voices}")
+    if random_voices > 0 and int(random_variants_count) < 1:
+        raise ValueError(f"random_variants_count: expected >= 1, got {random_variants_count}")
     if noise_dir is not None and not Path(noise_dir).is_dir():
         raise ValueError(f"noise_dir: expected a folder of noise clips, got {noise_dir}")
     n_train_dev, n_test = plan_counts(hours, heldout_test_hours)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    extra = {}
+    if random_voices > 0:
+        tree = espeak.make_variant_tree(
+            out / "espeak", random_variants(int(seed), int(random_variants_count))
+        )
+        extra = dict(
+            random_voices=float(random_voices),
+            random_variants=int(random_variants_count),
+            espeak_data=str(tree),
+        )
     cfg = SynthConfig(
         out_dir=str(out),
         seed=int(seed),
@@ -245,6 +287,7 @@ def synthesize_corpus(
         wake_word_prob=float(wake_word_prob),
         dev_fraction=float(dev_fraction),
         noise_dir=None if noise_dir is None else str(Path(noise_dir).resolve()),
+        **extra,
     )
     (out / "config.json").write_text(json.dumps(cfg.__dict__, indent=1))
     blocks = [(cfg, a, min(a + BLOCK, cfg.n_total)) for a in range(0, cfg.n_total, BLOCK)]
