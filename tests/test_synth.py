@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -156,6 +159,8 @@ def test_random_variants_are_plausible_and_deterministic(tmp_path):
     assert min(f1) < 100 < 130 < max(f1)
     with pytest.raises(ValueError, match="not an espeak-ng-data folder"):
         espeak.use_data_path(tmp_path)
+    with pytest.raises(ValueError, match="at most 200"):
+        espeak.make_variant_tree(tmp_path, synth.random_variants(1, 201))
     with pytest.raises(ValueError, match="shipped variant"):
         espeak.make_variant_tree(tmp_path, {"m3": "language variant\n"})
 
@@ -169,11 +174,11 @@ def test_corpus_with_random_voices(tmp_path):
         heldout_test_hours=0.0,
         progress=False,
         random_voices=1.0,
-        random_variants_count=8,
+        random_variants_count=espeak.MAX_EXTRA_VARIANTS,  # the most a tree holds
     )
     rows = loaders.read_manifest(man)
     _, held = espeak.default_voice_split()
-    names = set(synth.random_variants(3, 8))
+    names = set(synth.random_variants(3, espeak.MAX_EXTRA_VARIANTS))
     for r in rows:
         x, _ = sf.read(r["audio"], dtype="float32")
         assert np.abs(x).max() > 0.1
@@ -184,6 +189,15 @@ def test_corpus_with_random_voices(tmp_path):
     assert len({r["speaker"] for r in rows if r["split"] != "test"}) > 1
     tree = tmp_path / "r" / "espeak" / "espeak-ng-data"
     assert sorted(p.name for p in (tree / "voices" / "!v").glob("rnd3v*")) == sorted(names)
+    # every generated variant loads in that tree (eSpeak NG's voice list has room for them all)
+    code = (
+        "import sys; from train.corpus import espeak as e; e.use_data_path(sys.argv[1]); "
+        "[e.synthesize('ok', 'en-us+' + n) for n in sys.argv[2:]]; print('fine')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tree), *sorted(names)], capture_output=True, text=True
+    )
+    assert done.stdout.strip() == "fine", done.stderr
     # the shipped voice list and split never see the generated variants
     assert not any("rnd" in v for v in espeak.list_voices())
     # default corpora use shipped voices only

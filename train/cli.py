@@ -41,7 +41,9 @@ def add_corpus_command(sub) -> None:
         help="share of train/dev utterances spoken by generated voice variants (default 0; "
         "the test split keeps the held-out shipped voices)",
     )
-    s.add_argument("--random-variants", type=int, default=400, help="how many variants to generate")
+    s.add_argument(
+        "--random-variants", type=int, default=200, help="how many variants to generate (1-200)"
+    )
     s.set_defaults(func=cmd_synth)
 
     i = csub.add_parser("import", help="turn a real-speech folder into a manifest")

@@ -318,22 +318,38 @@ def random_variant(rng: np.random.Generator, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+MAX_EXTRA_VARIANTS = 200
+"""Generated variants one tree can hold (eSpeak NG's voice list has 349 slots)."""
+
+
 def make_variant_tree(root: str | Path, variants: dict[str, str]) -> Path:
     """``root/espeak-ng-data``: the package's data linked in, plus extra ``voices/!v`` files.
 
-    Every entry of the package's ``espeak-ng-data`` is a symbolic link, except ``voices/!v``,
-    a real folder holding links to the shipped variants and the files of ``variants``
+    Every entry of the package's ``espeak-ng-data`` is a symbolic link, except ``lang``, which
+    keeps only the English language files (eSpeak NG lists at most 349 voice and language files,
+    and the package has 141 language files and 104 variants), and ``voices/!v``, a real folder
+    holding links to the shipped variants and the files of ``variants``
     (name -> text, e.g. from :func:`random_variant`). Pass the result to :func:`use_data_path`.
     Calling it again with the same arguments rewrites nothing.
     """
+    if len(variants) > MAX_EXTRA_VARIANTS:
+        raise ValueError(
+            f"{len(variants)} generated variants: eSpeak NG lists at most 349 voice files, "
+            f"so a tree holds at most {MAX_EXTRA_VARIANTS} besides the shipped ones"
+        )
     pkg = package_data_path()
     data = Path(root).resolve() / "espeak-ng-data"
     vdir = data / "voices" / "!v"
     vdir.mkdir(parents=True, exist_ok=True)
-    for parent, src, skip in ((data, pkg, "voices"), (data / "voices", pkg / "voices", "!v")):
+    (data / "lang" / "gmw").mkdir(parents=True, exist_ok=True)
+    for parent, src, keep in (
+        (data, pkg, lambda n: n not in ("voices", "lang")),
+        (data / "voices", pkg / "voices", lambda n: n != "!v"),
+        (data / "lang" / "gmw", pkg / "lang" / "gmw", lambda n: n.startswith("en")),
+    ):
         for entry in src.iterdir():
             link = parent / entry.name
-            if entry.name != skip and not link.is_symlink():
+            if keep(entry.name) and not link.is_symlink():
                 link.symlink_to(entry)
     for entry in (pkg / "voices" / "!v").iterdir():
         link = vdir / entry.name

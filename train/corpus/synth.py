@@ -231,7 +231,7 @@ def synthesize_corpus(
     heldout_test_hours: float | None = None,
     progress: bool = True,
     random_voices: float = 0.0,
-    random_variants_count: int = 400,
+    random_variants_count: int = 200,
 ) -> Path:
     """Synthesize a request corpus into ``out_dir``.
 
@@ -262,8 +262,11 @@ def synthesize_corpus(
         raise ValueError(f"workers: expected >= 1, got {workers}")
     if not 0.0 <= random_voices <= 1.0:
         raise ValueError(f"random_voices: expected in [0, 1], got {random_voices}")
-    if random_voices > 0 and int(random_variants_count) < 1:
-        raise ValueError(f"random_variants_count: expected >= 1, got {random_variants_count}")
+    if random_voices > 0 and not 1 <= int(random_variants_count) <= espeak.MAX_EXTRA_VARIANTS:
+        raise ValueError(
+            f"random_variants_count: expected 1..{espeak.MAX_EXTRA_VARIANTS}, "
+            f"got {random_variants_count}"
+        )
     if noise_dir is not None and not Path(noise_dir).is_dir():
         raise ValueError(f"noise_dir: expected a folder of noise clips, got {noise_dir}")
     n_train_dev, n_test = plan_counts(hours, heldout_test_hours)
