@@ -186,8 +186,7 @@ def evaluate_manifest(
     }
     if by or details:
         scored = [
-            {**row, "ref": normalize_text(r), "hyp": normalize_text(h), **utterance_errors(r, h)}
-            for row, r, h in zip(rows, refs, hyps, strict=True)
+            {**row, **utterance_errors(r, h)} for row, r, h in zip(rows, refs, hyps, strict=True)
         ]
         if by:
             out["by"] = {f: group_error_rates(scored, f) for f in by}

@@ -46,7 +46,8 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> dict:
 
 
 def utterance_errors(reference: str, hypothesis: str) -> dict:
-    """Edit counts of one normalized pair -> {errors, words, substitutions, deletions, insertions}.
+    """Edit counts of one pair -> {ref, hyp (both normalized), errors, words, substitutions,
+    deletions, insertions}.
 
     Summed over utterances these give the corpus WER of :func:`word_error_rate` (jiwer's corpus
     WER is the same sum); an empty reference has 0 words and every hypothesis word is an insertion.
@@ -56,10 +57,20 @@ def utterance_errors(reference: str, hypothesis: str) -> dict:
     ref, hyp = normalize_text(reference), normalize_text(hypothesis)
     if not ref:
         n = len(hyp.split())
-        return {"errors": n, "words": 0, "substitutions": 0, "deletions": 0, "insertions": n}
+        return {
+            "ref": ref,
+            "hyp": hyp,
+            "errors": n,
+            "words": 0,
+            "substitutions": 0,
+            "deletions": 0,
+            "insertions": n,
+        }
     out = jiwer.process_words(ref, hyp)
     s, d, i = out.substitutions, out.deletions, out.insertions
     return {
+        "ref": ref,
+        "hyp": hyp,
         "errors": s + d + i,
         "words": len(ref.split()),
         "substitutions": s,

@@ -338,6 +338,10 @@ def make_variant_tree(root: str | Path, variants: dict[str, str]) -> Path:
             f"so a tree holds at most {MAX_EXTRA_VARIANTS} besides the shipped ones"
         )
     pkg = package_data_path()
+    shipped = {p.name for p in (pkg / "voices" / "!v").iterdir()}
+    for name in variants:
+        if not name or "/" in name or name in shipped:
+            raise ValueError(f"variant name {name!r}: empty, a path, or a shipped variant's name")
     data = Path(root).resolve() / "espeak-ng-data"
     vdir = data / "voices" / "!v"
     vdir.mkdir(parents=True, exist_ok=True)
@@ -356,8 +360,6 @@ def make_variant_tree(root: str | Path, variants: dict[str, str]) -> Path:
         if not link.is_symlink():
             link.symlink_to(entry)
     for name, text in variants.items():
-        if not name or "/" in name or name in {p.name for p in (pkg / "voices" / "!v").iterdir()}:
-            raise ValueError(f"variant name {name!r}: empty, a path, or a shipped variant's name")
         f = vdir / name
         if not f.exists() or f.read_text() != text:
             tmp = f.with_name(f".{name}.tmp")
