@@ -102,3 +102,62 @@ def test_sample_request_validates():
         grammar.sample_request(0, name_pool.TRAIN_NAMES, 0.1)
     with pytest.raises(ValueError, match="names"):
         grammar.sample_request(rng, "alex", 0.1)
+
+
+def test_wide_names_hold_no_held_out_name_nor_one_that_sounds_alike():
+    from train.corpus import espeak
+
+    first, last = name_pool.wide_names()
+    assert len(first) > 10000 and len(last) > 5000
+    pool = set(first) | set(last)
+    assert not pool & set(name_pool.HELDOUT_NAMES)
+    assert not pool & set(name_pool.TRAIN_NAMES)
+    # Faker spells these like held-out names sound (hannah, zoe, lucas, leigh ~ lee): left out.
+    assert not pool & {"hanna", "zoey", "lukas", "leigh", "norah"}
+    assert {"hurst", "deledda", "marta"} <= pool  # ordinary ones stay
+
+    def sound(name, accent):
+        return espeak.phonemes(name, accent).replace("'", "").replace(",", "")
+
+    accents = ("en-us", "en-gb")
+    held = {sound(n, a) for n in name_pool.HELDOUT_NAMES for a in accents}
+    alike = [n for n in sorted(pool) if any(sound(n, a) in held for a in accents)]
+    assert not alike, alike[:10]
+
+
+def test_phonemes():
+    from train.corpus import espeak
+
+    assert espeak.phonemes("hannah") == espeak.phonemes("hanna") != espeak.phonemes("anna")
+    assert len(espeak.phonemes("hello world. how are you").split()) == 5
+    with pytest.raises(ValueError, match="text"):
+        espeak.phonemes("  ")
+    with pytest.raises(ValueError, match="accent"):
+        espeak.phonemes("hello", "xx-nowhere")
+
+
+def test_requests_with_wide_names():
+    first, last = name_pool.wide_names()
+    wide = set(first) | set(last)
+    words = grammar.grammar_vocabulary(names=())
+    core = _name_words(name_pool.TRAIN_NAMES) - words
+    rng = np.random.default_rng(5)
+    spoken_wide = spoken_core = 0
+    for _ in range(3000):
+        r = grammar.sample_request(rng, name_pool.TRAIN_NAMES, 0.3, wide_names=0.5)
+        ctx = _name_words(r.context)
+        for w in r.text.split():
+            if w in wide and w not in core and w not in words:
+                spoken_wide += 1
+                assert w in ctx, r  # a spoken wide name is in the biasing context
+            elif w in core:
+                spoken_core += 1
+        assert not ctx & set(name_pool.HELDOUT_NAMES)
+    assert spoken_wide > 80 and spoken_core > 80, (spoken_wide, spoken_core)
+    assert 0.3 < spoken_wide / (spoken_wide + spoken_core) < 0.7
+    # share 0 draws nothing extra: the same requests as without the argument
+    a = [grammar.sample_request(np.random.default_rng((9, i)), wide_names=0.0) for i in range(50)]
+    b = [grammar.sample_request(np.random.default_rng((9, i))) for i in range(50)]
+    assert a == b
+    with pytest.raises(ValueError, match="wide_names"):
+        grammar.sample_request(rng, name_pool.TRAIN_NAMES, 0.3, wide_names=1.5)

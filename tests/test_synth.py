@@ -203,3 +203,34 @@ def test_corpus_with_random_voices(tmp_path):
     # default corpora use shipped voices only
     plain = loaders.read_manifest(_corpus(tmp_path, "plain"))
     assert not any(espeak.RANDOM_VARIANT_PREFIX in r["speaker"] for r in plain)
+
+
+def test_wide_names_change_training_requests_only(tmp_path):
+    def corpus(name, share):
+        return loaders.read_manifest(
+            synth.synthesize_corpus(
+                tmp_path / name,
+                hours=0.03,  # about 50 train/dev requests, some of them with contact names
+                seed=4,
+                workers=1,
+                heldout_test_hours=0.0,
+                progress=False,
+                wide_names=share,
+            )
+        )
+
+    plain, wide = corpus("p", 0.0), corpus("w", 1.0)
+    assert len(plain) == len(wide)
+    test_p = [r["text"] for r in plain if r["split"] == "test"]
+    assert test_p == [
+        r["text"] for r in wide if r["split"] == "test"
+    ]  # the test split is unchanged
+    first, last = name_pool.wide_names()
+    pool = set(first) | set(last)
+    ctx = {w for r in wide if r["split"] != "test" for c in r["context"] for w in c.split()}
+    assert ctx & pool and not ctx & set(name_pool.HELDOUT_NAMES)
+    assert [r["text"] for r in plain if r["split"] != "test"] != [
+        r["text"] for r in wide if r["split"] != "test"
+    ]
+    with pytest.raises(ValueError, match="wide_names"):
+        synth.synthesize_corpus(tmp_path / "x", hours=0.005, wide_names=2.0, progress=False)

@@ -44,6 +44,14 @@ def add_corpus_command(sub) -> None:
     s.add_argument(
         "--random-variants", type=int, default=200, help="how many variants to generate (1-200)"
     )
+    s.add_argument(
+        "--wide-names",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of spoken contact names (train/dev) drawn from a list of ~20,000 names "
+        "from many countries instead of the 270 core training names (default 0)",
+    )
     s.set_defaults(func=cmd_synth)
 
     i = csub.add_parser("import", help="turn a real-speech folder into a manifest")
@@ -67,6 +75,7 @@ def cmd_synth(args) -> int:
         workers=args.workers,
         random_voices=args.random_voices,
         random_variants_count=args.random_variants,
+        wide_names=args.wide_names,
     )
     print(f"wrote {manifest} in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -131,6 +131,12 @@ class _Engine:
         lib.espeak_Synchronize.restype = ctypes.c_int
         lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
         lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_TextToPhonemes.argtypes = [
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.c_int,
+            ctypes.c_int,
+        ]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         self.libc = ctypes.CDLL(None)  # eSpeak NG also draws from the C library's rand()
         self.libc.srand.argtypes = [ctypes.c_uint]
         path = str(self.data_path.parent).encode()  # the parent of espeak-ng-data
@@ -243,6 +249,30 @@ def synthesize_words(
         g = np.gcd(SAMPLE_RATE, eng.native_rate)
         x = resample_poly(x, SAMPLE_RATE // g, eng.native_rate // g).astype(np.float32)
     return np.clip(x, -1.0, 1.0), SAMPLE_RATE, words
+
+
+def phonemes(text: str, accent: str = "en-us") -> str:
+    """eSpeak NG's phoneme mnemonics for ``text`` in ``accent`` (what it would speak).
+
+    Stress and length marks are kept (e.g. ``"h'an@"`` for "hannah"); clauses are joined by a
+    space. Used to tell names that sound alike apart from names that are only spelled alike.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text: expected a non-empty string, got {text!r}")
+    eng = _engine()
+    with eng.lock:
+        name = _ACCENT_ALIASES.get(accent, accent)
+        if eng.lib.espeak_SetVoiceByName(name.encode()) != 0:
+            raise ValueError(f"accent: eSpeak NG does not know {accent!r}")
+        buf = ctypes.create_string_buffer(text.encode("utf-8"))
+        ptr = ctypes.c_char_p(ctypes.addressof(buf))
+        out = []
+        # Each call converts one clause and advances the pointer; it becomes NULL at the end.
+        while ptr.value:
+            res = eng.lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_UTF8, 0)
+            if res:
+                out.append(res.decode("utf-8", "replace").strip())
+    return " ".join(p for p in out if p)
 
 
 def _variants(data_path: Path) -> list[str]:

@@ -257,15 +257,27 @@ def _duration(rng: np.random.Generator) -> str:
 class _Names:
     """Draws spoken names and builds the biasing context for one request."""
 
-    def __init__(self, rng: np.random.Generator, names: Sequence[str]):
+    def __init__(self, rng: np.random.Generator, names: Sequence[str], wide_share: float = 0.0):
         self.rng = rng
         self.persons = [n for n in names if not name_pool.is_device_name(n)]
         self.devices = [n for n in names if name_pool.is_device_name(n)]
         self.spoken: list[str] = []
+        self.wide_share = wide_share
 
     def person(self) -> str:
         if not self.persons:
             return _pick(self.rng, CONTACT_WORDS)
+        # No draw at all when the share is 0: requests without wide names stay as they were.
+        if self.wide_share > 0 and self.rng.random() < self.wide_share:
+            first, last = name_pool.wide_names()
+            if self.rng.random() < 0.6:
+                name = _pick(self.rng, first)
+                if self.rng.random() < 0.25:
+                    name = name + " " + _pick(self.rng, last)
+            else:
+                name = _pick(self.rng, last)
+            self.spoken.append(name)
+            return name
         vocab = [n for n in self.persons if n in name_pool.VOCAB_NAMES]
         # Names that are vocabulary words are spoken more often: they are measured words too.
         name = _pick(self.rng, vocab if vocab and self.rng.random() < 0.4 else self.persons)
@@ -755,6 +767,7 @@ def sample_request(
     rng: np.random.Generator,
     names: Sequence[str] = name_pool.TRAIN_NAMES,
     wake_word_prob: float = 0.3,
+    wide_names: float = 0.0,
 ) -> Request:
     """Sample one voice-assistant request.
 
@@ -765,6 +778,9 @@ def sample_request(
             as devices, the others as contacts.
         wake_word_prob: probability that the request starts with "computer " (never for isolated
             words and digits).
+        wide_names: share of spoken contact names drawn from :func:`names.wide_names` (about
+            20,000 given names and surnames, none held out) instead of ``names``; use it for
+            training requests only. 0 draws nothing extra from ``rng``.
 
     Returns:
         A :class:`Request`.
@@ -775,8 +791,10 @@ def sample_request(
         raise ValueError(f"wake_word_prob: expected in [0, 1], got {wake_word_prob}")
     if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
         raise ValueError(f"names: expected a sequence of non-empty strings, got {names!r:.80}")
+    if not 0.0 <= wide_names <= 1.0:
+        raise ValueError(f"wide_names: expected in [0, 1], got {wide_names}")
     domain = _DOMAIN_KEYS[int(rng.choice(len(_DOMAIN_KEYS), p=_DOMAIN_P))]
-    nm = _Names(rng, list(names))
+    nm = _Names(rng, list(names), float(wide_names))
     text = DOMAINS[domain](rng, nm)
     wake = domain not in ISOLATED_DOMAINS and bool(rng.random() < wake_word_prob)
     if wake:

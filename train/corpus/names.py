@@ -5,11 +5,21 @@ their contacts, and nicknames they give their devices. The pool is split determi
 of the name) into ``TRAIN_NAMES`` and ``HELDOUT_NAMES`` (about 20% held out), so the test split can
 measure biasing towards names never heard in training. Names that are words of the request
 vocabulary (``VOCAB_NAMES``: "john", "sheila", "marvin"...) are always on the training side.
+
+Beside that core pool, :func:`wide_names` gives about 20,000 more given names and surnames from
+many countries (``wide_names.txt``, written by ``python -m train.corpus.names`` from the name lists
+of the Faker package). Training utterances may speak them (``synthesize_corpus(wide_names=...)``)
+so that the model learns how names are spelled in general instead of a list of 270. The file holds
+no held-out name and no name that eSpeak NG pronounces like one (same phonemes in en-us or
+en-gb): held-out names stay unheard in training.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
+from pathlib import Path
 
 VOCAB_NAMES = frozenset(
     """alex amy anna brian chris daniel david emily emma james jessica john karen kate kevin laura
@@ -95,3 +105,96 @@ def is_device_name(name: str) -> bool:
 
 
 _DEVICE_SET = frozenset(DEVICE_NAMES)
+
+
+WIDE_NAMES_FILE = Path(__file__).with_name("wide_names.txt")
+"""The wide name list: ``first NAME`` and ``last NAME`` lines after ``#`` comment lines."""
+
+_FAKER_LOCALES = (
+    "en en_US en_GB en_IE en_IN en_NZ en_KE en_NG en_PK es_ES es_MX it_IT de_DE fr_FR pt_BR nl_NL "
+    "pl_PL sv_SE tr_TR ga_IE yo_NG sw vi_VN"
+).split()
+_NAME_RE = re.compile(r"^[a-z]{2,14}('[a-z]{2,12})?$")
+
+
+@functools.cache
+def wide_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(given names, surnames)`` of the wide list (sorted, lowercase, no held-out name).
+
+    Raises:
+        RuntimeError: the list is missing or names a held-out name (a damaged install).
+    """
+    if not WIDE_NAMES_FILE.exists():
+        raise RuntimeError(
+            f"missing {WIDE_NAMES_FILE}: reinstall, or run python -m train.corpus.names"
+        )
+    first, last = [], []
+    for k, line in enumerate(WIDE_NAMES_FILE.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        kind, _, name = line.partition(" ")
+        if kind not in ("first", "last") or not _NAME_RE.match(name):
+            raise RuntimeError(f"{WIDE_NAMES_FILE}:{k}: expected 'first NAME' or 'last NAME'")
+        (first if kind == "first" else last).append(name)
+    leaked = (set(first) | set(last)) & set(HELDOUT_NAMES)
+    if leaked:
+        raise RuntimeError(f"{WIDE_NAMES_FILE} names held-out names: {sorted(leaked)[:5]}")
+    return tuple(sorted(set(first))), tuple(sorted(set(last)))
+
+
+def write_wide_names(path: Path = WIDE_NAMES_FILE) -> tuple[int, int]:
+    """Rebuild the wide list from Faker's person providers (needs ``pip install faker``).
+
+    Names are folded to ASCII and lowercased; kept if they match ``[a-z]{2,14}`` (with at most
+    one inner apostrophe), are not core or held-out names, and do not sound like a held-out name
+    (eSpeak NG phonemes equal, stress marks ignored, in en-us or en-gb). Returns the counts.
+    """
+    import importlib
+    import unicodedata
+
+    import faker
+
+    from train.corpus import espeak
+
+    def fold(s: str) -> str:
+        return unicodedata.normalize("NFKD", s).encode("ascii", "ignore").decode().lower().strip()
+
+    first: set[str] = set()
+    last: set[str] = set()
+    for loc in _FAKER_LOCALES:
+        provider = importlib.import_module(f"faker.providers.person.{loc}").Provider
+        for attr, out in (
+            ("first_names", first),
+            ("first_names_male", first),
+            ("first_names_female", first),
+            ("last_names", last),
+        ):
+            for n in getattr(provider, attr, None) or ():
+                n = fold(n)
+                if _NAME_RE.match(n):
+                    out.add(n)
+
+    def sound(name: str, accent: str) -> str:
+        return espeak.phonemes(name, accent).replace("'", "").replace(",", "")
+
+    core = set(PERSON_NAMES) | set(DEVICE_NAMES)
+    banned = {sound(n, a) for n in HELDOUT_NAMES for a in ("en-us", "en-gb")}
+    keep: dict[str, list[str]] = {"first": [], "last": []}
+    for kind, pool in (("first", first), ("last", last)):
+        for n in sorted(pool - core):
+            if not any(sound(n, a) in banned for a in ("en-us", "en-gb")):
+                keep[kind].append(n)
+    header = [
+        "# Wide name list for training utterances (train.corpus.names.wide_names).",
+        f"# Written by `python -m train.corpus.names` from Faker {faker.VERSION} person providers:",
+        "# " + " ".join(_FAKER_LOCALES),
+        "# No core name, no held-out name, no name pronounced like a held-out name.",
+    ]
+    lines = [f"{k} {n}" for k in ("first", "last") for n in keep[k]]
+    Path(path).write_text("\n".join(header + lines) + "\n")
+    return len(keep["first"]), len(keep["last"])
+
+
+if __name__ == "__main__":
+    nf, nl = write_wide_names()
+    print(f"wrote {WIDE_NAMES_FILE}: {nf} given names, {nl} surnames")

@@ -70,6 +70,7 @@ class SynthConfig:
     random_voices: float = 0.0  # share of train/dev utterances spoken by generated variants
     random_variants: int = 0  # how many generated variants (rnd<seed>v<k>)
     espeak_data: str | None = None  # espeak-ng-data tree holding them (make_variant_tree)
+    wide_names: float = 0.0  # share of train/dev contact names from names.wide_names()
 
 
 def _audio_path(out_dir: Path, index: int) -> Path:
@@ -111,7 +112,8 @@ def make_utterance(cfg: SynthConfig, index: int) -> dict:
     train_voices, heldout_voices = _voice_split()
     voices = heldout_voices if split == "test" else train_voices
     names = name_pool.HELDOUT_NAMES if split == "test" else name_pool.TRAIN_NAMES
-    req = grammar.sample_request(rng, names, cfg.wake_word_prob)
+    wide = cfg.wide_names if split != "test" else 0.0
+    req = grammar.sample_request(rng, names, cfg.wake_word_prob, wide)
     voice = voices[int(rng.integers(len(voices)))]
     if split != "test" and cfg.random_voices > 0 and rng.random() < cfg.random_voices:
         accent = espeak.ACCENTS[int(rng.integers(len(espeak.ACCENTS)))]
@@ -232,6 +234,7 @@ def synthesize_corpus(
     progress: bool = True,
     random_voices: float = 0.0,
     random_variants_count: int = 200,
+    wide_names: float = 0.0,
 ) -> Path:
     """Synthesize a request corpus into ``out_dir``.
 
@@ -250,6 +253,9 @@ def synthesize_corpus(
             (:func:`train.corpus.espeak.random_variant`, written under ``out_dir/espeak/``) in
             place of shipped ones; the test split always keeps the held-out shipped variants.
         random_variants_count: how many variants to generate (when ``random_voices`` > 0).
+        wide_names: share of spoken contact names in train/dev utterances drawn from the wide
+            list of :func:`train.corpus.names.wide_names` (about 20,000 names, none held out
+            or sounding like one), so that the model learns to spell names it never heard.
 
     Returns:
         The path of ``all.jsonl``; ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` lie beside it.
@@ -267,6 +273,10 @@ def synthesize_corpus(
             f"random_variants_count: expected 1..{espeak.MAX_EXTRA_VARIANTS}, "
             f"got {random_variants_count}"
         )
+    if not 0.0 <= wide_names <= 1.0:
+        raise ValueError(f"wide_names: expected in [0, 1], got {wide_names}")
+    if wide_names > 0:
+        name_pool.wide_names()  # a damaged list fails here, not in a worker
     if noise_dir is not None and not Path(noise_dir).is_dir():
         raise ValueError(f"noise_dir: expected a folder of noise clips, got {noise_dir}")
     n_train_dev, n_test = plan_counts(hours, heldout_test_hours)
@@ -290,6 +300,7 @@ def synthesize_corpus(
         wake_word_prob=float(wake_word_prob),
         dev_fraction=float(dev_fraction),
         noise_dir=None if noise_dir is None else str(Path(noise_dir).resolve()),
+        wide_names=float(wide_names),
         **extra,
     )
     (out / "config.json").write_text(json.dumps(cfg.__dict__, indent=1))
