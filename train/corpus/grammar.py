@@ -291,7 +291,10 @@ class _Names:
     def device(self) -> str | None:
         if not self.devices:
             return None
-        name = _pick(self.rng, self.devices)
+        if self.wide_share > 0 and self.rng.random() < self.wide_share:
+            name = _pick(self.rng, name_pool.wide_names()[0])  # any word can name a device
+        else:
+            name = _pick(self.rng, self.devices)
         self.spoken.append(name)
         return name
 
@@ -778,9 +781,10 @@ def sample_request(
             as devices, the others as contacts.
         wake_word_prob: probability that the request starts with "computer " (never for isolated
             words and digits).
-        wide_names: share of spoken contact names drawn from :func:`names.wide_names` (about
-            20,000 given names and surnames, none held out) instead of ``names``; use it for
-            training requests only. 0 draws nothing extra from ``rng``.
+        wide_names: share of spoken contact and device names drawn from
+            :func:`names.wide_names` (about 20,000 given names and surnames, none held out)
+            instead of ``names``; use it for training requests only. 0 draws nothing extra
+            from ``rng``.
 
     Returns:
         A :class:`Request`.

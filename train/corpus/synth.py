@@ -70,7 +70,7 @@ class SynthConfig:
     random_voices: float = 0.0  # share of train/dev utterances spoken by generated variants
     random_variants: int = 0  # how many generated variants (rnd<seed>v<k>)
     espeak_data: str | None = None  # espeak-ng-data tree holding them (make_variant_tree)
-    wide_names: float = 0.0  # share of train/dev contact names from names.wide_names()
+    wide_names: float = 0.0  # share of train/dev contact/device names from wide_names()
 
 
 def _audio_path(out_dir: Path, index: int) -> Path:
@@ -253,9 +253,10 @@ def synthesize_corpus(
             (:func:`train.corpus.espeak.random_variant`, written under ``out_dir/espeak/``) in
             place of shipped ones; the test split always keeps the held-out shipped variants.
         random_variants_count: how many variants to generate (when ``random_voices`` > 0).
-        wide_names: share of spoken contact names in train/dev utterances drawn from the wide
-            list of :func:`train.corpus.names.wide_names` (about 20,000 names, none held out
-            or sounding like one), so that the model learns to spell names it never heard.
+        wide_names: share of spoken contact and device names in train/dev utterances drawn
+            from the wide list of :func:`train.corpus.names.wide_names` (about 20,000 names,
+            none held out or sounding like one), so that the model learns to spell names it
+            never heard.
 
     Returns:
         The path of ``all.jsonl``; ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` lie beside it.
