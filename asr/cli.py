@@ -25,6 +25,14 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--method", choices=["beam", "greedy"], default="beam")
     p.add_argument("--beam", type=int, default=4, help="beam width (default 4)")
+    p.add_argument(
+        "--beam-symbols",
+        type=int,
+        default=1,
+        metavar="N",
+        help="beam search: at most N tokens per audio frame (default 1, modified beam search; "
+        "2-3 keep fast speech from losing letters, at N times the search cost)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
 
 
@@ -32,7 +40,12 @@ def _recognizer(args):
     from asr.model_io import load_model
     from asr.recognizer import DecodeSettings, Recognizer
 
-    settings = DecodeSettings(method=args.method, beam=args.beam, batch_size=args.batch_size)
+    settings = DecodeSettings(
+        method=args.method,
+        beam=args.beam,
+        beam_symbols_per_frame=args.beam_symbols,
+        batch_size=args.batch_size,
+    )
     return Recognizer(load_model(args.model), settings)
 
 

@@ -28,9 +28,12 @@ FRAME_BUCKET = 128
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    method: str = "beam"  # "beam" (modified beam search) or "greedy"
+    method: str = "beam"  # "beam" (transducer beam search) or "greedy"
     beam: int = 4  # hypotheses kept per frame (beam only)
-    max_symbols_per_frame: int = 3  # greedy only
+    max_symbols_per_frame: int = 3  # greedy only: non-blank symbols per frame at most
+    # beam only: non-blank symbols per frame at most; 1 = modified beam search (one symbol
+    # consumes the frame), > 1 = standard topology with that many expansion sub-steps per frame
+    beam_symbols_per_frame: int = 1
     batch_size: int = 8
 
     def to_dict(self) -> dict:
@@ -38,6 +41,7 @@ class DecodeSettings:
             "method": self.method,
             "beam": self.beam,
             "max_symbols_per_frame": self.max_symbols_per_frame,
+            "beam_symbols_per_frame": self.beam_symbols_per_frame,
             "batch_size": self.batch_size,
         }
 
@@ -64,8 +68,10 @@ class Recognizer:
     def __init__(self, loaded: LoadedModel, settings: DecodeSettings = DecodeSettings()):
         if settings.method not in ("beam", "greedy"):
             raise ValueError(f"decode method must be 'beam' or 'greedy', got {settings.method!r}")
-        if settings.beam < 1 or settings.batch_size < 1:
-            raise ValueError(f"beam and batch_size must be >= 1, got {settings}")
+        if settings.beam < 1 or settings.batch_size < 1 or settings.beam_symbols_per_frame < 1:
+            raise ValueError(
+                f"beam, beam_symbols_per_frame and batch_size must be >= 1, got {settings}"
+            )
         self.loaded = loaded
         self.settings = settings
         self.timing = Timing()
@@ -81,7 +87,13 @@ class Recognizer:
                     fns, enc_p, enc_pad, max_symbols_per_frame=settings.max_symbols_per_frame
                 )
                 return toks[:, None], tpad[:, None], scores[:, None]
-            return beam_search(fns, enc_p, enc_pad, beam=settings.beam)
+            return beam_search(
+                fns,
+                enc_p,
+                enc_pad,
+                beam=settings.beam,
+                max_symbols=settings.beam_symbols_per_frame,
+            )
 
         self._run = jax.jit(run)
 

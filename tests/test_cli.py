@@ -83,6 +83,21 @@ def test_eval_json_with_relative_paths(model_dir, audio, tmp_path, capsys):
     assert out["pairs"][0]["ref"] == "call mom"
 
 
+def test_beam_symbols_flag(model_dir, audio, tmp_path, capsys):
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps({"audio": str(a), "text": "go"}) + "\n" for a in audio))
+    args = ["eval", "--model", str(model_dir), "--manifest", str(m), "--json"]
+    assert main([*args, "--beam-symbols", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["decode"]["beam_symbols_per_frame"] == 2 and out["utterances"] == 3
+    assert (
+        main(["transcribe", "--model", str(model_dir), "--beam-symbols", "2", str(audio[0])]) == 0
+    )
+    assert len(capsys.readouterr().out.splitlines()) == 1
+    assert main([*args, "--beam-symbols", "0"]) == 2
+    assert "beam_symbols_per_frame" in capsys.readouterr().err
+
+
 def test_eval_by_field_and_details(model_dir, audio, tmp_path, capsys):
     m = tmp_path / "m.jsonl"
     spk = ["ann", "bob", "ann"]

@@ -2,8 +2,10 @@
 
 A fake model whose joint logits are a table indexed by (frame, last token) gives exact
 references: greedy against a NumPy greedy loop, beam search (with a beam holding every sequence)
-against a brute-force sum over all one-symbol-per-frame alignments. A tiny random Transducer
-checks batched against one by one, beam=1 against greedy, ordering, uniqueness and no retracing.
+against a brute-force sum over all alignments, with one symbol per frame (modified search) or up
+to S per frame (each frame's emissions end with blank, or after the S-th symbol). A tiny random
+Transducer checks batched against one by one, beam=1 against greedy, ordering, uniqueness and no
+retracing.
 
 References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks"; Kang et al. 2023,
 "Fast and Parallel Decoding for Transducer".
@@ -79,6 +81,29 @@ def np_sequence_scores(table, n_frames):
                 last = c
         seq = tuple(c for c in choice if c != 0)
         total[seq] = np.logaddexp(total.get(seq, -np.inf), lp)
+    return total
+
+
+def np_sequence_scores_multi(table, n_frames, max_symbols):
+    """Brute force in float64: {token sequence: log sum over its alignments}, where each frame
+    emits m <= S tokens followed by blank if m < S (the S-th token ends the frame by itself)."""
+    v = table.shape[-1]
+    lsm = log_softmax(table.astype(np.float64))  # -> [T, V, V]
+    tokens = range(1, v)
+    segments = [
+        (*seg, 0) for m in range(max_symbols) for seg in itertools.product(tokens, repeat=m)
+    ]
+    segments += list(itertools.product(tokens, repeat=max_symbols))
+    total: dict[tuple, float] = {}
+    for choice in itertools.product(segments, repeat=n_frames):
+        last, lp, seq = 0, 0.0, []
+        for t, seg in enumerate(choice):
+            for c in seg:
+                lp += lsm[t, last, c]
+                if c != 0:
+                    seq.append(c)
+                    last = c
+        total[tuple(seq)] = np.logaddexp(total.get(tuple(seq), -np.inf), lp)
     return total
 
 
@@ -164,6 +189,80 @@ def test_beam_one_equals_greedy_one_symbol_on_fake():
     b_tok, b_pad, b_sc = beam_search(fake_fns(table), enc_p, pads, beam=1)
     assert strip(g_tok, g_pad) == [h[0] for h in strip(b_tok, b_pad)]
     np.testing.assert_allclose(g_sc, b_sc[:, 0], rtol=1e-5)
+
+
+def _check_against_brute_force(table, lengths, max_symbols, beam):
+    t = table.shape[0]
+    enc_p, pads = fake_enc(len(lengths), lengths, t)
+    tokens, token_pads, scores = beam_search(
+        fake_fns(table), enc_p, pads, beam=beam, max_symbols=max_symbols
+    )
+    assert tokens.shape == (len(lengths), beam, max_symbols * t)
+    hyps = strip(tokens, token_pads)
+    for b, n in enumerate(lengths):
+        ref = np_sequence_scores_multi(table, n, max_symbols)
+        live = np.asarray(scores[b]) > NEG / 2
+        assert live.sum() == len(ref)
+        got = {tuple(h): float(s) for h, s, ok in zip(hyps[b], scores[b], live, strict=True) if ok}
+        assert set(got) == set(ref)
+        for seq, lp in ref.items():
+            np.testing.assert_allclose(got[seq], lp, rtol=1e-5, atol=1e-5)
+        assert tuple(hyps[b][0]) == max(ref, key=ref.get)
+        np.testing.assert_allclose(jax.nn.logsumexp(scores[b][live]), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_symbols, t, v", [(2, 3, 3), (3, 2, 3), (2, 2, 4)])
+def test_multi_symbol_beam_equals_brute_force_over_alignments(max_symbols, t, v):
+    rng = np.random.default_rng(10 * max_symbols + v)
+    table = (rng.normal(size=(t, v, v)) * 1.5).astype(np.float32)
+    # every sequence (length <= S*T) fits in the beam, and so does every intermediate state
+    n_seqs = sum((v - 1) ** n for n in range(max_symbols * t + 1))
+    _check_against_brute_force(table, [t, t - 1, 0], max_symbols, n_seqs)
+
+
+def test_multi_symbol_brute_force_with_one_symbol_is_the_modified_one():
+    rng = np.random.default_rng(11)
+    table = (rng.normal(size=(4, 3, 3)) * 1.5).astype(np.float32)
+    multi, single = np_sequence_scores_multi(table, 4, 1), np_sequence_scores(table, 4)
+    assert set(multi) == set(single)
+    for seq, lp in single.items():
+        np.testing.assert_allclose(multi[seq], lp, rtol=1e-6)
+    _check_against_brute_force(table, [4, 2], 1, 31)
+
+
+def test_multi_symbol_beam_needs_several_symbols_per_frame():
+    t, v = 2, 4
+    table = np.zeros((t, v, v), np.float32)
+    table[:, :, 0] = 8.0  # blank unless told otherwise
+    table[0, 0, 1] = table[0, 1, 2] = 10.0  # frame 0: 1, 2, then blank
+    table[1, 2, 3] = 10.0  # frame 1: 3, then blank
+    enc_p, pads = fake_enc(1, [t], t)
+    fns = fake_fns(table)
+    tok1, pad1, _ = beam_search(fns, enc_p, pads, beam=4, max_symbols=1)
+    assert all(len(h) <= t for h in strip(tok1, pad1)[0])  # one symbol per frame: 3 cannot fit
+    assert strip(tok1, pad1)[0][0] != [1, 2, 3]
+    tok2, pad2, sc2 = beam_search(fns, enc_p, pads, beam=4, max_symbols=2)
+    assert tok2.shape == (1, 4, 2 * t)
+    assert strip(tok2, pad2)[0][0] == [1, 2, 3]
+    ref = np_sequence_scores_multi(table, t, 2)
+    assert ref[(1, 2, 3)] - 1e-3 < float(sc2[0, 0]) <= ref[(1, 2, 3)] + 1e-5  # pruning loses a bit
+    g_tok, g_pad, _ = greedy_search(fns, enc_p, pads, max_symbols_per_frame=2)
+    assert strip(g_tok, g_pad) == [[1, 2, 3]]
+
+
+def test_multi_symbol_beam_max_len_and_bad_input():
+    t, v = 3, 4
+    table = np.zeros((t, v, v), np.float32)
+    table[:, :, 2] = 10.0  # always emit 2
+    enc_p, pads = fake_enc(1, [t], t)
+    tokens, token_pads, scores = beam_search(
+        fake_fns(table), enc_p, pads, beam=2, max_len=4, max_symbols=2
+    )
+    assert tokens.shape == (1, 2, 4)
+    assert strip(tokens, token_pads)[0][0] == [2, 2, 2, 2]  # buffer full: blank only after
+    assert np.all(np.asarray(scores) > NEG / 2)
+    with pytest.raises(ValueError, match="max_symbols"):
+        beam_search(fake_fns(table), enc_p, pads, max_symbols=0)
 
 
 class _CountingJoint:
@@ -255,6 +354,34 @@ def test_beam_sorted_distinct_and_beam_one_is_greedy(tiny):
     b_tok, b_pad, b_sc = beam_search(fns, enc_p, enc_pads, beam=1)
     assert strip(g_tok, g_pad) == [h[0] for h in strip(b_tok, b_pad)]
     np.testing.assert_allclose(g_sc, b_sc[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_beam_one_symbol_is_the_default_bit_for_bit(tiny):
+    fns, enc_p, enc_pads, _ = tiny
+    for beam in (1, 4):
+        default = beam_search(fns, enc_p, enc_pads, beam=beam)
+        explicit = beam_search(fns, enc_p, enc_pads, beam=beam, max_symbols=1)
+        for a, b in zip(default, explicit, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert default[0].shape[-1] == enc_p.shape[1]  # buffer: one symbol per frame
+
+
+def test_multi_symbol_beam_batched_equals_one_by_one(tiny):
+    fns, enc_p, enc_pads, lengths = tiny
+    tokens, token_pads, scores = beam_search(fns, enc_p, enc_pads, beam=4, max_symbols=2)
+    assert tokens.shape == (3, 4, 2 * enc_p.shape[1])
+    scores = np.asarray(scores)
+    assert np.all(np.diff(scores, axis=1) <= 0) and np.all(scores > NEG / 2)
+    hyps = strip(tokens, token_pads)
+    assert any(h[0] for h in hyps), "random model emitted nothing: test would be vacuous"
+    for nbest in hyps:
+        assert len({tuple(h) for h in nbest}) == len(nbest), nbest
+    for b, n in enumerate(lengths):
+        t1, p1, s1 = beam_search(
+            fns, enc_p[b : b + 1, :n], enc_pads[b : b + 1, :n], beam=4, max_symbols=2
+        )
+        assert strip(t1, p1)[0] == hyps[b]
+        np.testing.assert_allclose(s1[0], scores[b], rtol=1e-4, atol=1e-4)
 
 
 def test_decoder_fns_of_a_model_hit_the_jit_cache(tiny):

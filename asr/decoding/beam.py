@@ -1,16 +1,30 @@
-"""Modified beam search for the transducer: batched, jitted, fixed-shape, with hypothesis merging.
+"""Transducer beam search: batched, jitted, fixed-shape, with hypothesis merging.
 
-Owns `beam_search` and its loop state `BeamState`. "Modified" means at most one non-blank symbol
-per frame: every frame each of the K hypotheses either takes blank (stays as it is) or extends by
-one token, so a frame is one joint call and one predictor step over all B*K hypotheses. Candidates
-that spell the same token sequence are merged (log-add of their probabilities) before the top K
-are chosen, so each kept hypothesis scores the sum over its alignments (with at most one symbol
-per frame). Sequences are identified by a rolling int32 hash plus their length.
+Owns `beam_search` and its loop state `BeamState`. Two topologies, chosen by `max_symbols` (S):
+
+* S = 1, "modified" beam search: at most one non-blank symbol per frame. Every frame each of the
+  K hypotheses either takes blank (stays as it is) or extends by one token, and a token emission
+  consumes the frame; a frame is one joint call and one predictor step over all B*K hypotheses.
+* S > 1, standard transducer topology (as in training: a frame's emissions end with a blank), with
+  at most S symbols per frame. A frame runs S expansion sub-steps. At the start of a frame every
+  hypothesis is active; an active hypothesis taking blank is finished for the frame, one taking a
+  token stays active for the next sub-step. At the last sub-step a token emission also finishes
+  the frame (without a blank, as in modified search), so decoding never stalls. Each sub-step
+  keeps the top K over the finished hypotheses carried forward and every expansion of the active
+  ones: S joint calls and S predictor steps per frame.
+
+Candidates that spell the same token sequence are merged (log-add of their probabilities) before
+the top K are chosen: equal hypotheses at the start of a frame, and, within a frame, every
+candidate that finishes it (an active hypothesis taking blank with a finished one of the same
+sequence; a last-sub-step token emission with the hypothesis it spells). So each kept hypothesis
+scores the sum over its alignments (with at most S symbols per frame). An active hypothesis is not
+merged with a finished one: it is a different state (it has yet to end its frame). Sequences are
+identified by a rolling int32 hash plus their length.
 
 References: Kang et al. 2023, "Fast and Parallel Decoding for Transducer" (one symbol per frame,
 batched over hypotheses); icefall `beam_search.py::modified_beam_search` (the algorithm; here a
 `lax.scan` over a fixed-shape state, as Flax `examples/wmt/decode.py` does for its beam search);
-Graves 2012 (merging prefixes by probability sum).
+Graves 2012 (merging prefixes by probability sum; several symbols per frame).
 """
 
 from __future__ import annotations
@@ -52,16 +66,20 @@ def beam_search(
     enc_paddings: ArrayLike,
     beam: int = 4,
     max_len: int | None = None,
+    max_symbols: int = 1,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Batched modified beam search.
+    """Batched transducer beam search: modified (max_symbols=1) or up to S symbols per frame.
 
     Args:
       fns: the model's predictor and joiner (`decoder_fns(model, variables)`).
       enc_p: f32[B, T, J] projected encoder output (`Transducer.encode`).
       enc_paddings: f32[B, T], 1.0 = padded frame (leaves every hypothesis unchanged).
       beam: K, hypotheses kept per utterance.
-      max_len: token buffer length L >= 1; default T (enough: one symbol per frame at most).
+      max_len: token buffer length L >= 1; default S*T (enough: S symbols per frame at most).
         Hypotheses whose buffer is full may only take blank.
+      max_symbols: S >= 1, non-blank symbols a hypothesis may emit per frame. 1 = modified beam
+        search (a token consumes the frame); S > 1 = standard topology (a frame's emissions end
+        with blank, or after the S-th symbol), S expansion sub-steps per frame.
 
     Returns:
       tokens int32[B, K, L] (0 past each length), token_paddings f32[B, K, L] (1.0 = padding),
@@ -72,11 +90,13 @@ def beam_search(
     check_encoder_outputs(enc_p, enc_paddings)
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
+    if max_symbols < 1:
+        raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
     if max_len is None:
-        max_len = max(np.shape(enc_p)[1], 1)
+        max_len = max(max_symbols * np.shape(enc_p)[1], 1)
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
-    return _beam_search(fns, enc_p, enc_paddings, int(beam), int(max_len))
+    return _beam_search(fns, enc_p, enc_paddings, int(beam), int(max_len), int(max_symbols))
 
 
 def _merge_duplicates(hashes: jax.Array, lengths: jax.Array, scores: jax.Array):
@@ -94,8 +114,8 @@ def _merge_duplicates(hashes: jax.Array, lengths: jax.Array, scores: jax.Array):
     return jnp.where(is_first, jnp.maximum(total, NEG), NEG), is_first
 
 
-@functools.partial(jax.jit, static_argnames=("beam", "max_len"))
-def _beam_search(fns, enc_p, enc_paddings, beam, max_len):
+@functools.partial(jax.jit, static_argnames=("beam", "max_len", "max_symbols"))
+def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols):
     enc_p = jnp.asarray(enc_p, jnp.float32)
     b, _, je = enc_p.shape
     k = beam
@@ -113,9 +133,15 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len):
     ki = jnp.arange(k)[None, :, None]  # hypothesis index i (rows of [B, K, K])
     kj = jnp.arange(k)[None, None, :]  # hypothesis index j (columns of [B, K, K])
 
-    def frame(s: BeamState, xs):
-        enc_t, valid = xs  # f32[B, J], bool[B]
-        scores, is_first = _merge_duplicates(s.hashes, s.lengths, s.scores)
+    def sub_step(n, enc_t, frame_first, carry):
+        """One expansion of the active hypotheses; sub-step n of the frame (Python int or traced).
+
+        carry = (BeamState, active bool[B, K]): active hypotheses have not ended the frame yet;
+        the others are carried over unchanged (their only candidate is themselves, at no cost).
+        frame_first bool[B, K]: first copy of each sequence at the start of the frame.
+        """
+        s, active = carry
+        last_step = n == max_symbols - 1  # a token emission ends the frame
         logits = fns.joint(
             fns.variables,
             jnp.broadcast_to(enc_t[:, None, :], (b, k, je)),
@@ -124,25 +150,34 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len):
         v_size = logits.shape[-1]
         logp = jnp.maximum(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), NEG)
         nonblank = jnp.arange(v_size) != blank  # -> [V]
-        cand = scores[:, :, None] + logp  # -> [B, K, V]
+        stay = jnp.where(nonblank, NEG, 0.0)  # -> [V]: a finished hypothesis is only carried
+        cand = s.scores[:, :, None] + jnp.where(active[:, :, None], logp, stay)  # -> [B, K, V]
         cand = jnp.where(nonblank & (s.lengths >= max_len)[:, :, None], NEG, cand)
 
-        # Merge: hypothesis i taking blank spells the same sequence as hypothesis j extended by
-        # i's last token when seq_j + [last_i] == seq_i. The blank candidate absorbs that one.
+        # Every blank candidate finishes the frame: after the first sub-step an active and a
+        # finished hypothesis may spell the same sequence, so log-add their blank candidates into
+        # the first copy. (At the first sub-step all are active and the frame start merged them.)
+        merged, merged_first = _merge_duplicates(s.hashes, s.lengths, cand[:, :, blank])
+        blank_sc = jnp.where(n > 0, merged, cand[:, :, blank])  # -> [B, K]
+        is_first = jnp.where(n > 0, merged_first, frame_first)  # -> [B, K]
+
+        # At the last sub-step a token emission finishes the frame too: hypothesis i taking blank
+        # spells the same sequence as active hypothesis j extended by i's last token when
+        # seq_j + [last_i] == seq_i. The blank candidate absorbs that one.
         last = s.tokens[bi[..., 0], ki[..., 0], jnp.maximum(s.lengths - 1, 0)]  # -> [B, K]
         ext_hash = s.hashes[:, None, :] * HASH_MULT + (last[:, :, None] + 1)  # -> [B, i, j]
         # Only the first copy of a hypothesis may absorb (else the mass would be counted twice).
         match = (
-            is_first[:, :, None]
+            last_step
+            & is_first[:, :, None]
+            & active[:, None, :]
             & (s.lengths[:, :, None] > 0)
             & (s.lengths[:, None, :] + 1 == s.lengths[:, :, None])
             & (ext_hash == s.hashes[:, :, None])
         )  # -> [B, i, j]
         ext_at = cand[bi, kj, last[:, :, None]]  # cand[b, j, last_i] -> [B, i, j]
         absorbed = jax.nn.logsumexp(jnp.where(match, ext_at, NEG), axis=2)  # -> [B, i]
-        blank_sc = jnp.where(
-            jnp.any(match, axis=2), jnp.logaddexp(cand[:, :, blank], absorbed), cand[:, :, blank]
-        )
+        blank_sc = jnp.where(jnp.any(match, axis=2), jnp.logaddexp(blank_sc, absorbed), blank_sc)
         taken = jnp.einsum(
             "bij,biv->bjv", match.astype(jnp.float32), jax.nn.one_hot(last, v_size)
         )  # -> [B, j, V]: > 0 where cand[b, j, v] was absorbed
@@ -171,6 +206,20 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len):
             pred_state=select_tree(ext_flat, new_state, state_g),
             pred_p=jnp.where(ext_flat[:, None], new_p, pred_p_g),
         )
+        return new, ext & jnp.logical_not(last_step)
+
+    def frame(s: BeamState, xs):
+        enc_t, valid = xs  # f32[B, J], bool[B]
+        scores, is_first = _merge_duplicates(s.hashes, s.lengths, s.scores)
+        carry = (s._replace(scores=scores), jnp.ones((b, k), bool))
+        if max_symbols == 1:
+            new, _ = sub_step(0, enc_t, is_first, carry)
+        else:
+
+            def step(n, c):
+                return sub_step(n, enc_t, is_first, c)
+
+            new, _ = jax.lax.fori_loop(0, max_symbols, step, carry)
         valid_flat = jnp.repeat(valid, k)
         per_utt = (new.tokens, new.lengths, new.scores, new.hashes)
         old_utt = (s.tokens, s.lengths, s.scores, s.hashes)
