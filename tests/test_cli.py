@@ -87,9 +87,11 @@ def test_beam_symbols_flag(model_dir, audio, tmp_path, capsys):
     m = tmp_path / "m.jsonl"
     m.write_text("".join(json.dumps({"audio": str(a), "text": "go"}) + "\n" for a in audio))
     args = ["eval", "--model", str(model_dir), "--manifest", str(m), "--json"]
-    assert main([*args, "--beam-symbols", "2"]) == 0
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["decode"]["beam_symbols_per_frame"] == 2  # default
+    assert main([*args, "--beam-symbols", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["decode"]["beam_symbols_per_frame"] == 2 and out["utterances"] == 3
+    assert out["decode"]["beam_symbols_per_frame"] == 3 and out["utterances"] == 3
     assert (
         main(["transcribe", "--model", str(model_dir), "--beam-symbols", "2", str(audio[0])]) == 0
     )
