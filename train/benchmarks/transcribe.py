@@ -3,7 +3,7 @@
 Owns `python -m train.benchmarks.transcribe --model MODEL --manifest M1 [M2 ...] [--limit N]
 [--json PATH]`. For each manifest, on the same utterances:
 
-- ours: `asr.recognizer.Recognizer` with modified beam search (beam 4 by default) and with
+- ours: `asr.recognizer.Recognizer` with beam search (beam 4, 2 symbols per frame) and with
   greedy search, scored by `asr.recognizer.evaluate_manifest`. Its RTF is the recognizer's
   `Timing`: reading and resampling the audio plus batched decoding, excluding each batch
   shape's one-time XLA compilation, which is reported on its own as `compile_s`; log-mel
