@@ -36,9 +36,9 @@ def heldout_synth(tmp_path_factory):
 def test_default_model_on_heldout_synthesized_voices(default_recognizer, heldout_synth):
     res = evaluate_manifest(default_recognizer, heldout_synth)
     print(res["wer"], res["utterances"])
-    # measured 6.6% on these 50 and 8.7% on the 1,029-utterance held-out test split (README);
-    # the target is 5%
-    assert res["utterances"] >= 50 and res["wer"] <= 0.15, res
+    # measured 3.5% on these 50 and 4.3% on the 1,029-utterance held-out test split (README);
+    # the target is 5% on the whole split; 50 utterances leave room for chance
+    assert res["utterances"] >= 50 and res["wer"] <= 0.10, res
 
 
 def test_default_model_on_fsdd_test(default_recognizer, shared_data):
@@ -47,7 +47,7 @@ def test_default_model_on_fsdd_test(default_recognizer, shared_data):
     rows = [r for r in load_fsdd(shared_data / "fsdd", vad=False) if r["split"] == "test"]
     res = evaluate_manifest(default_recognizer, rows[::2])
     print(res["wer"], res["utterances"])
-    assert res["wer"] <= 0.05, res  # measured 0.8% on these 125, 0.4% on all 250 (README)
+    assert res["wer"] <= 0.05, res  # measured 1.6% on these 125, 0.8% on all 250 (README)
 
 
 def test_default_model_on_speech_commands_test(default_recognizer, shared_data):
@@ -56,7 +56,7 @@ def test_default_model_on_speech_commands_test(default_recognizer, shared_data):
     rows = load_speech_commands(shared_data / "speech_commands", vad=False)
     res = evaluate_manifest(default_recognizer, [r for r in rows if r["split"] == "test"][::4])
     print(res["wer"], res["utterances"])
-    assert res["wer"] <= 0.15, res  # measured 10.1% on these 207, 11.4% on all 825 (README)
+    assert res["wer"] <= 0.15, res  # measured 7.2% on these 207, 9.5% on all 825 (README)
 
 
 def test_demo_command_runs(tmp_path):
