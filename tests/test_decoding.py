@@ -44,6 +44,16 @@ def fake_fns(table: np.ndarray, joint=_fake_joint) -> DecoderFns:
     return DecoderFns(_fake_init, _fake_step, joint, {"table": jnp.asarray(table, jnp.float32)})
 
 
+def peaked_table(t: int, v: int, blank_logit: float, emits) -> np.ndarray:
+    """A [T, V(last token), V] logit table: blank (`blank_logit`) unless an (frame, last token,
+    token) in `emits` makes that token the likely one (logit 10)."""
+    table = np.zeros((t, v, v), np.float32)
+    table[:, :, 0] = blank_logit
+    for frame, last, tok in emits:
+        table[frame, last, tok] = 10.0
+    return table
+
+
 def fake_enc(batch: int, lengths: list[int], t: int):
     enc_p = jnp.broadcast_to(jnp.eye(t), (batch, t, t))
     paddings = (np.arange(t)[None] >= np.asarray(lengths)[:, None]).astype(np.float32)
@@ -109,10 +119,7 @@ def np_sequence_scores_multi(table, n_frames, max_symbols):
 
 def test_greedy_recovers_known_path():
     t, v = 4, 5
-    table = np.zeros((t, v, v), np.float32)
-    table[:, :, 0] = 5.0  # blank unless told otherwise
-    table[0, 0, 1] = table[0, 1, 2] = 10.0  # frame 0: 1, 2, then blank
-    table[2, 2, 3] = 10.0  # frame 2: 3, then blank
+    table = peaked_table(t, v, 5.0, [(0, 0, 1), (0, 1, 2), (2, 2, 3)])  # frame 0: 1, 2; frame 2: 3
     enc_p, pads = fake_enc(1, [t], t)
     tokens, token_pads, score = greedy_search(fake_fns(table), enc_p, pads, max_symbols_per_frame=3)
     assert strip(tokens, token_pads) == [[1, 2, 3]]
@@ -232,10 +239,7 @@ def test_multi_symbol_brute_force_with_one_symbol_is_the_modified_one():
 
 def test_multi_symbol_beam_needs_several_symbols_per_frame():
     t, v = 2, 4
-    table = np.zeros((t, v, v), np.float32)
-    table[:, :, 0] = 8.0  # blank unless told otherwise
-    table[0, 0, 1] = table[0, 1, 2] = 10.0  # frame 0: 1, 2, then blank
-    table[1, 2, 3] = 10.0  # frame 1: 3, then blank
+    table = peaked_table(t, v, 8.0, [(0, 0, 1), (0, 1, 2), (1, 2, 3)])  # frame 0: 1, 2; frame 1: 3
     enc_p, pads = fake_enc(1, [t], t)
     fns = fake_fns(table)
     tok1, pad1, _ = beam_search(fns, enc_p, pads, beam=4, max_symbols=1)

@@ -49,8 +49,8 @@ def add_corpus_command(sub) -> None:
         type=float,
         default=0.0,
         metavar="SHARE",
-        help="share of spoken contact and device names (train/dev) drawn from a list of ~20,000 names "
-        "from many countries instead of the 270 core training names (default 0)",
+        help="share of spoken contact and device names (train/dev) drawn from a list of 22,133 "
+        "names from 23 locales instead of the 273 core training names (default 0)",
     )
     s.set_defaults(func=cmd_synth)
 

@@ -157,9 +157,12 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols):
         # Every blank candidate finishes the frame: after the first sub-step an active and a
         # finished hypothesis may spell the same sequence, so log-add their blank candidates into
         # the first copy. (At the first sub-step all are active and the frame start merged them.)
-        merged, merged_first = _merge_duplicates(s.hashes, s.lengths, cand[:, :, blank])
-        blank_sc = jnp.where(n > 0, merged, cand[:, :, blank])  # -> [B, K]
-        is_first = jnp.where(n > 0, merged_first, frame_first)  # -> [B, K]
+        if isinstance(n, int) and n == 0:  # S = 1: nothing to merge, skip the K x K work
+            blank_sc, is_first = cand[:, :, blank], frame_first  # -> [B, K] each
+        else:
+            merged, merged_first = _merge_duplicates(s.hashes, s.lengths, cand[:, :, blank])
+            blank_sc = jnp.where(n > 0, merged, cand[:, :, blank])  # -> [B, K]
+            is_first = jnp.where(n > 0, merged_first, frame_first)  # -> [B, K]
 
         # At the last sub-step a token emission finishes the frame too: hypothesis i taking blank
         # spells the same sequence as active hypothesis j extended by i's last token when

@@ -782,7 +782,7 @@ def sample_request(
         wake_word_prob: probability that the request starts with "computer " (never for isolated
             words and digits).
         wide_names: share of spoken contact and device names drawn from
-            :func:`names.wide_names` (about 20,000 given names and surnames, none held out)
+            :func:`names.wide_names` (22,133 given names and surnames, none held out)
             instead of ``names``; use it for training requests only. 0 draws nothing extra
             from ``rng``.
 

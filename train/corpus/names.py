@@ -6,10 +6,11 @@ of the name) into ``TRAIN_NAMES`` and ``HELDOUT_NAMES`` (about 20% held out), so
 measure biasing towards names never heard in training. Names that are words of the request
 vocabulary (``VOCAB_NAMES``: "john", "sheila", "marvin"...) are always on the training side.
 
-Beside that core pool, :func:`wide_names` gives about 20,000 more given names and surnames from
-many countries (``wide_names.txt``, written by ``python -m train.corpus.names`` from the name lists
-of the Faker package). Training utterances may speak them (``synthesize_corpus(wide_names=...)``)
-so that the model learns how names are spelled in general instead of a list of 270. The file holds
+Beside that core pool, :func:`wide_names` gives 22,133 more given names and surnames from 23
+locales (``wide_names.txt``, written by ``python -m train.corpus.names`` from the name lists of
+the Faker package). Training utterances may speak them (``synthesize_corpus(wide_names=...)``),
+to show the model many more spellings than the 273 core training names (so far this has not
+made unheard names recognizable; see the README). The file holds
 no held-out name and no name that eSpeak NG pronounces like one (same phonemes in en-us or
 en-gb): held-out names stay unheard in training.
 """

@@ -254,9 +254,8 @@ def synthesize_corpus(
             place of shipped ones; the test split always keeps the held-out shipped variants.
         random_variants_count: how many variants to generate (when ``random_voices`` > 0).
         wide_names: share of spoken contact and device names in train/dev utterances drawn
-            from the wide list of :func:`train.corpus.names.wide_names` (about 20,000 names,
-            none held out or sounding like one), so that the model learns to spell names it
-            never heard.
+            from the wide list of :func:`train.corpus.names.wide_names` (22,133 names, none
+            held out or sounding like one), to show the model many more spellings of names.
 
     Returns:
         The path of ``all.jsonl``; ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` lie beside it.
