@@ -173,3 +173,44 @@ def test_real_speech_commands(shared_data):
         spk.setdefault(r["speaker"], set()).add(r["split"])
     assert all(len(v) == 1 for v in spk.values())
     assert {r["split"] for r in rows} == {"train", "dev", "test"}
+
+
+def test_speech_to_intent_synthetic(tmp_path):
+    root = tmp_path / "s2i"
+    _clip(root / "clean" / "a1.flac")
+    _clip(root / "clean" / "b2.flac")
+    labels = {
+        "a1.wav": {"intent": "orderDrink", "slots": {"size": "Large", "roast": "light roast"}},
+        "b2.wav": {"intent": "orderDrink", "slots": {"milkAmount": " soy milk"}},
+        "c3.wav": {"intent": "orderDrink", "slots": {"size": "small"}},  # no audio: skipped
+    }
+    (root / "labels.json").write_text(json.dumps(labels))
+    rows = loaders.load_speech_to_intent(root)
+    assert [Path(r["audio"]).name for r in rows] == ["a1.flac", "b2.flac"]
+    assert rows[0]["keywords"] == ["light roast", "large"]  # slot-name order, normalized
+    assert rows[1]["keywords"] == ["soy milk"]
+    assert all("text" not in r and "speaker" not in r for r in rows)
+    assert rows[0]["intent"] == "orderDrink" and rows[0]["split"] == "test"
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("large\nmilk\nlight\n")
+    kept = loaders.load_speech_to_intent(root, vocabulary=vocab)
+    # "light roast" needs "roast"; "soy milk" needs "soy": only "large" survives, in one row
+    assert [r["keywords"] for r in kept] == [["large"]]
+    (root / "labels.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        loaders.load_speech_to_intent(root)
+    with pytest.raises(ValueError, match="labels.json"):
+        loaders.load_speech_to_intent(tmp_path)
+
+
+def test_real_speech_to_intent(shared_data):
+    root = shared_data / "speech_to_intent"
+    if not root.is_dir():
+        pytest.skip(f"no {root}")
+    rows = loaders.load_speech_to_intent(root)
+    assert len(rows) == 619  # 625 labels, six without audio
+    assert all(r["keywords"] and all(k == k.strip() for k in r["keywords"]) for r in rows)
+    vocab = shared_data / "requests" / "vocabulary.txt"
+    if vocab.is_file():
+        kept = loaders.load_speech_to_intent(root, vocabulary=vocab)
+        assert 0 < len(kept) < len(rows)

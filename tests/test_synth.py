@@ -234,3 +234,23 @@ def test_wide_names_change_training_requests_only(tmp_path):
     ]
     with pytest.raises(ValueError, match="wide_names"):
         synth.synthesize_corpus(tmp_path / "x", hours=0.005, wide_names=2.0, progress=False)
+
+
+def test_test_only_gives_the_same_test_split(tmp_path, monkeypatch):
+    # small blocks, so that the train/dev utterances fill whole blocks that test_only skips
+    monkeypatch.setattr(synth, "BLOCK", 8)
+    kw = dict(hours=0.005, seed=3, workers=1, heldout_test_hours=0.0, progress=False)
+    full = loaders.read_manifest(synth.synthesize_corpus(tmp_path / "full", **kw))
+    only = synth.synthesize_corpus(tmp_path / "only", test_only=True, **kw)
+    assert only.name == "test.jsonl" and not (only.parent / "train.jsonl").exists()
+    test = loaders.read_manifest(only)
+    want = [r for r in full if r["split"] == "test"]
+    assert len(test) == len(want) == 50
+    for a, b in zip(want, test, strict=True):
+        assert {k: v for k, v in a.items() if k != "audio"} == {
+            k: v for k, v in b.items() if k != "audio"
+        }
+        np.testing.assert_array_equal(sf.read(a["audio"])[0], sf.read(b["audio"])[0])
+    n_train_dev, _ = synth.plan_counts(0.005, 0.0)
+    assert n_train_dev > 8  # so the first block held no test utterance and was skipped
+    assert not synth._audio_path(tmp_path / "only", 0).exists()

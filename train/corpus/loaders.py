@@ -9,7 +9,8 @@ Owns the manifest format shared by the corpus synthesizer, the data pipeline and
 Text is lower case words separated by single spaces, apostrophes kept inside words.
 
 Loaders for real speech: Free Spoken Digit Dataset, Speech Commands, LibriSpeech, Kaldi data
-folders, and JSONL manifests. Durations come from the file header (no decoding); for real speech
+folders, JSONL manifests, and the Picovoice speech-to-intent recordings, which have no
+transcripts: their rows carry ``keywords`` (slot values the speaker said) instead of ``text``. Durations come from the file header (no decoding); for real speech
 ``speech_start``/``speech_end`` are *estimated* by a simple energy detector
 (:func:`estimate_speech_bounds`), unlike the synthetic corpus where they are exact.
 """
@@ -42,6 +43,7 @@ __all__ = [
     "load_kaldi",
     "load_librispeech",
     "load_speech_commands",
+    "load_speech_to_intent",
     "normalize_text",
     "read_manifest",
     "split_by_speaker",
@@ -229,6 +231,69 @@ def load_speech_commands(
         rows = split_by_speaker(
             rows, {"train": train, "dev": dev_fraction, "test": test_fraction}, seed
         )
+    return rows
+
+
+def load_speech_to_intent(
+    root: str | Path, vocabulary: str | Path | None = None, vad: bool = False
+) -> list[dict]:
+    """Picovoice speech-to-intent: ``clean/{uuid}.flac|.wav`` and ``labels.json``.
+
+    The recordings have no word-for-word transcripts; ``labels.json`` maps ``{uuid}.wav`` to
+    ``{"intent": ..., "slots": {name: value}}``, and each slot value is words the speaker said
+    ("light roast", "twelve ounce"). Each row gets those values as ``keywords`` (normalized,
+    in slot-name order) and no ``text``: `asr eval` scores such rows by keyword recall.
+
+    Args:
+        root: the folder holding ``labels.json`` and ``clean/``.
+        vocabulary: a word list (one word a line, e.g. ``shared/data/requests/vocabulary.txt``):
+            keep only keywords all of whose words are in it, and only rows left with one. The
+            coffee-order words ("latte", "roast", "ounce") are outside the request domain, so
+            this separates "new voice" from "new word".
+        vad: estimate speech bounds (reads the audio); else the whole clip.
+
+    Returns:
+        Rows ``{"audio", "keywords", "intent", "duration", "split": "test", ...}`` (no
+        ``speaker``: the release has no speaker ids); labels without audio are skipped (six in the public release).
+    """
+    import json
+
+    root = _check_dir(root, "speech-to-intent")
+    labels_path = root / "labels.json"
+    if not labels_path.is_file():
+        raise ValueError(f"root: expected {labels_path}, not found")
+    try:
+        labels = json.loads(labels_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{labels_path}: not valid JSON ({e})") from None
+    if not isinstance(labels, dict):
+        raise ValueError(f"{labels_path}: expected an object of file name -> label")
+    vocab = None
+    if vocabulary is not None:
+        vocab = set(Path(vocabulary).read_text(encoding="utf-8").split())
+    clean = root / "clean" if (root / "clean").is_dir() else root
+    audio_by_stem = {p.stem: p for p in clean.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES}
+    rows = []
+    for name in sorted(labels):
+        label = labels[name]
+        path = audio_by_stem.get(Path(name).stem)
+        if path is None:
+            continue
+        slots = label.get("slots", {}) if isinstance(label, dict) else {}
+        if not isinstance(slots, dict):
+            raise ValueError(f"{labels_path}: {name}: expected slots as an object, got {slots!r}")
+        keywords = [normalize_text(str(slots[k])) for k in sorted(slots)]
+        keywords = [k for k in keywords if k]
+        if vocab is not None:
+            keywords = [k for k in keywords if all(w in vocab for w in k.split())]
+        if not keywords:
+            continue
+        row = _row(path, "", "", "test", vad, intent=str(label.get("intent", "")))
+        del row["text"], row["speaker"]  # no transcript; the release has no speaker ids
+        row["keywords"] = keywords
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"root: expected labelled recordings under {clean}, got none")
     return rows
 
 

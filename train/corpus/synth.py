@@ -235,6 +235,7 @@ def synthesize_corpus(
     random_voices: float = 0.0,
     random_variants_count: int = 200,
     wide_names: float = 0.0,
+    test_only: bool = False,
 ) -> Path:
     """Synthesize a request corpus into ``out_dir``.
 
@@ -256,9 +257,14 @@ def synthesize_corpus(
         wide_names: share of spoken contact and device names in train/dev utterances drawn
             from the wide list of :func:`train.corpus.names.wide_names` (22,133 names, none
             held out or sounding like one), to show the model many more spellings of names.
+        test_only: synthesize only the blocks that hold test utterances and write only
+            ``test.jsonl``: the same test split, file for file, as the whole corpus of these
+            arguments has, in a fraction of the time (to rebuild a test set without its
+            training part). A later call without it completes the corpus.
 
     Returns:
         The path of ``all.jsonl``; ``train.jsonl``, ``dev.jsonl`` and ``test.jsonl`` lie beside it.
+        With ``test_only``, the path of ``test.jsonl``.
     """
     if not 0.0 <= wake_word_prob <= 1.0:
         raise ValueError(f"wake_word_prob: expected in [0, 1], got {wake_word_prob}")
@@ -305,6 +311,8 @@ def synthesize_corpus(
     )
     (out / "config.json").write_text(json.dumps(cfg.__dict__, indent=1))
     blocks = [(cfg, a, min(a + BLOCK, cfg.n_total)) for a in range(0, cfg.n_total, BLOCK)]
+    if test_only:  # a block straddling the boundary is made whole: its utterances depend on it
+        blocks = [b for b in blocks if b[2] > cfg.n_train_dev]
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.n_total, desc="synthesize", unit="utt", disable=not progress)
@@ -325,6 +333,8 @@ def synthesize_corpus(
             bar.update(len(results[block[1]]))
         rows.extend(results[block[1]])
     bar.close()
+    if test_only:
+        return loaders.write_manifest([r for r in rows if r["split"] == "test"], out / "test.jsonl")
     for split in loaders.SPLITS:
         loaders.write_manifest([r for r in rows if r["split"] == split], out / f"{split}.jsonl")
     return loaders.write_manifest(rows, out / "all.jsonl")
