@@ -1,12 +1,21 @@
 """The `asr` command: thin argument parsing over library functions.
 
   asr transcribe --model MODEL AUDIO...     one line of text per file (--nbest K, --json)
-  asr eval --model MODEL --manifest FILE    one JSON object: wer, utterances, rtf, settings
-                                            (--by FIELD: WER per speaker/domain/...; --details F)
+  asr eval --model MODEL --manifest FILE    WER (text rows) and keyword recall (keyword rows),
+                                            RTF (--by FIELD: per speaker/domain/...; --details F;
+                                            unreadable audio is left out and reported, or an
+                                            error with --fail-on-unreadable)
   asr corpus ... / asr train ... / asr demo  contributed by the `train` package
 
 Subcommands of other packages are found through the `asr.commands` entry-point group, so this
-package never imports `train` (ARCHITECTURE.md: dependencies point train -> asr).
+package never imports `train` (ARCHITECTURE.md: dependencies point train -> asr); one that fails
+to load is skipped with a warning.
+
+Errors, for every subcommand: bad arguments exit 2 with argparse's usage message naming the flag,
+the value and the rule; bad input (a ValueError: missing files, damaged manifests) exits 2 with
+`asr CMD: error: message`; anything else exits 1 with one line `asr CMD: error: Type: message
+(input: ...)`; `asr --debug ...` (or `--debug` after the command) prints the traceback too;
+Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -14,7 +23,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from importlib.metadata import entry_points
+from pathlib import Path
+
+
+def _int_at_least(low: int):
+    """argparse type: an int >= `low`; errors read "argument --beam: must be >= 1, got 0"."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -24,16 +51,32 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         help="'default' (shipped), a model folder, or a training work folder",
     )
     p.add_argument("--method", choices=["beam", "greedy"], default="beam")
-    p.add_argument("--beam", type=int, default=4, help="beam width (default 4)")
+    p.add_argument("--beam", type=_int_at_least(1), default=4, help="beam width (default 4)")
     p.add_argument(
         "--beam-symbols",
-        type=int,
+        type=_int_at_least(1),
         default=2,
         metavar="N",
         help="beam search: at most N tokens per audio frame (default 2; 1 is modified beam "
         "search, cheaper, but fast speech loses letters)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--batch-size", type=_int_at_least(1), default=8, help="utterances per batch (default 8)"
+    )
+
+
+def _check_args(p: argparse.ArgumentParser, args) -> None:
+    """Rules between flags, as argument errors (exit 2) before anything is loaded."""
+    nbest = getattr(args, "nbest", 1)
+    if nbest > 1 and args.method == "greedy":
+        p.error(
+            f"argument --nbest: {nbest} needs --method beam (greedy search gives one hypothesis)"
+        )
+    if nbest > 1 and nbest > args.beam:
+        p.error(
+            f"argument --nbest: {nbest} is more than --beam {args.beam} (beam search keeps at "
+            "most --beam hypotheses: raise --beam or lower --nbest)"
+        )
 
 
 def _recognizer(args):
@@ -75,6 +118,18 @@ def cmd_transcribe(args) -> int:
     return status
 
 
+def _details_path(path: str) -> Path:
+    """The --details file, its folders made; checked before the (long) evaluation runs."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--details {p}: is a folder, expected a file to write (JSONL)")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--details {p}: cannot make its folder ({e.strerror or e})") from None
+    return p
+
+
 def cmd_eval(args) -> int:
     from asr.manifest import read_manifest
     from asr.recognizer import evaluate_manifest
@@ -85,52 +140,107 @@ def cmd_eval(args) -> int:
     for field in args.by:
         if not any(field in r for r in rows):
             raise ValueError(f"--by {field}: no row of {args.manifest} has that field")
+    details = _details_path(args.details) if args.details else None
     res = evaluate_manifest(
         _recognizer(args),
         rows,
         progress=sys.stderr.isatty(),
         by=tuple(args.by),
-        details=bool(args.details),
+        details=details is not None,
+        unreadable="fail" if args.fail_on_unreadable else "skip",
     )
     res["manifest"] = str(args.manifest)
-    if args.details:
-        with open(args.details, "w") as f:
+    if details is not None:
+        with open(details, "w") as f:
             for row in res.pop("utterances_detail"):
                 f.write(json.dumps(row) + "\n")
-        res["details"] = str(args.details)
+        res["details"] = str(details)
+    n_bad = res.get("unreadable", 0)
+    if n_bad:  # left out of every number: say so, whatever the output format
+        bad = [r["audio"] for r in res.get("unreadable_rows", [])]
+        listed = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        print(
+            f"asr eval: warning: {n_bad} of {res['utterances'] + n_bad} rows unreadable, left out "
+            f"of the scores: {listed} (--json lists them all with their errors; "
+            "--fail-on-unreadable makes this an error)",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(res))
         return 0
-    print(
-        f"WER {100 * res['wer']:.2f}% over {res['utterances']} utterances "
-        f"({res['words']} words), RTF {res['rtf']:.3f} on {res['device']}"
-    )
+    lines = []
+    if res.get("wer") is not None:
+        n_text = res["utterances"] - res.get("keyword_rows", 0)
+        lines.append(f"WER {100 * res['wer']:.2f}% over {n_text} utterances ({res['words']} words)")
+    if res.get("keyword_recall") is not None:
+        found = ""
+        if "keywords" in res and "keywords_found" in res:
+            found = f" ({res['keywords_found']} of {res['keywords']} keywords)"
+        lines.append(
+            f"keyword recall {100 * res['keyword_recall']:.1f}% over "
+            f"{res.get('keyword_rows', res['utterances'])} utterances{found}"
+        )
+    if not lines:
+        lines.append(f"nothing scored over {res['utterances']} utterances")
+    lines[-1] += f", RTF {res['rtf']:.3f} on {res['device']}"
+    print("\n".join(lines))
     for field, groups in res.get("by", {}).items():
         print(f"\nWER by {field} (worst first):")
-        width = max(len(k) for k in groups)
+        width = max(len(str(k)) for k in groups)
+        recall = any(g.get("keyword_recall") is not None for g in groups.values())
         for k, g in groups.items():
-            wer = "   n/a" if g["wer"] is None else f"{100 * g['wer']:5.1f}%"
-            print(f"  {k:<{width}}  {wer}  {g['words']:6d} words  {g['utterances']:5d} utts")
-    if args.details:
-        print(f"\nper-utterance results: {args.details}")
+            wer = "   n/a" if g.get("wer") is None else f"{100 * g['wer']:5.1f}%"
+            line = (
+                f"  {k!s:<{width}}  {wer}  {g.get('words', 0):6d} words  {g['utterances']:5d} utts"
+            )
+            if recall:
+                kr = g.get("keyword_recall")
+                line += "  keyword recall " + ("  n/a" if kr is None else f"{100 * kr:5.1f}%")
+            print(line)
+    if details is not None:
+        print(f"\nper-utterance results: {details}")
     return 0
+
+
+def _subparsers(parser: argparse.ArgumentParser):
+    """Every parser below `parser` (subcommands, and theirs: `asr corpus synth`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                yield p
+                yield from _subparsers(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr", description="On-device speech recognition.")
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, print the full traceback"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("transcribe", help="print the text of audio files")
     _add_decode_args(p)
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ...; any rate)")
-    p.add_argument("--nbest", type=int, default=1, help="hypotheses per file")
+    p.add_argument(
+        "--nbest",
+        type=_int_at_least(1),
+        default=1,
+        metavar="K",
+        help="hypotheses per file, best first (default 1; at most --beam; beam search only)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per file")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("eval", help="word error rate on a manifest")
     _add_decode_args(p)
-    p.add_argument("--manifest", required=True, help="JSONL manifest with audio and text")
-    p.add_argument("--limit", type=int, default=0, help="first N utterances only")
+    p.add_argument(
+        "--manifest",
+        required=True,
+        help="JSONL manifest: audio and text (WER) or keywords (keyword recall)",
+    )
+    p.add_argument(
+        "--limit", type=_int_at_least(0), default=0, help="first N utterances only (default 0: all)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--by",
@@ -142,26 +252,89 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--details",
         metavar="FILE",
-        help="write each utterance (manifest row, normalized ref and hyp, edit counts) to this JSONL",
+        help="write each utterance (manifest row, normalized ref and hyp, edit counts) to this "
+        "JSONL (folders are made as needed)",
+    )
+    p.add_argument(
+        "--fail-on-unreadable",
+        action="store_true",
+        help="rows whose audio cannot be read are an error (default: left out of the scores, "
+        "counted and listed with a warning)",
     )
     p.set_defaults(func=cmd_eval)
 
     for ep in entry_points(group="asr.commands"):
-        ep.load()(sub)
+        try:
+            ep.load()(sub)
+        except Exception as e:  # a broken plug-in must not take `asr transcribe` down with it
+            print(
+                f"asr: warning: subcommand {ep.name!r} ({ep.value}) not available: "
+                f"{type(e).__name__}: {_one_line(e)}",
+                file=sys.stderr,
+            )
+    for p in _subparsers(parser):  # `asr eval --debug` works too
+        try:
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="")
+        except argparse.ArgumentError:  # a subcommand with its own --debug keeps it
+            pass
     return parser
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+
+
+def _input_of(args) -> str | None:
+    """What the command was reading, for error messages: its manifest, audio or data."""
+    for attr in ("manifest", "audio", "data", "src"):
+        value = getattr(args, attr, None)
+        if value:
+            if isinstance(value, (list, tuple)):
+                value = " ".join(map(str, value[:3])) + (" ..." if len(value) > 3 else "")
+            return str(value)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs `asr ...`; returns the exit status.
+
+    0 success; 1 an unexpected error (one line `asr CMD: error: Type: message (input: ...)`, or
+    the traceback with `--debug`) or files that could not be read; 2 bad arguments or bad input
+    (a ValueError: message without traceback); 130 interrupted.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+        _check_args(_subparsers_by_name(parser)[args.command], args)
+    except SystemExit as e:  # argparse: --help (0) and argument errors (2), message printed
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
         return args.func(args) or 0
-    except ValueError as e:  # bad input: a clear message, no traceback
-        print(f"asr {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(e, ValueError):  # bad input: a clear message, no traceback
+            print(f"asr {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        if not args.debug:
+            msg = _one_line(e)
+            where = _input_of(args)
+            hint = (f"input: {where}; " if where else "") + "asr --debug shows the traceback"
+            print(
+                f"asr {args.command}: error: {type(e).__name__}{': ' + msg if msg else ''} ({hint})",
+                file=sys.stderr,
+            )
+        return 1
+
+
+def _subparsers_by_name(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_beam_symbols_flag(model_dir, audio, tmp_path, capsys):
     )
     assert len(capsys.readouterr().out.splitlines()) == 1
     assert main([*args, "--beam-symbols", "0"]) == 2
-    assert "beam_symbols_per_frame" in capsys.readouterr().err
+    assert "argument --beam-symbols: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_eval_by_field_and_details(model_dir, audio, tmp_path, capsys):
@@ -109,7 +109,7 @@ def test_eval_by_field_and_details(model_dir, audio, tmp_path, capsys):
             for a, s in zip(audio, spk, strict=True)
         )
     )
-    det = tmp_path / "det.jsonl"
+    det = tmp_path / "not" / "yet" / "det.jsonl"  # folders made as needed
     args = ["eval", "--model", str(model_dir), "--manifest", str(m), "--by", "speaker"]
     assert main([*args, "--json", "--details", str(det)]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -166,3 +166,169 @@ def test_console_script_lists_every_subcommand():
     ).stdout
     for cmd in ("transcribe", "eval", "corpus", "train", "demo"):
         assert cmd in out, out
+
+
+def test_eval_leaves_out_unreadable_rows_and_says_so(model_dir, audio, tmp_path, capsys):
+    m = tmp_path / "m.jsonl"
+    (tmp_path / "noise.wav").write_bytes(b"not audio at all")
+    paths = [*map(str, audio), str(tmp_path / "missing.wav"), str(tmp_path / "noise.wav")]
+    m.write_text("".join(json.dumps({"audio": p, "text": "go"}) + "\n" for p in paths))
+    args = ["eval", "--model", str(model_dir), "--manifest", str(m)]
+    assert main([*args, "--json"]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert out["utterances"] == 3 and out["unreadable"] == 2
+    assert [r["audio"] for r in out["unreadable_rows"]] == paths[3:]
+    assert main(args) == 0
+    cap = capsys.readouterr()
+    assert "over 3 utterances" in cap.out
+    warning = [ln for ln in cap.err.splitlines() if "unreadable" in ln]
+    assert len(warning) == 1 and "2 of 5" in warning[0] and "missing.wav" in warning[0], cap.err
+    assert "--json" in warning[0]
+    assert main([*args, "--fail-on-unreadable"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("asr eval: error:") and "missing.wav" in err
+
+
+def _fake_eval(monkeypatch, result: dict):
+    """`asr eval` with the recognizer and evaluation replaced by a canned result."""
+    import asr.cli
+    import asr.recognizer
+
+    seen = {}
+
+    def evaluate(rec, rows, **kw):
+        seen.update(kw, rows=rows)
+        return dict(result)
+
+    monkeypatch.setattr(asr.cli, "_recognizer", lambda args: None)
+    monkeypatch.setattr(asr.recognizer, "evaluate_manifest", evaluate)
+    return seen
+
+
+BASE = {"rtf": 0.01, "device": "cpu", "utterances": 2, "unreadable": 0, "unreadable_rows": []}
+
+
+def test_eval_keyword_only_manifest_prints_recall(monkeypatch, tmp_path, capsys):
+    m = tmp_path / "k.jsonl"
+    m.write_text(
+        "".join(json.dumps({"audio": f"{i}.wav", "keywords": ["lights"]}) + "\n" for i in range(2))
+    )
+    res = {**BASE, "wer": None, "words": 0, "keyword_recall": 0.5, "keyword_rows": 2}
+    res |= {"keywords": 2, "keywords_found": 1}
+    seen = _fake_eval(monkeypatch, res)
+    assert main(["eval", "--manifest", str(m)]) == 0
+    out = capsys.readouterr().out
+    assert "keyword recall 50.0% over 2 utterances" in out and "WER" not in out
+    assert seen["unreadable"] == "skip"
+    res = {**res, "utterances": 3, "wer": 0.25, "words": 4}  # mixed: both lines
+    _fake_eval(monkeypatch, res)
+    assert main(["eval", "--manifest", str(m)]) == 0
+    out = capsys.readouterr().out
+    assert "WER 25.00% over 1 utterances (4 words)" in out and "keyword recall 50.0%" in out
+    seen = _fake_eval(monkeypatch, res)
+    assert main(["eval", "--manifest", str(m), "--fail-on-unreadable", "--limit", "1"]) == 0
+    assert seen["unreadable"] == "fail" and len(seen["rows"]) == 1
+    capsys.readouterr()
+    # an older evaluate_manifest without the keyword and unreadable keys still prints
+    _fake_eval(monkeypatch, {"rtf": 0.01, "device": "cpu", "utterances": 2, "wer": 0.0, "words": 3})
+    assert main(["eval", "--manifest", str(m)]) == 0
+    assert "WER 0.00% over 2 utterances (3 words)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, msg",
+    [
+        (["--nbest", "0"], "argument --nbest: must be >= 1, got 0"),
+        (["--nbest", "-2"], "argument --nbest: must be >= 1, got -2"),
+        (["--nbest", "5"], "argument --nbest: 5 is more than --beam 4"),
+        (["--nbest", "3", "--beam", "2"], "argument --nbest: 3 is more than --beam 2"),
+        (["--nbest", "2", "--method", "greedy"], "argument --nbest: 2 needs --method beam"),
+        (["--beam", "0"], "argument --beam: must be >= 1, got 0"),
+        (["--beam-symbols", "-1"], "argument --beam-symbols: must be >= 1, got -1"),
+        (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+        (["--batch-size", "two"], "argument --batch-size: must be an integer, got 'two'"),
+    ],
+)
+def test_transcribe_argument_errors(flags, msg, capsys):
+    assert main(["transcribe", *flags, "x.wav"]) == 2
+    err = capsys.readouterr().err
+    assert f"asr transcribe: error: {msg}" in err, err
+
+
+def test_eval_argument_errors_and_nbest_help(capsys):
+    assert main(["eval", "--manifest", "m.jsonl", "--limit", "-1"]) == 2
+    assert "asr eval: error: argument --limit: must be >= 0, got -1" in capsys.readouterr().err
+    assert main(["transcribe", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--nbest K" in out and "(default 1" in out
+
+
+def test_details_path_that_is_a_folder_fails_before_decoding(monkeypatch, tmp_path, capsys):
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"audio": "a.wav", "text": "x"}) + "\n")
+    seen = _fake_eval(monkeypatch, {**BASE, "wer": 0.0, "words": 1})
+    assert main(["eval", "--manifest", str(m), "--details", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--details {tmp_path}: is a folder" in err and not seen
+
+
+def test_unexpected_errors_are_one_line(monkeypatch, tmp_path, capsys):
+    import asr.model_io
+
+    def boom(*a, **k):
+        raise RuntimeError("device fell over\nsecond line")
+
+    monkeypatch.setattr(asr.model_io, "load_model", boom)
+    assert main(["transcribe", "some.wav"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "asr transcribe: error: RuntimeError: device fell over second line "
+        "(input: some.wav; asr --debug shows the traceback)"
+    ], err
+    assert main(["--debug", "transcribe", "some.wav"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "device fell over" in err
+    assert main(["transcribe", "--debug", "some.wav"]) == 1  # also after the command
+    assert "Traceback" in capsys.readouterr().err
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(asr.model_io, "load_model", interrupt)
+    assert main(["transcribe", "some.wav"]) == 130
+
+
+def test_unexpected_errors_in_entry_point_commands(monkeypatch, tmp_path, capsys):
+    import train.cli
+
+    def broken(args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train.cli, "cmd_train", broken)
+    m = tmp_path / "m.jsonl"
+    args = ["train", "--data", str(m), "--workdir", str(tmp_path / "w")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"asr train: error: OSError: [Errno 28] No space left on device "
+        f"(input: {m}; asr --debug shows the traceback)"
+    ], err
+    assert main(["--debug", *args]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_a_broken_plugin_command_does_not_break_the_others(monkeypatch, capsys):
+    import asr.cli
+
+    class Broken:
+        name, value = "shiny", "shiny.cli:add"
+
+        def load(self):
+            raise ImportError("No module named 'shiny'")
+
+    monkeypatch.setattr(asr.cli, "entry_points", lambda group: [Broken()])
+    assert main(["transcribe", "--help"]) == 0
+    cap = capsys.readouterr()
+    assert "usage: asr transcribe" in cap.out
+    assert "asr: warning: subcommand 'shiny' (shiny.cli:add) not available: ImportError" in cap.err
