@@ -4,26 +4,49 @@ Audio is sorted by length and cut into batches of at most `batch_size` utterance
 multiple of `FRAME_BUCKET` frames (and to a fixed batch size), so a handful of shapes are
 compiled once and reused. The real-time factor excludes each shape's one-time compilation
 (reported separately as `compile_s`), so it describes steady-state device speed.
+
+The jitted decode function is built once per (model, trace-relevant settings) and kept in a
+module-level cache, with the weights as an argument: a new `Recognizer` for the same model (new
+weights every evaluation during training, say) reuses every compiled shape.
+
+Inputs longer than `DecodeSettings.max_segment_seconds` are cut by `asr.segment.segment_bounds`
+into segments no longer than that, at every pause of `min_pause_seconds` or more and, where the
+length still requires, at the best place available (a pause if any); the segments (of all long
+inputs together) are decoded as ordinary batch items, in batches of their own, and each input's
+segment texts are joined in order (its n-best is that one joined 1-best, scores summed). So
+memory stays flat and time grows linearly with the length of the input, and inputs of at most
+that length are decoded whole, exactly as without segmentation (same batches, bit-identical
+hypotheses) whatever else is in the call.
+
+`evaluate_manifest` scores rows with `text` by word error rate and rows with `keywords` (and no
+`text`) by keyword recall; unreadable rows are left out of both and reported.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from asr.audio import SAMPLE_RATE, AudioError, load_audio
+from asr.audio import SAMPLE_RATE, AudioError, load_audio, validate_audio
 from asr.decoding import NEG, beam_search, decoder_fns, greedy_search, strip
 from asr.features import log_mel
+from asr.manifest import ManifestError
 from asr.model_io import LoadedModel
 from asr.models.transducer import Transducer
+from asr.segment import segment_bounds
 from asr.text import group_error_rates, normalize_text, utterance_errors, word_error_rate
 
 FRAME_BUCKET = 128
+MIN_SEGMENT_SECONDS = 1.0  # smallest allowed max_segment_seconds
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,14 @@ class DecodeSettings:
     # 2 by default: with 1, fast speech lost letters ("learn" -> "lear"); measured in the README.
     beam_symbols_per_frame: int = 2
     batch_size: int = 8
+    # inputs longer than this (seconds) are cut at pauses into segments at most this long,
+    # decoded as separate batch items and joined (see module docstring); >= 1.0
+    max_segment_seconds: float = 20.0
+    # inputs longer than max_segment_seconds are also cut at every pause at least this long
+    # (seconds; None: only where the length requires). The shipped model, trained on single
+    # requests, stops after the first request of a segment holding several: 0.2 took a 1-minute
+    # file of 24 synthesized requests from 79% WER to 4% (train/benchmarks/long_audio.py)
+    min_pause_seconds: float | None = 0.2
 
     def to_dict(self) -> dict:
         return {
@@ -44,7 +75,15 @@ class DecodeSettings:
             "max_symbols_per_frame": self.max_symbols_per_frame,
             "beam_symbols_per_frame": self.beam_symbols_per_frame,
             "batch_size": self.batch_size,
+            "max_segment_seconds": self.max_segment_seconds,
+            "min_pause_seconds": self.min_pause_seconds,
         }
+
+    def trace_key(self) -> tuple:
+        """The settings the decode function's trace depends on (batch size only sets shapes)."""
+        if self.method == "greedy":
+            return ("greedy", self.max_symbols_per_frame)
+        return ("beam", self.beam, self.beam_symbols_per_frame)
 
 
 @dataclass
@@ -65,7 +104,54 @@ class Timing:
         return self.compute_s / max(self.audio_s, 1e-9)
 
 
+class _Decoder(NamedTuple):
+    """A jitted decode function and the input shapes it has compiled (shared by recognizers)."""
+
+    # (variables, feats f32[B, T, n_mels], feat_paddings f32[B, T] 1.0 = padded) ->
+    # (tokens int32[B, K, L], token_paddings f32[B, K, L], scores f32[B, K]); K = 1 for greedy
+    run: Callable
+    compiled: set  # (variables signature, B, T) already run once
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(model: Transducer, trace_key: tuple) -> _Decoder:
+    """The decode function of `model` with `DecodeSettings.trace_key()` `trace_key`, built once:
+    flax modules are hashable (equal configs, equal modules) and the weights are an argument,
+    so recognizers of the same model with other weights hit the same jit cache."""
+    method, *opts = trace_key
+
+    def run(variables, feats, feat_paddings):
+        fns = decoder_fns(model, variables)
+        enc_p, enc_pad = model.apply(variables, feats, feat_paddings, method=Transducer.encode)
+        if method == "greedy":
+            toks, tpad, scores = greedy_search(fns, enc_p, enc_pad, max_symbols_per_frame=opts[0])
+            return toks[:, None], tpad[:, None], scores[:, None]
+        return beam_search(fns, enc_p, enc_pad, beam=opts[0], max_symbols=opts[1])
+
+    return _Decoder(jax.jit(run), set())
+
+
+def _check_audios(audios) -> list[np.ndarray]:
+    """A list of sample arrays -> f32[N] 16 kHz arrays, each checked by `validate_audio`."""
+    if isinstance(audios, (np.ndarray, str, bytes)) or not isinstance(audios, Sequence):
+        got = type(audios).__name__
+        if isinstance(audios, np.ndarray):
+            got += f" of shape {audios.shape} (wrap one input in a list)"
+        elif isinstance(audios, str):
+            got += " (for files use transcribe_files)"
+        raise AudioError(f"audios: expected a list of f32[N] 16 kHz arrays, got {got}")
+    if len(audios) == 0:
+        raise AudioError("audios: no audio given (empty list), expected at least one array")
+    return [validate_audio(x, SAMPLE_RATE, name=f"audios[{i}]") for i, x in enumerate(audios)]
+
+
 class Recognizer:
+    """A loaded model with decode settings: `recognize` arrays, `transcribe_files` paths.
+
+    `timing` accumulates audio seconds, compute seconds and one-time compile seconds over the
+    calls (assign a new `Timing(seen=rec.timing.seen)` to start over).
+    """
+
     def __init__(self, loaded: LoadedModel, settings: DecodeSettings = DecodeSettings()):
         if settings.method not in ("beam", "greedy"):
             raise ValueError(f"decode method must be 'beam' or 'greedy', got {settings.method!r}")
@@ -73,42 +159,76 @@ class Recognizer:
             raise ValueError(
                 f"beam, beam_symbols_per_frame and batch_size must be >= 1, got {settings}"
             )
+        if not settings.max_segment_seconds >= MIN_SEGMENT_SECONDS:
+            raise ValueError(
+                f"max_segment_seconds must be >= {MIN_SEGMENT_SECONDS}, "
+                f"got {settings.max_segment_seconds!r}"
+            )
+        if settings.min_pause_seconds is not None and not settings.min_pause_seconds > 0:
+            raise ValueError(
+                f"min_pause_seconds must be > 0 or None, got {settings.min_pause_seconds!r}"
+            )
         self.loaded = loaded
         self.settings = settings
-        self.timing = Timing()
-        model = loaded.model
         self._variables = jax.device_put(loaded.variables)
-
-        def run(variables, feats, feat_paddings):
-            # weights are an argument, not closed over: not baked into each compiled shape
-            fns = decoder_fns(model, variables)
-            enc_p, enc_pad = model.apply(variables, feats, feat_paddings, method=Transducer.encode)
-            if settings.method == "greedy":
-                toks, tpad, scores = greedy_search(
-                    fns, enc_p, enc_pad, max_symbols_per_frame=settings.max_symbols_per_frame
-                )
-                return toks[:, None], tpad[:, None], scores[:, None]
-            return beam_search(
-                fns,
-                enc_p,
-                enc_pad,
-                beam=settings.beam,
-                max_symbols=settings.beam_symbols_per_frame,
-            )
-
-        self._run = jax.jit(run)
+        leaves, treedef = jax.tree_util.tree_flatten(self._variables)
+        self._signature = (treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
+        self._decoder = _decoder(loaded.model, settings.trace_key())
+        self.timing = Timing(seen=self._decoder.compiled)
 
     def recognize(
         self, audios: list[np.ndarray], nbest: int = 1, progress: bool = False
     ) -> list[list[Hypothesis]]:
-        """f32[N] 16 kHz arrays -> per input, up to `nbest` hypotheses, best first."""
+        """Audio arrays -> per input, up to `nbest` hypotheses, best first.
+
+        Args:
+          audios: a non-empty list of f32[N] 16 kHz arrays (also [N, C] channels last, integer
+            PCM, other float types: see `asr.audio.validate_audio`, which checks each one and
+            raises `AudioError` naming it, e.g. ``audios[3]: audio has 2 NaN or infinite
+            samples``).
+          nbest: hypotheses per input; an input longer than `settings.max_segment_seconds` gets
+            one, its segments' best hypotheses joined (texts with a space, scores summed).
+          progress: show a progress bar over batches.
+        """
+        audios = _check_audios(audios)
         t0 = time.perf_counter()
-        feats = [log_mel(a) for a in audios]
+        bounds = [self.segment(a) for a in audios]
+        short = [i for i, b in enumerate(bounds) if len(b) == 1]
+        pieces = [  # (input index, f32[n] segment) of every long input, in order
+            (i, audios[i][s:e]) for i, b in enumerate(bounds) if len(b) > 1 for s, e in b
+        ]
+        short_feats = [log_mel(audios[i]) for i in short]
+        piece_feats = [log_mel(a) for _, a in pieces]
         self.timing.compute_s += time.perf_counter() - t0
+        self.timing.audio_s += sum(len(a) for a in audios) / SAMPLE_RATE
         out: list[list[Hypothesis]] = [[] for _ in audios]
+        for i, hyps in zip(short, self._decode(short_feats, nbest, progress), strict=True):
+            out[i] = hyps
+        if pieces:
+            best: dict[int, list[Hypothesis]] = {}
+            for (i, _), hyps in zip(pieces, self._decode(piece_feats, 1, progress), strict=True):
+                best.setdefault(i, []).extend(hyps[:1])
+            for i, hyps in best.items():
+                text = " ".join(h.text.strip() for h in hyps if h.text.strip())
+                out[i] = [Hypothesis(text, float(sum(h.score for h in hyps)))]
+        return out
+
+    def segment(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        """Where `recognize` cuts f32[N] 16 kHz audio: [(start, end)] sample ranges covering it,
+        one range for inputs of at most `settings.max_segment_seconds` (`asr.segment`)."""
+        s = self.settings
+        max_len = round(s.max_segment_seconds * SAMPLE_RATE)
+        return segment_bounds(audio, max_len, min_pause_s=s.min_pause_seconds)
+
+    def _decode(
+        self, feats: list[np.ndarray], nbest: int, progress: bool
+    ) -> list[list[Hypothesis]]:
+        """f32[T_i, n_mels] features -> per item, up to `nbest` hypotheses (batched by length)."""
+        out: list[list[Hypothesis]] = [[] for _ in feats]
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]))
         bs = self.settings.batch_size
         starts = range(0, len(order), bs)
+        run = self._decoder.run
         for s in tqdm(starts, desc="decode", unit="batch", disable=not progress, leave=False):
             idx = order[s : s + bs]
             t = FRAME_BUCKET * math.ceil(max(len(feats[i]) for i in idx) / FRAME_BUCKET)
@@ -117,13 +237,14 @@ class Recognizer:
             for k, i in enumerate(idx):
                 x[k, : len(feats[i])] = feats[i]
                 pad[k, : len(feats[i])] = 0.0
-            if t not in self.timing.seen:  # first use of this shape: compile, not timed
+            shape = (self._signature, bs, t)
+            if shape not in self.timing.seen:  # first use of this shape: compile, not timed
                 c0 = time.perf_counter()
-                jax.block_until_ready(self._run(self._variables, x, pad))
+                jax.block_until_ready(run(self._variables, x, pad))
                 self.timing.compile_s += time.perf_counter() - c0
-                self.timing.seen.add(t)
+                self.timing.seen.add(shape)
             t0 = time.perf_counter()
-            toks, tpad, scores = jax.device_get(self._run(self._variables, x, pad))
+            toks, tpad, scores = jax.device_get(run(self._variables, x, pad))
             self.timing.compute_s += time.perf_counter() - t0
             for k, i in enumerate(idx):
                 seqs = strip(toks[k], tpad[k])
@@ -136,22 +257,125 @@ class Recognizer:
         return out
 
     def transcribe_files(self, paths: list[str], nbest: int = 1, progress: bool = False):
-        """Yields (path, hypotheses or AudioError) in input order; timing covers the work done."""
+        """Yields (path, hypotheses or AudioError) in input order; timing covers the work done
+        (reading the files counts as compute time; their audio is counted by `recognize`)."""
         audios, errors = {}, {}
         for p in paths:
             try:
                 t0 = time.perf_counter()
                 audios[p] = load_audio(p)
                 self.timing.compute_s += time.perf_counter() - t0
-                self.timing.audio_s += len(audios[p]) / SAMPLE_RATE
             except AudioError as e:
                 errors[p] = e
         good = [p for p in paths if p in audios]
-        results = dict(
-            zip(good, self.recognize([audios[p] for p in good], nbest, progress), strict=True)
-        )
+        results = {}
+        if good:
+            hyps = self.recognize([audios[p] for p in good], nbest, progress)
+            results = dict(zip(good, hyps, strict=True))
         for p in paths:
             yield p, results.get(p, errors.get(p))
+
+
+def keyword_matches(keywords: list[str], hypothesis: str) -> list[bool]:
+    """Which keywords the hypothesis contains -> bool per keyword, in order.
+
+    A keyword is found when its normalized words (`normalize_text`) appear as a contiguous word
+    sequence of the normalized hypothesis. A keyword listed n times is found at most as often as
+    it occurs in the hypothesis (occurrences counted left to right without overlap); its first
+    listings are the found ones.
+    """
+    words = normalize_text(hypothesis).split()
+    occurrences: dict[tuple[str, ...], int] = {}
+    used: Counter = Counter()
+    out = []
+    for k in keywords:
+        seq = tuple(normalize_text(k).split())
+        if seq not in occurrences:
+            occurrences[seq] = _count_occurrences(words, seq)
+        used[seq] += 1
+        out.append(bool(seq) and used[seq] <= occurrences[seq])
+    return out
+
+
+def _count_occurrences(words: list[str], seq: tuple[str, ...]) -> int:
+    n, i, count = len(seq), 0, 0
+    while n and i + n <= len(words):
+        if tuple(words[i : i + n]) == seq:
+            count, i = count + 1, i + n
+        else:
+            i += 1
+    return count
+
+
+def keyword_hits(keywords: list[str], hypothesis: str) -> int:
+    """How many of `keywords` the hypothesis contains (see `keyword_matches`)."""
+    return sum(keyword_matches(keywords, hypothesis))
+
+
+def _row_kinds(rows: list[dict]) -> list[str]:
+    """ "text" or "keywords" per manifest row; ManifestError for a row that is neither."""
+    if not rows:
+        raise ManifestError("rows: no rows to evaluate")
+    kinds = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or "audio" not in r:
+            got = sorted(r) if isinstance(r, dict) else type(r).__name__
+            raise ManifestError(f"rows[{i}]: expected an object with 'audio', got {got}")
+        if "text" in r:
+            if not isinstance(r["text"], str):
+                raise ManifestError(f"rows[{i}]: 'text' must be a string, got {r['text']!r}")
+            kinds.append("text")
+        elif "keywords" in r:
+            kw = r["keywords"]
+            if (
+                not isinstance(kw, list)
+                or not kw
+                or not all(isinstance(k, str) and normalize_text(k) for k in kw)
+            ):
+                raise ManifestError(
+                    f"rows[{i}]: 'keywords' must be a non-empty list of strings with words, "
+                    f"got {kw!r}"
+                )
+            kinds.append("keywords")
+        else:
+            raise ManifestError(f"rows[{i}]: expected 'text' or 'keywords', got {sorted(r)}")
+    return kinds
+
+
+def _group_rates(text_rows: list[dict], keyword_rows: list[dict], field: str) -> dict:
+    """`group_error_rates` over scored text rows, with keyword recall per group added from the
+    scored keyword rows (each with `keywords_found`, `keywords_total`) -> {value: {wer, words,
+    utterances, keyword_recall, keywords, keyword_rows}}, worst first (by WER, else by missed
+    keyword share)."""
+    wer_groups = group_error_rates(text_rows, field)
+    kw: dict[str, list[int]] = {}
+    for r in keyword_rows:
+        v = r.get(field, "(none)")
+        if isinstance(v, (list, dict)):
+            raise ValueError(f"--by {field}: its values are {type(v).__name__}s, not labels")
+        a = kw.setdefault(str(v), [0, 0, 0])
+        a[0] += r["keywords_found"]
+        a[1] += r["keywords_total"]
+        a[2] += 1
+    out = {}
+    for k in set(wer_groups) | set(kw):
+        g = wer_groups.get(k, {"wer": None, "words": 0, "utterances": 0})
+        found, total, n = kw.get(k, (0, 0, 0))
+        out[k] = {
+            "wer": g["wer"],
+            "words": g["words"],
+            "utterances": g["utterances"] + n,
+            "keyword_recall": found / total if total else None,
+            "keywords": total,
+            "keyword_rows": n,
+        }
+
+    def badness(g: dict) -> float:
+        if g["wer"] is not None:
+            return g["wer"]
+        return 1.0 - g["keyword_recall"] if g["keyword_recall"] is not None else 0.0
+
+    return dict(sorted(out.items(), key=lambda kv: (-badness(kv[1]), kv[0])))
 
 
 def evaluate_manifest(
@@ -161,30 +385,89 @@ def evaluate_manifest(
     progress: bool = False,
     by: tuple[str, ...] = (),
     details: bool = False,
+    unreadable: str = "skip",
 ) -> dict:
-    """WER, utterance count and real-time factor over manifest rows.
+    """Scores the recognizer on manifest rows: WER, keyword recall, real-time factor.
 
-    The first `pairs` normalized (reference, hypothesis) pairs are included for reading. `by`
-    names manifest fields (``speaker``, ``domain``, ...) to break the WER down by, under
-    ``"by": {field: {value: {wer, words, utterances}}}``, worst first. With `details`, the result
-    also has ``"utterances_detail"``: each row with its normalized ``ref``, ``hyp`` and edit counts.
+    Rows with `text` are scored by word error rate; rows with `keywords` (a list of words or
+    phrases that must be recognized) and no `text` by keyword recall: found keywords over all
+    keywords, found as `keyword_matches` says. Rows whose audio cannot be read are left out of
+    every number and reported; with ``unreadable="fail"`` any of them raises `AudioError` (after
+    decoding the readable ones) giving the count and the first paths. All rows unreadable raises
+    `AudioError` too (nothing to score). A row with neither `text` nor `keywords` raises
+    `ManifestError` before anything is decoded.
+
+    Returns a dict:
+      wer, substitutions, deletions, insertions, words: over readable text rows (`wer` None and
+        the counts 0 when there are none);
+      keyword_recall (None when there are no readable keyword rows), keywords, keywords_found,
+        keyword_rows: over readable keyword rows;
+      utterances: rows scored; unreadable: rows left out; unreadable_rows: every one of them as
+        {audio, error}, in manifest order;
+      rtf, audio_seconds, compute_seconds, compile_seconds, decode, model, device;
+      pairs: the first `pairs` scored rows, normalized: {ref, hyp} for text rows, {keywords,
+        hyp, found} for keyword rows;
+      by (with `by`, manifest fields such as ``speaker`` or ``domain``): {field: {value: {wer,
+        words, utterances, keyword_recall, keywords, keyword_rows}}}, worst first;
+      utterances_detail (with `details`): every row in manifest order, the manifest fields plus:
+        for text rows `asr.text.utterance_errors` (normalized ref, hyp, errors, words, ...); for
+        keyword rows hyp, keywords_found, keywords_total, missed (the keywords not found); for
+        unreadable rows only error (the message; no hyp, nothing scored).
     """
+    if unreadable not in ("skip", "fail"):
+        raise ValueError(f"unreadable must be 'skip' or 'fail', got {unreadable!r}")
+    kinds = _row_kinds(rows)
     recognizer.timing = Timing(seen=recognizer.timing.seen)  # this evaluation's time only
     paths = [r["audio"] for r in rows]
-    hyps, failed = [], []
-    for p, res in recognizer.transcribe_files(paths, progress=progress):
+    hyps: list[str | None] = []  # None: unreadable
+    errors: dict[int, str] = {}
+    for i, (_, res) in enumerate(recognizer.transcribe_files(paths, progress=progress)):
         if isinstance(res, Exception):
-            failed.append(f"{p}: {res}")
-            hyps.append("")
+            errors[i] = str(res)
+            hyps.append(None)
         else:
             hyps.append(res[0].text if res else "")
-    refs = [r["text"] for r in rows]
-    w = word_error_rate(refs, hyps)
+    failed = [{"audio": paths[i], "error": e} for i, e in errors.items()]
+    if failed and (unreadable == "fail" or len(failed) == len(rows)):
+        first = "; ".join(f["error"] for f in failed[:3]) + ("; ..." if len(failed) > 3 else "")
+        what = "nothing to score" if len(failed) == len(rows) else "unreadable='fail'"
+        raise AudioError(f"{len(failed)} of {len(rows)} rows unreadable ({what}): {first}")
+
+    scored: list[dict] = []  # per row: the row with its scores, or with its error
+    for i, (row, kind, hyp) in enumerate(zip(rows, kinds, hyps, strict=True)):
+        if hyp is None:
+            scored.append({**row, "error": errors[i]})
+        elif kind == "text":
+            scored.append({**row, **utterance_errors(row["text"], hyp)})
+        else:
+            found = keyword_matches(row["keywords"], hyp)
+            scored.append(
+                {
+                    **row,
+                    "hyp": normalize_text(hyp),
+                    "keywords_found": sum(found),
+                    "keywords_total": len(found),
+                    "missed": [k for k, f in zip(row["keywords"], found, strict=True) if not f],
+                }
+            )
+    text_ok = [i for i, k in enumerate(kinds) if k == "text" and hyps[i] is not None]
+    kw_ok = [i for i, k in enumerate(kinds) if k == "keywords" and hyps[i] is not None]
+    if text_ok:
+        w = word_error_rate([rows[i]["text"] for i in text_ok], [hyps[i] for i in text_ok])
+    else:
+        w = {"wer": None, "substitutions": 0, "deletions": 0, "insertions": 0, "words": 0}
+    kw_found = sum(scored[i]["keywords_found"] for i in kw_ok)
+    kw_total = sum(scored[i]["keywords_total"] for i in kw_ok)
     t = recognizer.timing
     out = {
         **w,
-        "utterances": len(rows),
+        "keyword_recall": kw_found / kw_total if kw_total else None,
+        "keywords": kw_total,
+        "keywords_found": kw_found,
+        "keyword_rows": len(kw_ok),
+        "utterances": len(text_ok) + len(kw_ok),
         "unreadable": len(failed),
+        "unreadable_rows": failed,
         "rtf": t.rtf,
         "audio_seconds": t.audio_s,
         "compute_seconds": t.compute_s,
@@ -192,17 +475,22 @@ def evaluate_manifest(
         "decode": recognizer.settings.to_dict(),
         "model": recognizer.loaded.source,
         "device": jax.devices()[0].device_kind,
-        "pairs": [
-            {"ref": normalize_text(r), "hyp": normalize_text(h)}
-            for r, h in list(zip(refs, hyps, strict=True))[:pairs]
-        ],
+        "pairs": [_pair(scored[i], kinds[i]) for i in sorted(text_ok + kw_ok)[:pairs]],
     }
-    if by or details:
-        scored = [
-            {**row, **utterance_errors(r, h)} for row, r, h in zip(rows, refs, hyps, strict=True)
-        ]
-        if by:
-            out["by"] = {f: group_error_rates(scored, f) for f in by}
-        if details:
-            out["utterances_detail"] = scored
+    if by:
+        text_scored = [scored[i] for i in text_ok]
+        kw_scored = [scored[i] for i in kw_ok]
+        out["by"] = {f: _group_rates(text_scored, kw_scored, f) for f in by}
+    if details:
+        out["utterances_detail"] = scored
     return out
+
+
+def _pair(scored_row: dict, kind: str) -> dict:
+    if kind == "text":
+        return {"ref": scored_row["ref"], "hyp": scored_row["hyp"]}
+    return {
+        "keywords": [normalize_text(k) for k in scored_row["keywords"]],
+        "hyp": scored_row["hyp"],
+        "found": scored_row["keywords_found"],
+    }

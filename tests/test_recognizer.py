@@ -1,0 +1,340 @@
+"""Tests of asr.recognizer and asr.segment: input checks, scoring a manifest (unreadable rows,
+keyword rows), no recompiles across recognizers, and long audio cut at pauses.
+
+A tiny random Transducer with a small sentencepiece vocabulary stands in for a trained model: its
+texts are meaningless but deterministic, which is all the consistency tests need (a long input
+equals its segments decoded one by one; short inputs are decoded as before). The scoring tests use
+a stub recognizer with fixed hypotheses, so the numbers are checked by hand.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+
+import asr.recognizer as recognizer_mod
+from asr.audio import SAMPLE_RATE, AudioError
+from asr.manifest import ManifestError
+from asr.model_io import LoadedModel
+from asr.models import build_model, get_config
+from asr.models.transducer import init_variables
+from asr.recognizer import DecodeSettings, Hypothesis, Recognizer, Timing, evaluate_manifest
+from asr.tokenizer import Tokenizer
+
+SR = SAMPLE_RATE
+
+
+def _loaded(num_layers: int = 2, seed: int = 0) -> LoadedModel:
+    tok = Tokenizer.train(["turn on the lights", "call mom", "stop", "go"] * 20, vocab_size=24)
+    cfg = get_config("tiny").replace(vocab_size=tok.vocab_size, num_layers=num_layers)
+    model = build_model(cfg)
+    variables = jax.device_get(init_variables(model, jax.random.PRNGKey(seed)))
+    return LoadedModel(model, variables, tok, cfg, "tiny-random")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    return _loaded()
+
+
+def _speechy(seconds: float, seed: int) -> np.ndarray:
+    """f32[N]: noise bursts shaped like syllables (loud, varying) over a quiet floor."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR)
+    env = 0.3 * (1.2 + np.sin(2 * np.pi * 4.0 * np.arange(n) / SR + rng.uniform(0, 6)))
+    return (env * rng.standard_normal(n) + 1e-3 * rng.standard_normal(n)).astype(np.float32)
+
+
+# ---- 1. input checks ----
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.array([0.1, np.nan, 0.2] * 200, np.float32), "NaN or infinite"),
+        (np.array([0.1, np.inf] * 300, np.float32), "NaN or infinite"),
+        (np.zeros(0, np.float32), "empty"),
+        (np.zeros((2, 400, 1), np.float32), "shaped"),
+        (np.array(["a"] * 500), "numeric"),
+        (np.array([object()] * 500), "numeric"),
+    ],
+)
+def test_recognize_rejects_bad_arrays_naming_them(tiny, bad, match):
+    rec = Recognizer(tiny, DecodeSettings(method="greedy", batch_size=2))
+    good = np.zeros(SR // 2, np.float32)
+    with pytest.raises(AudioError, match=rf"audios\[1\].*{match}"):
+        rec.recognize([good, bad])
+
+
+def test_recognize_rejects_non_lists(tiny):
+    rec = Recognizer(tiny, DecodeSettings(method="greedy", batch_size=2))
+    with pytest.raises(AudioError, match="list of"):
+        rec.recognize(np.zeros(SR, np.float32))  # one array, not a list of them
+    with pytest.raises(AudioError, match="transcribe_files"):
+        rec.recognize("speech.wav")
+    with pytest.raises(AudioError, match="no audio"):
+        rec.recognize([])
+
+
+# ---- 2, 3. scoring a manifest: unreadable rows, keyword rows ----
+
+
+class StubRecognizer:
+    """Stands in for Recognizer in evaluate_manifest: fixed hypotheses per path; a path in
+    `bad` is unreadable."""
+
+    def __init__(self, hyps: dict[str, str], bad: tuple[str, ...] = ()):
+        self.hyps, self.bad = hyps, bad
+        self.timing = Timing()
+        self.settings = DecodeSettings()
+        self.loaded = type("L", (), {"source": "stub"})()
+
+    def transcribe_files(self, paths, nbest=1, progress=False):
+        for p in paths:
+            self.timing.audio_s += 1.0
+            if p in self.bad:
+                yield p, AudioError(f"{p}: not a readable audio file")
+            else:
+                yield p, [Hypothesis(self.hyps[p], -1.0)]
+
+
+def test_unreadable_rows_are_excluded_and_reported():
+    rows = [
+        {"audio": "a.wav", "text": "call mom", "speaker": "x"},
+        {"audio": "b.wav", "text": "turn on the lights", "speaker": "y"},
+        {"audio": "c.wav", "text": "go", "speaker": "y"},
+    ]
+    rec = StubRecognizer({"a.wav": "call mom", "c.wav": "stop"}, bad=("b.wav",))
+    res = evaluate_manifest(rec, rows, by=("speaker",), details=True)
+    # b is neither scored as 4 deletions nor counted: 1 substitution over 3 words
+    assert res["wer"] == pytest.approx(1 / 3) and res["words"] == 3
+    assert res["utterances"] == 2 and res["unreadable"] == 1
+    assert res["unreadable_rows"] == [
+        {"audio": "b.wav", "error": "b.wav: not a readable audio file"}
+    ]
+    assert res["by"]["speaker"]["y"]["utterances"] == 1
+    assert res["by"]["speaker"]["y"]["wer"] == pytest.approx(1.0)
+    detail = res["utterances_detail"]
+    assert [d["audio"] for d in detail] == ["a.wav", "b.wav", "c.wav"]  # every row, in order
+    assert "error" in detail[1] and "errors" not in detail[1]
+    assert [p["ref"] for p in res["pairs"]] == ["call mom", "go"]
+
+
+def test_unreadable_fail_and_all_unreadable_raise():
+    rows = [{"audio": f"{i}.wav", "text": "go"} for i in range(6)]
+    bad = tuple(f"{i}.wav" for i in range(1, 6))
+    rec = StubRecognizer({"0.wav": "go"}, bad=bad)
+    with pytest.raises(AudioError, match=r"5 of 6 rows.*1\.wav.*2\.wav"):
+        evaluate_manifest(rec, rows, unreadable="fail")
+    assert evaluate_manifest(rec, rows)["unreadable"] == 5
+    rec = StubRecognizer({}, bad=(*bad, "0.wav"))
+    with pytest.raises(AudioError, match="nothing to score"):
+        evaluate_manifest(rec, rows)
+    with pytest.raises(ValueError, match="unreadable"):
+        evaluate_manifest(rec, rows, unreadable="ignore")
+
+
+def test_keyword_hits_contiguous_and_counted():
+    from asr.recognizer import keyword_hits
+
+    assert keyword_hits(["large", "latte"], "a large oat latte please") == 2
+    assert keyword_hits(["Oat Latte!"], "a large oat latte") == 1  # normalized, contiguous
+    assert keyword_hits(["large latte"], "a large oat latte") == 0  # not contiguous
+    assert keyword_hits(["late"], "a large latte") == 0  # words, not substrings
+    assert keyword_hits(["two", "two", "two"], "two coffees and two teas") == 2  # at most as often
+    assert keyword_hits(["la la"], "la la la") == 1  # non-overlapping occurrences
+    assert keyword_hits(["stop"], "") == 0
+
+
+def test_keyword_rows_and_text_rows_mixed():
+    rows = [
+        {"audio": "a.wav", "text": "call mom", "domain": "phone"},
+        {"audio": "b.wav", "keywords": ["large", "latte"], "domain": "cafe"},
+        {"audio": "c.wav", "keywords": ["oat milk", "two"], "domain": "cafe"},
+        {"audio": "d.wav", "keywords": ["espresso"], "domain": "cafe"},
+    ]
+    hyps = {
+        "a.wav": "call tom",
+        "b.wav": "a large latte",
+        "c.wav": "two oat lattes",
+        "d.wav": "",
+    }
+    res = evaluate_manifest(StubRecognizer(hyps, bad=("d.wav",)), rows, by=("domain",))
+    assert res["wer"] == pytest.approx(0.5) and res["words"] == 2
+    assert res["keyword_rows"] == 2 and res["keywords"] == 4 and res["keywords_found"] == 3
+    assert res["keyword_recall"] == pytest.approx(3 / 4)
+    assert res["utterances"] == 3 and res["unreadable"] == 1
+    cafe, phone = res["by"]["domain"]["cafe"], res["by"]["domain"]["phone"]
+    assert cafe["keyword_recall"] == pytest.approx(3 / 4) and cafe["wer"] is None
+    assert cafe["utterances"] == 2 and cafe["keyword_rows"] == 2
+    assert phone["wer"] == pytest.approx(0.5) and phone["keyword_recall"] is None
+    # keyword rows only: no WER
+    only = evaluate_manifest(StubRecognizer(hyps), rows[1:3], details=True)
+    assert only["wer"] is None and only["words"] == 0
+    assert only["keyword_recall"] == pytest.approx(3 / 4)
+    d = only["utterances_detail"][1]
+    assert d["keywords_found"] == 1 and d["keywords_total"] == 2 and d["missed"] == ["oat milk"]
+    with pytest.raises(ManifestError, match=r"rows\[0\]"):
+        evaluate_manifest(StubRecognizer(hyps), [{"audio": "a.wav", "keywords": ["?!"]}])
+    with pytest.raises(ManifestError, match=r"rows\[0\]"):
+        evaluate_manifest(StubRecognizer(hyps), [{"audio": "a.wav"}])
+
+
+def test_evaluate_manifest_on_real_files_skips_unreadable(tiny, tmp_path):
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.wav"
+    sf.write(good, (0.1 * rng.standard_normal(SR)).astype(np.float32), SR)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio at all")
+    rows = [
+        {"audio": str(good), "text": "call mom"},
+        {"audio": str(junk), "text": "turn on the lights"},
+        {"audio": str(tmp_path / "missing.wav"), "text": "stop"},
+    ]
+    rec = Recognizer(tiny, DecodeSettings(method="greedy", batch_size=2))
+    res = evaluate_manifest(rec, rows)
+    alone = evaluate_manifest(rec, rows[:1])
+    assert res["utterances"] == 1 and res["unreadable"] == 2 and res["words"] == 2
+    assert res["wer"] == alone["wer"]
+    assert [r["audio"] for r in res["unreadable_rows"]] == [str(junk), rows[2]["audio"]]
+    assert "no such file" in res["unreadable_rows"][1]["error"]
+
+
+# ---- 4. no recompiles ----
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_new_recognizer_for_same_model_does_not_retrace(monkeypatch, method):
+    loaded = _loaded(num_layers=1, seed=1)  # a model no other test compiled
+    traces = []
+    name = "beam_search" if method == "beam" else "greedy_search"
+    search = getattr(recognizer_mod, name)
+
+    def counting(*args, **kwargs):
+        traces.append(args[1].shape)  # runs only while tracing
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(recognizer_mod, name, counting)
+    settings = DecodeSettings(method=method, beam=2, batch_size=2)
+    rng = np.random.default_rng(0)
+    rec = Recognizer(loaded, settings)
+    rec.recognize([0.1 * rng.standard_normal(SR // 2).astype(np.float32)])
+    n = len(traces)
+    assert n >= 1
+    rec.recognize([0.1 * rng.standard_normal(SR // 3).astype(np.float32)])  # same bucket
+    # new weights as jax arrays (what the trainer holds), same model and settings
+    newer = jax.tree_util.tree_map(lambda x: jnp.asarray(x) * 1.01, loaded.variables)
+    rec2 = Recognizer(
+        LoadedModel(loaded.model, newer, loaded.tokenizer, loaded.config, loaded.source), settings
+    )
+    out = rec2.recognize([0.1 * rng.standard_normal(SR // 2).astype(np.float32)])
+    assert len(traces) == n, traces
+    assert len(out) == 1
+    assert rec2.timing.compile_s == 0.0  # the shape was compiled already: no warm-up run
+
+
+# ---- 5. long audio ----
+
+
+def test_segment_bounds_cover_and_respect_max():
+    from asr.segment import HOP, segment_bounds
+
+    rng = np.random.default_rng(1)
+    for x in (
+        _speechy(9.3, 0),
+        (0.2 * rng.standard_normal(int(7.77 * SR))).astype(np.float32),  # noise: no pause
+        np.zeros(int(6.01 * SR), np.float32),  # silence
+    ):
+        for max_s in (1.0, 2.5):
+            bounds = segment_bounds(x, int(max_s * SR))
+            assert bounds[0][0] == 0 and bounds[-1][1] == len(x)
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+            assert all(0 < e - s <= max_s * SR for s, e in bounds), bounds
+            assert all(e - s >= max_s * SR / 4 for s, e in bounds), bounds  # no slivers
+            assert all(s % HOP == 0 for s, _ in bounds)
+    assert segment_bounds(np.zeros(SR, np.float32), SR) == [(0, SR)]  # short: untouched
+
+
+def test_segment_cut_lands_in_the_pause():
+    from asr.segment import segment_bounds
+
+    x = _speechy(6.0, 2)
+    pause = (int(3.1 * SR), int(3.4 * SR))
+    x[pause[0] : pause[1]] *= 1e-3
+    bounds = segment_bounds(x, 4 * SR)
+    assert len(bounds) == 2
+    cut = bounds[0][1]
+    assert pause[0] < cut < pause[1], (cut / SR, bounds)
+    # noise without pause: the cut is at the limit or within its last second
+    noise = (0.2 * np.random.default_rng(3).standard_normal(6 * SR)).astype(np.float32)
+    cut = segment_bounds(noise, 4 * SR)[0][1]
+    assert 3 * SR <= cut <= 4 * SR
+
+
+def test_long_inputs_also_cut_at_every_long_pause():
+    from asr.segment import segment_bounds
+
+    x = _speechy(9.0, 5)
+    for a, b in ((0.0, 0.5), (1.0, 1.3), (2.5, 2.6), (5.0, 5.4)):  # leading silence, 3 pauses
+        x[int(a * SR) : int(b * SR)] *= 1e-3
+    cuts = [e / SR for _, e in segment_bounds(x, 6 * SR, min_pause_s=0.2)[:-1]]
+    assert len(cuts) == 2, cuts  # not in the leading silence, not in the 0.1 s pause
+    assert 1.0 < cuts[0] < 1.3 and 5.0 < cuts[1] < 5.4, cuts
+    assert len(segment_bounds(x, 6 * SR)) == 2  # without min_pause_s: only what the length needs
+    assert segment_bounds(x[: 6 * SR], 6 * SR, min_pause_s=0.2) == [(0, 6 * SR)]  # short: whole
+
+
+def test_frame_energy_db():
+    from asr.segment import HOP, frame_energy_db
+
+    x = np.concatenate([np.zeros(HOP), np.full(HOP, 0.1), np.full(HOP // 2, 1.0)])
+    db = frame_energy_db(x.astype(np.float32))
+    assert db.shape == (3,)
+    np.testing.assert_allclose(db[1:], [-20.0, 0.0], atol=1e-4)
+    assert db[0] < -90
+
+
+def test_long_input_is_its_segments_joined(tiny):
+    from asr.segment import segment_bounds
+
+    settings = DecodeSettings(method="beam", beam=2, batch_size=4, max_segment_seconds=1.0)
+    rec = Recognizer(tiny, settings)
+    x = _speechy(3.7, 4)
+    x[int(1.5 * SR) : int(1.9 * SR)] *= 1e-3  # a pause: one cut there
+    bounds = rec.segment(x)
+    assert bounds == segment_bounds(x, SR, min_pause_s=0.2)
+    assert len(bounds) >= 4
+    (long_hyp,) = rec.recognize([x], nbest=3)  # n-best of a long input: the joined 1-best
+    parts = rec.recognize([x[s:e] for s, e in bounds])
+    texts = [p[0].text for p in parts]
+    assert any(texts), "random model emitted nothing: test would be vacuous"
+    assert len(long_hyp) == 1
+    assert long_hyp[0].text == " ".join(t.strip() for t in texts if t.strip())
+    assert long_hyp[0].score == pytest.approx(sum(p[0].score for p in parts), rel=1e-6)
+
+
+def test_short_inputs_decoded_as_before_next_to_long_ones(tiny, tmp_path):
+    settings = DecodeSettings(method="greedy", batch_size=2, max_segment_seconds=1.0)
+    rec = Recognizer(tiny, settings)
+    shorts = [_speechy(s, i) for i, s in enumerate((0.4, 0.9, 0.7))]
+    alone = rec.recognize(shorts, nbest=2)
+    mixed = rec.recognize([shorts[0], _speechy(2.6, 9), shorts[1], shorts[2]], nbest=2)
+    assert [mixed[0], mixed[2], mixed[3]] == alone  # same batches: bit-identical
+    # transcribe_files cuts long files too, and counts the audio once
+    p = tmp_path / "long.wav"
+    long = _speechy(2.6, 9)
+    sf.write(p, long, SR, subtype="FLOAT")
+    rec.timing = Timing(seen=rec.timing.seen)
+    ((path, hyps),) = list(rec.transcribe_files([str(p)]))
+    assert hyps == rec.recognize([long])[0]
+    assert rec.timing.audio_s == pytest.approx(2 * 2.6)
+
+
+def test_settings_checked(tiny):
+    with pytest.raises(ValueError, match="max_segment_seconds"):
+        Recognizer(tiny, DecodeSettings(max_segment_seconds=0.1))
+    with pytest.raises(ValueError, match="min_pause_seconds"):
+        Recognizer(tiny, DecodeSettings(min_pause_seconds=0.0))
