@@ -82,3 +82,28 @@ def test_select_rows_spreads_evenly():
     assert select_rows(rows, None) == rows and select_rows(rows, 50) == rows
     with pytest.raises(ValueError):
         select_rows(rows, 0)
+
+
+def test_transcribe_benchmark_keeps_rows_aligned_past_an_unreadable_file(tmp_path):
+    import soundfile as sf
+
+    from asr.model_io import load_model
+    from asr.recognizer import DecodeSettings
+    from train.benchmarks.transcribe import evaluate_ours, evaluate_peer
+
+    espeak = pytest.importorskip("train.corpus.espeak")
+    rows = []
+    for i, text in enumerate(["turn on the lights", "seven"]):
+        audio, sr = espeak.synthesize(text)
+        sf.write(tmp_path / f"{i}.wav", audio, sr)
+        rows.append({"audio": str(tmp_path / f"{i}.wav"), "text": text})
+    rows.insert(1, {"audio": str(tmp_path / "missing.wav"), "text": "call mom"})
+    ours = evaluate_ours(load_model("default"), rows, DecodeSettings(method="greedy"))
+    assert ours["utterances"] == 2 and ours["unreadable"] == 1
+    assert ours["words"] == 5  # "call mom" is left out, not counted as two deletions
+    assert ours["hyps"][1] == "" and ours["hyps"][2] == "seven", ours["hyps"]
+    if importlib.util.find_spec("pocketsphinx") is not None:
+        from train.benchmarks.transcribe import PocketSphinx
+
+        peer = evaluate_peer(PocketSphinx(), rows)
+        assert peer["utterances"] == 2 and peer["unreadable"] == 1 and peer["words"] == 5

@@ -97,18 +97,21 @@ def select_rows(rows: list[dict], limit: int | None) -> list[dict]:
 
 
 def evaluate_ours(loaded: LoadedModel, rows: list[dict], settings: DecodeSettings) -> dict:
-    """One pass of our recognizer over `rows` -> evaluate_manifest's dict (less `pairs`) plus
-    `system` (a label), `compile_s` and `hyps` (normalized hypotheses in row order)."""
+    """One pass of our recognizer over `rows` -> evaluate_manifest's dict (less `pairs` and
+    details) plus `system` (a label), `compile_s` and `hyps` (normalized hypotheses in row
+    order; "" for a row whose audio could not be read, which is left out of the scores)."""
     rec = Recognizer(loaded, settings)
-    res = evaluate_manifest(rec, rows, pairs=len(rows))
+    res = evaluate_manifest(rec, rows, pairs=0, details=True)
     label = f"ours beam {settings.beam}" if settings.method == "beam" else "ours greedy"
-    hyps = [p["hyp"] for p in res.pop("pairs")]
+    hyps = [d.get("hyp", "") for d in res.pop("utterances_detail")]
+    res.pop("pairs")
     return {**res, "system": label, "compile_s": res["compile_seconds"], "hyps": hyps}
 
 
 def evaluate_peer(peer: PocketSphinx, rows: list[dict]) -> dict:
     """One pass of PocketSphinx over `rows`, one utterance at a time (see module docstring)."""
     hyps, unreadable = [], 0
+    refs, scored = [], []  # unreadable rows are left out of the scores, as ours are
     audio_s = load_s = decode_s = 0.0
     for r in rows:
         t0 = time.perf_counter()
@@ -120,15 +123,17 @@ def evaluate_peer(peer: PocketSphinx, rows: list[dict]) -> dict:
             continue
         t1 = time.perf_counter()
         hyps.append(peer.transcribe(audio))
+        refs.append(r["text"])
+        scored.append(hyps[-1])
         t2 = time.perf_counter()
         load_s += t1 - t0
         decode_s += t2 - t1
         audio_s += len(audio) / SAMPLE_RATE
-    w = word_error_rate([r["text"] for r in rows], hyps)
+    w = word_error_rate(refs, scored)
     return {
         **w,
         "system": f"pocketsphinx {peer.info['version']}",
-        "utterances": len(rows),
+        "utterances": len(refs),
         "unreadable": unreadable,
         "rtf": (load_s + decode_s) / max(audio_s, 1e-9),
         "decode_rtf": decode_s / max(audio_s, 1e-9),
@@ -166,6 +171,8 @@ def run_manifest(
 ) -> list[dict]:
     """All systems on one manifest; prints a row per system and a few example transcripts."""
     rows = select_rows(read_manifest(path), limit)
+    if any("text" not in r for r in rows):
+        raise ValueError(f"{path}: every row needs a 'text' transcript to compare WER")
     results = [
         evaluate_ours(
             loaded, rows, DecodeSettings(method="beam", beam=beam, batch_size=batch_size)
