@@ -56,6 +56,8 @@ KNOWN_FIELDS = frozenset(
         "wake_word_end",
         # read by train.data.is_real: true marks synthetic speech that has no `voice` field
         "synthetic",
+        # train.corpus.loaders.load_speech_to_intent: the spoken request's intent
+        "intent",
     }
 )
 DURATION_TOLERANCE_S = 0.1  # check_rows: manifest and header durations may differ this much
@@ -209,6 +211,7 @@ def check_rows(
     names: Sequence[str] | None = None,
     need_text: bool = True,
     probe_audio: bool = True,
+    extra_fields: Iterable[str] = (),
 ) -> tuple[list[dict], list[str]]:
     """Checks rows before they are used (training, a long evaluation): cheap enough for 100k rows.
 
@@ -224,6 +227,9 @@ def check_rows(
       names: names[i] names rows[i] in problems (e.g. "train.jsonl:17"); else "rows[i]".
       need_text: require a transcript with words (else `text` or `keywords` will do).
       probe_audio: read each audio header; False checks only that the file exists.
+      extra_fields: fields of the user's own to accept besides `KNOWN_FIELDS` (an `accent` to
+        break errors down by, say); any other unknown field is a problem, since a misspelt
+        known one ("durration") would otherwise be silently unused.
 
     Returns:
       (good rows, problems): good rows in input order, `duration` filled from the header where
@@ -234,6 +240,7 @@ def check_rows(
 
     if names is not None and len(names) != len(rows):
         raise ValueError(f"names: expected one per row, got {len(names)} for {len(rows)} rows")
+    known = KNOWN_FIELDS | frozenset(extra_fields)
     good, problems = [], []
     for i, row in enumerate(rows):
         name = names[i] if names is not None else f"rows[{i}]"
@@ -255,12 +262,13 @@ def check_rows(
             found.append("no 'text' (only keywords): training needs a transcript")
         elif need_text and isinstance(text, str) and not normalize_text(text):
             found.append(f"empty transcript (no words in {text!r})")
-        unknown = sorted(str(k) for k in row if k not in KNOWN_FIELDS)
+        unknown = sorted(str(k) for k in row if k not in known)
         if unknown:
             found.append(
                 f"unknown field{'s' if len(unknown) > 1 else ''} "
                 + ", ".join(repr(k) for k in unknown)
-                + " (see asr.manifest.KNOWN_FIELDS)"
+                + " (a misspelling? see asr.manifest.KNOWN_FIELDS; fields of your own are "
+                "accepted with asr train --extra-fields NAME...)"
             )
         duration = row.get("duration")
         if header_s is not None and _is_number(duration) and math.isfinite(duration):

@@ -194,6 +194,12 @@ def test_check_rows_options(tmp_path, monkeypatch):
     assert ok == rows[:2] and len(problems) == 3
     with pytest.raises(ValueError, match="names"):
         check_rows(rows, names=["a"])
+    # fields of the user's own are a problem (a misspelling?) unless declared
+    mine = [{"audio": good, "text": "x", "accent": "scots"}]
+    ok, problems = check_rows(mine)
+    assert not ok and "unknown field 'accent'" in problems[0] and "--extra-fields" in problems[0]
+    ok, problems = check_rows(mine, extra_fields=["accent"])
+    assert ok == [dict(mine[0], duration=0.25)] and not problems
 
 
 def test_known_fields_cover_what_the_loaders_write(tmp_path):

@@ -71,14 +71,49 @@ def _params(workdir):
     return load_model(workdir / "model").variables
 
 
-def test_interrupted_run_resumes_to_the_same_result(corpus, tmp_path):
+def test_interrupted_run_resumes_to_the_same_result(corpus, tmp_path, monkeypatch):
+    from train import trainer
+
+    steps_fns = []  # every train step function built, to count its compiles
+    make = trainer.make_train_step
+    monkeypatch.setattr(
+        trainer, "make_train_step", lambda *a: steps_fns.append(make(*a)) or steps_fns[-1]
+    )
     rows = read_manifest(corpus)
     cfg = _cfg()
     train(cfg, rows, tmp_path / "a", progress=False)
-    # "killed" after 4 steps (the last checkpoint), then the same command again
-    train(cfg, rows, tmp_path / "b", progress=False, stop_after=4)
+    # one bucket, one batch shape: the step compiled once for 8 steps
+    assert steps_fns[-1]._cache_size() == 1
+    # "killed" after 4 steps (the last checkpoint), then the same command again; a row whose
+    # audio is missing is skipped (the rest are those of run a) and the skip is recorded
+    bad = dict(rows[0], audio=str(tmp_path / "gone.wav"))
+    train(cfg, rows + [bad], tmp_path / "b", progress=False, stop_after=4, skip_bad_rows=True)
     assert not (tmp_path / "b" / "model").exists()
-    train(cfg, rows, tmp_path / "b", progress=False)
+    meta = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert meta["data"]["bad_rows_skipped"] == 1 and meta["data"]["rows"] == len(rows)
+    # resuming with another recipe is refused, naming what differs, and changes nothing
+    with pytest.raises(ValueError, match=r"steps: saved 8, given 10\n.*peak_lr: saved 0.002"):
+        train(cfg.replace(steps=10, peak_lr=1e-3), rows, tmp_path / "b", progress=False)
+    assert json.loads((tmp_path / "b" / "config.json").read_text()) == meta
+    # ... except for the fields that only change how the run is observed and fed
+    res = train(
+        cfg.replace(ckpt_every=3, data_threads=2),
+        rows + [bad],
+        tmp_path / "b",
+        progress=False,
+        skip_bad_rows=True,
+    )
+    assert res["bad_rows_skipped"] == 1
+    assert steps_fns[-1]._cache_size() == 1
+    meta = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert meta["train"]["ckpt_every"] == 3 and meta["train"]["data_threads"] == 2
+    assert meta["resumes"] == [
+        {
+            "step": 4,
+            "changes": {"ckpt_every": [4, 3], "data_threads": [1, 2]},
+            "data": meta["data"],
+        }
+    ]
     a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
@@ -93,6 +128,55 @@ def test_interrupted_run_resumes_to_the_same_result(corpus, tmp_path):
     mb = (tmp_path / "b" / "metrics.jsonl").read_text()
     losses = lambda m: [json.loads(ln)["loss"] for ln in m.splitlines() if "loss" in ln]  # noqa: E731
     np.testing.assert_allclose(losses(ma), losses(mb), rtol=1e-6)
+    dev = lambda m: [json.loads(ln)["dev_wer"] for ln in m.splitlines() if "dev_wer" in ln]  # noqa: E731
+    assert dev(ma) == dev(mb) and len(dev(ma)) == 1
+
+
+def test_bad_manifest_rows_stop_training_before_it_starts(corpus, tmp_path, capsys, monkeypatch):
+    from asr.cli import main
+
+    rows = read_manifest(corpus)
+    bad = [
+        dict(rows[0], audio=str(tmp_path / "missing.wav"), duration=None),
+        dict(rows[1], text="  "),
+    ]
+    (tmp_path / "noise.wav").write_bytes(b"not audio at all")
+    bad.append(dict(rows[2], audio=str(tmp_path / "noise.wav")))
+    bad.extend(dict(rows[3], audio=str(tmp_path / f"m{i}.wav")) for i in range(25))
+    manifest = write_manifest(rows + bad, tmp_path / "bad.jsonl")
+    code = main(
+        ["train", "--config", "tiny", "--data", str(manifest), "--workdir", str(tmp_path / "w")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"28 of {len(rows) + 28} manifest rows cannot be used for training" in err
+    n = len(rows)
+    for line in (n + 1, n + 2, n + 3):  # each bad row named by its manifest line
+        assert f"bad.jsonl:{line}" in err, err
+    assert "... and 8 more" in err and "--skip-bad-rows" in err
+    assert not (tmp_path / "w").exists()  # nothing written
+    # --skip-bad-rows: the rows that pass go to training, and the skip is said
+    from train import trainer
+    from train.data import check_training_rows
+
+    calls = []
+    monkeypatch.setattr(trainer, "train", lambda cfg, rows, wd, **kw: calls.append(kw) or {})
+    argv = ["train", "--config", "tiny", "--data", str(manifest), "--workdir", str(tmp_path / "w")]
+    assert main([*argv, "--skip-bad-rows"]) == 0
+    kw = calls[0]
+    assert kw["skip_bad_rows"] is True and kw["row_names"][n] == f"{manifest}:{n + 1}"
+    good, n_bad = check_training_rows(rows + bad, kw["row_names"], skip_bad=True)
+    assert n_bad == 28 and good == rows
+    assert f"skipping 28 of {n + 28} manifest rows" in capsys.readouterr().out
+    # a field of the user's own stops training unless declared with --extra-fields
+    own = write_manifest([dict(r, accent="scots") for r in rows], tmp_path / "own.jsonl")
+    with pytest.raises(ValueError, match="unknown field 'accent'"):
+        check_training_rows(read_manifest(own))
+    assert check_training_rows(read_manifest(own), extra_fields=("accent",))[1] == 0
+    argv = ["train", "--config", "tiny", "--data", str(own), "--workdir", str(tmp_path / "w")]
+    calls.clear()
+    assert main([*argv, "--extra-fields", "accent"]) == 0
+    assert calls[0]["extra_fields"] == ("accent",)
 
 
 def test_loss_decreases_when_overfitting(corpus, tmp_path):
@@ -206,11 +290,21 @@ def test_fine_tuning_starts_from_the_given_model(corpus, tmp_path):
     # a starting model of another size is refused with the reason
     with pytest.raises(ValueError, match="config differs"):
         train(get_recipe("small").replace(init_from=str(base)), rows, tmp_path / "x")
+    # ... before a recipe is recorded there: the corrected command is a fresh start, not a
+    # refused resume
+    assert not (tmp_path / "x" / "config.json").exists()
 
 
 def test_time_limit_stops_with_a_model_and_resumes(corpus, tmp_path):
     rows = read_manifest(corpus)
     cfg = _cfg(steps=4, precompile=True)
+    # a start with another recipe that stopped before its first checkpoint (out of memory, a
+    # typo seen in the log): the recipe given now replaces it, tokenizer included
+    (tmp_path / "w").mkdir()
+    other = {"train": cfg.replace(vocab_size=50, steps=99).to_dict(), "model": {}}
+    (tmp_path / "w" / "config.json").write_text(json.dumps(other))
+    (tmp_path / "w" / "tokenizer.model").write_bytes(b"of another vocabulary")
+    (tmp_path / "w" / "metrics.jsonl").write_text('{"step": 2, "loss": 9.0}\n')
     res = train(cfg, rows, tmp_path / "w", progress=False, time_limit=0.0)
     assert res["steps"] == 1  # the limit is checked after each step
     meta = json.loads((tmp_path / "w" / "model" / "config.json").read_text())
@@ -219,6 +313,9 @@ def test_time_limit_stops_with_a_model_and_resumes(corpus, tmp_path):
     res = train(cfg, rows, tmp_path / "w", progress=False)  # the same command resumes
     meta = json.loads((tmp_path / "w" / "model" / "config.json").read_text())
     assert res["steps"] == 4 and meta["complete"] is True
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["train"]["steps"] == 4
+    lines = (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines if "loss" in ln] == [2, 4]  # 9.0 is gone
     # precompiled steps and a resumed run give the run that never stopped
     train(_cfg(steps=4), rows, tmp_path / "ref", progress=False)
     for x, y in zip(_leaves(tmp_path / "ref"), _leaves(tmp_path / "w"), strict=True):
@@ -272,3 +369,127 @@ def test_real_phrases_put_real_speech_into_long_buckets(corpus):
     assert len(long_with.rows) > len(long_without.rows)
     batch = next(iter(ds))
     assert batch["feats"].shape[2] == 80 and np.isfinite(batch["feats"]).all()
+
+
+class _CountCompiles:
+    """Counts XLA compilations (jax.monitoring's backend-compile events) inside a `with`."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __enter__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._on)
+        return self
+
+    def _on(self, event, duration, **kw):
+        self.count += event == self.EVENT
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._on)
+
+
+def test_dev_evaluation_is_asr_eval_and_compiles_nothing_for_new_weights(corpus):
+    from asr.model_io import LoadedModel
+    from asr.models import build_model
+    from asr.models.transducer import init_variables
+    from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
+    from asr.tokenizer import Tokenizer
+    from train.trainer import evaluate
+
+    rows = read_manifest(corpus)
+    tok = Tokenizer.train([r["text"] for r in rows], vocab_size=40)
+    model = build_model(get_recipe("tiny").model_config(tok.vocab_size))
+    dev = rows[:3]
+    v1, v2 = (init_variables(model, jax.random.PRNGKey(s)) for s in (0, 1))
+    evaluate(model, v1, tok, dev)  # compiles the decode for this model and batch shape
+    with _CountCompiles() as c:
+        res = evaluate(model, v2, tok, dev)
+    assert c.count == 0, f"{c.count} compilations evaluating new weights"
+    # the number `asr eval` reports for these weights (default settings: beam search)
+    ref = evaluate_manifest(
+        Recognizer(LoadedModel(model, v2, tok, model.config, "x"), DecodeSettings()), dev
+    )
+    assert res == {"wer": ref["wer"], "utterances": 3}
+
+
+def test_train_step_compiles_once_per_batch_shape():
+    from asr.models import build_model
+    from train.trainer import init_state, make_optimizer, make_train_step
+
+    cfg = get_recipe("tiny").replace(steps=10, spec_start_step=2)
+    model = build_model(cfg.model_config(16))
+    tx = make_optimizer(cfg)
+    state = init_state(model, tx, jax.random.PRNGKey(0))
+    step_fn = make_train_step(model, cfg, tx)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # fresh arrays each step, as the data pipeline gives
+        batch = {
+            "feats": rng.standard_normal((2, 64, 80)).astype(np.float32),
+            "feat_paddings": np.zeros((2, 64), np.float32),
+            "labels": rng.integers(2, 16, (2, 8)).astype(np.int32),
+            "label_paddings": np.zeros((2, 8), np.float32),
+        }
+        state, _ = step_fn(state, batch, jax.random.PRNGKey(0))
+    assert int(state.step) == 3 and step_fn._cache_size() == 1
+
+
+def test_audio_that_disappears_during_training_is_an_error_naming_it(corpus, tmp_path):
+    import shutil
+
+    from asr.audio import AudioError
+    from asr.tokenizer import Tokenizer
+    from train.data import training_dataset
+
+    rows = []
+    for i, r in enumerate(r for r in read_manifest(corpus) if r["split"] == "train"):
+        shutil.copy(r["audio"], tmp_path / f"{i}.wav")
+        rows.append(dict(r, audio=str(tmp_path / f"{i}.wav")))
+    tok = Tokenizer.train([r["text"] for r in rows], vocab_size=40)
+    cfg = _cfg(steps=3, frames_per_batch=320 * 18, max_batch=18)  # every row in each batch
+    ds, _ = training_dataset(rows, tok, cfg, noise_bank=None)
+    (tmp_path / "5.wav").unlink()  # after the check before training, say
+    with pytest.raises(
+        AudioError, match=r"training utterance 5 \(.*5\.wav, text .*could not be read"
+    ):
+        next(iter(ds))
+
+
+def test_feature_stats_are_over_all_frames_of_the_chosen_utterances(tmp_path):
+    from asr.features import log_mel
+    from train.trainer import feature_stats
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, seconds in enumerate((0.3, 1.7, 0.9)):  # unequal lengths: frames, not files, count
+        t = np.arange(int(seconds * 16000)) / 16000
+        x = 0.3 * np.sin(2 * np.pi * (200 + 300 * i) * t) + 0.01 * rng.standard_normal(t.size)
+        sf.write(tmp_path / f"{i}.wav", x.astype(np.float32), 16000, subtype="FLOAT")
+        rows.append({"audio": str(tmp_path / f"{i}.wav"), "text": "x"})
+
+    def reference(chosen):  # NumPy, float64: mean and 1 / (std + 1e-3) over every frame
+        f = np.concatenate([log_mel(sf.read(r["audio"], dtype="float32")[0]) for r in chosen])
+        f = f.astype(np.float64)
+        return f.mean(0), 1.0 / (np.sqrt(((f - f.mean(0)) ** 2).mean(0)) + 1e-3)
+
+    stats = feature_stats(rows, n=10)
+    mean, istd = reference(rows)
+    assert stats["mean"].dtype == np.float32 and stats["mean"].shape == (80,)
+    np.testing.assert_allclose(stats["mean"], mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats["istd"], istd, rtol=1e-4)
+    # per-file means averaged would differ: the long file weighs more
+    per_file = np.mean([reference([r])[0] for r in rows], axis=0)
+    assert np.abs(per_file - mean).max() > 1e-2
+    # n < rows: n of them, chosen by the seed, the same each time
+    two = feature_stats(rows, n=2, seed=3)
+    subsets = [[rows[i] for i in range(3) if i != k] for k in range(3)]
+    assert sum(np.allclose(two["mean"], reference(s)[0], atol=1e-5) for s in subsets) == 1
+    np.testing.assert_array_equal(two["istd"], feature_stats(rows, n=2, seed=3)["istd"])
+
+
+def test_a_metric_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
+    from train.trainer import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2, "loss": 3.0}\n{"step": 4, "loss": 2.5}\n{"step": 6, "lo')
+    _truncate_metrics(path, 4)
+    assert path.read_text() == '{"step": 2, "loss": 3.0}\n{"step": 4, "loss": 2.5}\n'

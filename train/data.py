@@ -18,6 +18,10 @@ Waveform augmentation (speed, pitch, vocal-tract length, reverberation, noise, g
 `data_workers` > 0 (a GPU outruns a few threads); SpecAugment runs on the device inside
 the train step (`train.specaugment`).
 
+Every row is checked before training (`check_training_rows`: audio present with a readable
+header, a transcript); a file that becomes unreadable during training is an error naming the
+row, never a silently padded batch row.
+
 References: grain (github.com/google/grain), Ko et al. 2015 "Audio augmentation for speech
 recognition" (speed perturbation).
 """
@@ -33,13 +37,59 @@ import grain
 import numpy as np
 
 from asr.audio import AudioError, load_audio, resample
-from asr.features import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, log_mel
+from asr.features import HOP_LENGTH, SAMPLE_RATE, log_mel
 from asr.text import normalize_text
 from asr.tokenizer import Tokenizer
 from train.configs import TrainConfig
 
 LABEL_ROUND = 8  # label buffers are padded to a multiple of this
 SPEED_MARGIN = 1.12  # speed perturbation can lengthen audio by up to 1/0.9
+
+
+MAX_REPORTED = 20  # bad manifest rows listed one by one in the report before training
+
+
+def check_training_rows(
+    rows: list[dict],
+    names: list[str] | None = None,
+    skip_bad: bool = False,
+    extra_fields: Sequence[str] = (),
+) -> tuple[list[dict], int]:
+    """Checks every row before training (`asr.manifest.check_rows`: the audio exists and its
+    header reads, the transcript is not empty, the fields and duration make sense) and fills
+    in missing durations from the audio headers. Returns (good rows, number of bad rows).
+
+    A bad row is an error, raised before anything is trained or written: one ValueError
+    listing the bad rows (`names[i]` names row i, e.g. "train.jsonl:17"), the first
+    MAX_REPORTED of them one by one. With `skip_bad`, training goes on without them and the
+    count is reported (and recorded by the trainer). `extra_fields` are the user's own fields,
+    accepted besides the known ones. Rows of other splits than train and dev
+    (test) are not used in training, so neither checked nor returned."""
+    from asr.manifest import check_rows
+
+    if names is not None and len(names) != len(rows):
+        raise ValueError(f"expected one name per row, got {len(names)} for {len(rows)} rows")
+    used = [i for i, r in enumerate(rows) if r.get("split", "train") in ("train", "dev")]
+    rows = [rows[i] for i in used]
+    names = None if names is None else [names[i] for i in used]
+    good, problems = check_rows(
+        rows, names=names, need_text=True, probe_audio=True, extra_fields=extra_fields
+    )
+    n_bad = len(rows) - len(good)
+    if not n_bad:
+        return good, 0
+    listed = "\n".join(f"  {p}" for p in problems[:MAX_REPORTED])
+    more = (
+        f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+    )
+    if not skip_bad:
+        raise ValueError(
+            f"{n_bad} of {len(rows)} manifest rows cannot be used for training:\n{listed}{more}"
+            "\nfix or remove them, or train without them (asr train --skip-bad-rows; "
+            "train(..., skip_bad_rows=True))"
+        )
+    print(f"skipping {n_bad} of {len(rows)} manifest rows (--skip-bad-rows):\n{listed}{more}")
+    return good, n_bad
 
 
 def is_real(row: dict) -> bool:
@@ -173,8 +223,18 @@ class UtteranceLoader:
         for k, (i, rng) in enumerate(zip(rows, rngs, strict=True)):
             try:
                 f = self.features(i, rng)[:frames]
-            except AudioError:
-                continue  # an unreadable file gives an all-padding row (loss weight 0)
+            except AudioError as e:
+                # An error, not a padding row: every row passed `check_training_rows` before
+                # training, so the file changed under the run (deleted, truncated, replaced).
+                # Padding would silently train on less data than the recipe says, and the run
+                # would no longer be a function of (seed, step), which resuming relies on;
+                # stopping keeps the last checkpoint, and the same command resumes once the
+                # data are fixed (or rerun with --skip-bad-rows: a new data set, a new run).
+                raise AudioError(
+                    f"training utterance {i} ({self.rows[i].get('audio', 'composite phrase')}, "
+                    f"text {self.rows[i]['text']!r}) could not be read during training, after "
+                    f"passing the check before it: {e}"
+                ) from None
             feats[k, : len(f)] = f
             fpad[k, : len(f)] = 0.0
             y = self.labels[i][:labels]
@@ -325,21 +385,3 @@ def training_dataset(
             worker_init_fn=_worker_init,
         )
     return it, info
-
-
-def eval_batches(rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig, max_batch: int = 32):
-    """Unaugmented padded batches of `rows`, in order, with their row indices."""
-    loader = UtteranceLoader(rows, tokenizer, cfg, augment=False)
-    frames_of = [
-        max(1, 1 + (int(float(r.get("duration") or 0) * SAMPLE_RATE) - WIN_LENGTH) // HOP_LENGTH)
-        for r in rows
-    ]
-    order = sorted(range(len(rows)), key=lambda i: frames_of[i])
-    for s in range(0, len(order), max_batch):
-        idx = order[s : s + max_batch]
-        frames = max(frames_of[i] for i in idx)
-        frames = 64 * math.ceil(frames / 64)
-        labels = LABEL_ROUND * math.ceil(
-            max(max(len(loader.labels[i]) for i in idx), 1) / LABEL_ROUND
-        )
-        yield idx, loader.batch(idx, frames, labels, [None] * len(idx))

@@ -6,7 +6,15 @@
 Killing training at any moment and running the same command again resumes from the newest
 orbax checkpoint: the batch of each step is a function of (seed, step) (`train.data`), the
 dropout and SpecAugment keys are `fold_in(seed key, step)`, and metric lines past the
-checkpoint are dropped on resume, so the resumed run is the run that would have happened.
+checkpoint are dropped on resume, so the resumed run is the run that would have happened
+(tests/test_kill_resume.py kills it between checkpoints and while one is written). A checkpoint
+cut short by the kill is a temporary folder that orbax never renamed into place: ignored, then
+removed. Resuming with another recipe is refused (`train.configs.resume_config`), except for
+the fields that only change how the run is observed or fed; those are applied and recorded.
+
+Rows are checked before anything is written (`train.data.check_training_rows`). The dev WER
+logged while training is the one `asr eval` reports (`asr.recognizer.evaluate_manifest`, beam
+search), from a decode function compiled once per model and batch shape.
 
 References: Loshchilov & Hutter 2019 (AdamW); Park et al. 2019 (SpecAugment);
 Graves 2012 (transducer loss, `train.loss`).
@@ -14,6 +22,7 @@ Graves 2012 (transducer loss, `train.loss`).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -32,10 +41,10 @@ from tqdm import tqdm
 from asr.features import log_mel
 from asr.model_io import load_model, save_model_folder
 from asr.models.transducer import Transducer, build_model, count_params, init_variables
-from asr.text import normalize_text, word_error_rate
+from asr.text import normalize_text
 from asr.tokenizer import Tokenizer
-from train.configs import TrainConfig
-from train.data import eval_batches, training_dataset
+from train.configs import TrainConfig, canonical_model_spec, resume_config
+from train.data import check_training_rows, training_dataset
 from train.loss import rnnt_loss
 from train.specaugment import spec_augment
 
@@ -210,19 +219,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def prepare_rows(rows: list[dict]) -> list[dict]:
-    """Fills in missing durations (soundfile header, no decode)."""
-    import soundfile as sf
-
-    out = []
-    for r in rows:
-        if not r.get("duration"):
-            info = sf.info(r["audio"])
-            r = dict(r, duration=info.frames / info.samplerate)
-        out.append(r)
-    return out
-
-
 def split_rows(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     """Training rows (split train or unset) and dev rows (split dev; else 2% held out)."""
     train = [r for r in rows if r.get("split", "train") == "train"]
@@ -235,22 +231,137 @@ def split_rows(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     return train, dev
 
 
-def evaluate(
-    model: Transducer, variables, tokenizer: Tokenizer, rows: list[dict], cfg: TrainConfig
-) -> dict:
-    """Greedy-decodes `rows` and returns {'wer', 'utterances'}."""
-    from asr.decoding import decoder_fns, greedy_search, strip
+def _fingerprint(rows: list[dict]) -> str:
+    """A hash of the training data as the batch plan sees it (order, audio, text, split)."""
+    import hashlib
 
-    fns = decoder_fns(model, variables)
-    encode = jax.jit(lambda f, p: model.apply(variables, f, p, method=Transducer.encode))
-    hyps = [""] * len(rows)
-    for idx, batch in eval_batches(rows, tokenizer, cfg):
-        enc_p, enc_pad = encode(batch["feats"], batch["feat_paddings"])
-        toks, tpad, _ = greedy_search(fns, enc_p, enc_pad)
-        for i, t in zip(idx, strip(np.asarray(toks), np.asarray(tpad)), strict=True):
-            hyps[i] = tokenizer.decode(t)
-    res = word_error_rate([r["text"] for r in rows], hyps)
-    return {"wer": res["wer"], "utterances": len(rows)}
+    keys = [(r["audio"], r["text"], r.get("split")) for r in rows]
+    return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
+
+
+def _recipe_to_run(wd: Workdir, cfg: TrainConfig, start: int | None):
+    """(recipe, config.json contents to extend or None, resumable fields changed) for a run of
+    `cfg` in `wd`. With a checkpoint (`start`), the run resumes: the saved recipe, with the
+    `RESUMABLE_FIELDS` of `cfg`, or ValueError listing the other fields that differ. Without
+    one there is nothing to continue (a start that failed or was stopped early, say on an
+    out-of-memory first step): `cfg` replaces a saved recipe, and a tokenizer trained for
+    another one is trained again."""
+    if not wd.config.exists():
+        return cfg, None, {}
+    meta = json.loads(wd.config.read_text())
+    saved = TrainConfig.from_dict(meta["train"])
+    if start is not None:
+        cfg, changes = resume_config(saved, cfg)
+        return cfg, meta, changes
+    if saved != cfg:
+        tqdm.write(f"{wd.root}: no checkpoint yet, so starting afresh with the recipe given")
+        wd.tokenizer.unlink(missing_ok=True)
+    return cfg, None, {}
+
+
+def _tokenizer_and_model(wd: Workdir, cfg: TrainConfig, train_rows: list[dict], init):
+    """(tokenizer, model config) of the run: the work folder's tokenizer, else the starting
+    model's (fine-tuning), else one trained on the training transcripts (then saved)."""
+    if wd.tokenizer.exists():
+        tokenizer = Tokenizer.load(wd.tokenizer)
+    elif init is not None:
+        tokenizer = init.tokenizer
+    else:
+        tokenizer = Tokenizer.train((normalize_text(r["text"]) for r in train_rows), cfg.vocab_size)
+    mcfg = cfg.model_config(tokenizer.vocab_size)
+    if init is not None and init.config != mcfg:  # before anything is written
+        raise ValueError(
+            f"init_from={cfg.init_from!r} is a {init.config.name} model whose config differs "
+            f"from recipe {cfg.model!r} (with ctc_weight {cfg.ctc_weight}); pick the matching "
+            "--config and ctc_weight"
+        )
+    if not wd.tokenizer.exists():
+        _atomic_write(wd.tokenizer, tokenizer.model_proto)
+    return tokenizer, mcfg
+
+
+def _initial_state(mngr, start, model, tx, cfg: TrainConfig, init, train_rows) -> TrainState:
+    """The state to train from: checkpoint `start` when there is one; else fresh parameters
+    with the starting model's weights and norm (fine-tuning, `init`) or the feature statistics
+    of the training rows."""
+    make_state = functools.partial(init_state, model, tx)
+    key = jax.random.PRNGKey(cfg.seed)
+    if start is not None:
+        tqdm.write(f"resumed from step {start}")
+        return _restore(mngr, start, jax.eval_shape(make_state, key))
+    state = jax.jit(make_state)(key)  # one compile, not one per initializer op
+    if init is not None:
+        tqdm.write(f"initialized from {init.source}")
+        v = jax.tree_util.tree_map(jnp.asarray, init.variables)
+        return state.replace(params=v["params"], opt_state=tx.init(v["params"]), norm=v["norm"])
+    norm = feature_stats(train_rows, seed=cfg.seed)
+    return state.replace(norm=jax.tree_util.tree_map(jnp.asarray, norm))
+
+
+def _save(mngr: ocp.CheckpointManager, step: int, state: TrainState) -> None:
+    """Checkpoint `step` (asynchronous): {'model': params and norm (what `asr.model_io` loads),
+    'train': step and optimizer state}."""
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            model=ocp.args.StandardSave({"params": state.params, "norm": state.norm}),
+            train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+        ),
+    )
+
+
+def _note_resume(meta: dict, step: int, changes: dict, data: dict) -> None:
+    """Appends this resume to config.json's "resumes": the step, the recipe fields changed
+    ({field: [before, after]}) and the data counts; warns when the data differ from those the
+    run started with (the resumed run then sees other batches than the one that never
+    stopped)."""
+    before = (meta.get("resumes") or [meta])[-1].get("data", {})
+    if before.get("fingerprint") not in (None, data["fingerprint"]):
+        tqdm.write(
+            f"WARNING: the training data differ from the last session's ({before.get('rows')} "
+            f"rows then, {data['rows']} now): the resumed run will not be the run that never "
+            "stopped"
+        )
+    meta.setdefault("resumes", []).append({"step": step, "changes": changes, "data": data})
+    for k, (a, b) in changes.items():
+        tqdm.write(f"resuming with {k} = {b} (was {a})")
+
+
+def _restore(mngr: ocp.CheckpointManager, step: int, abstract: TrainState) -> TrainState:
+    """The train state of checkpoint `step`; `abstract` gives its structure, shapes and dtypes
+    (`jax.ShapeDtypeStruct` leaves)."""
+    r = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            model=ocp.args.StandardRestore({"params": abstract.params, "norm": abstract.norm}),
+            train=ocp.args.StandardRestore(
+                {"step": abstract.step, "opt_state": abstract.opt_state}
+            ),
+        ),
+    )
+    return TrainState(
+        step=r["train"]["step"],
+        params=r["model"]["params"],
+        opt_state=r["train"]["opt_state"],
+        norm=r["model"]["norm"],
+    )
+
+
+def evaluate(model: Transducer, variables, tokenizer: Tokenizer, rows: list[dict]) -> dict:
+    """The dev-set WER as `asr eval` measures it: `asr.recognizer.evaluate_manifest` with the
+    default `DecodeSettings` (beam search), the same batching and text normalization. Returns
+    {'wer', 'utterances'}.
+
+    The recognizer's jitted decode takes the weights as an argument and is cached per (model,
+    settings), so evaluating new weights of the same model compiles nothing new. A dev row
+    whose audio cannot be read (checked before training, so deleted or damaged since) is an
+    error (`AudioError`), as in training (`train.data`)."""
+    from asr.model_io import LoadedModel
+    from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
+
+    loaded = LoadedModel(model, variables, tokenizer, model.config, "training")
+    res = evaluate_manifest(Recognizer(loaded, DecodeSettings()), rows, pairs=0, unreadable="fail")
+    return {"wer": res["wer"], "utterances": res["utterances"]}
 
 
 def train(
@@ -261,91 +372,72 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     time_limit: float | None = None,
+    row_names: list[str] | None = None,
+    skip_bad_rows: bool = False,
+    extra_fields: tuple[str, ...] = (),
 ) -> dict:
     """Trains (or resumes) in `workdir`; returns the final metrics.
 
+    `rows` are checked before anything else (`train.data.check_training_rows`: audio that
+    exists and has a readable header, a transcript, ...); a bad row stops training with one
+    report listing them (`row_names`, e.g. "train.jsonl:17", name them), unless `skip_bad_rows`,
+    which trains without them and records how many in config.json. `extra_fields`: manifest
+    fields of the user's own, accepted besides `asr.manifest.KNOWN_FIELDS`.
     `stop_after`: stop (with a checkpoint) after this many steps of this call, e.g. to share a
     machine in time slices; running again resumes.
     `time_limit`: stop (with a checkpoint) once this call has run this many seconds, and also
     write the model folder of the step reached (its config.json says `"complete": false`), for
     a machine that is lent for a fixed time. Running again resumes.
 
-    Writes: config.json (recipe and model config), tokenizer.model, checkpoints/ (orbax),
-    metrics.jsonl, and model/ (an inference model folder, float16) at the end.
+    Resuming with another recipe is refused, except for `train.configs.RESUMABLE_FIELDS`.
+
+    Writes: config.json (recipe, model config, data counts, and one entry per resume),
+    tokenizer.model, checkpoints/ (orbax), metrics.jsonl, and model/ (an inference model
+    folder, float16) at the end.
     """
     t_call = time.perf_counter()  # the time limit counts set-up and compiles too
     wd = Workdir(Path(workdir).absolute())
+    cfg = cfg.replace(init_from=canonical_model_spec(cfg.init_from))
+    rows, n_bad = check_training_rows(
+        rows, names=row_names, skip_bad=skip_bad_rows, extra_fields=extra_fields
+    )
     wd.root.mkdir(parents=True, exist_ok=True)
-    if wd.config.exists():  # resume: the recipe it started with wins
-        saved = json.loads(wd.config.read_text())
-        if TrainConfig.from_dict(saved["train"]) != cfg:
-            tqdm.write(f"{wd.root}: resuming with the recipe saved there (config.json)")
-        cfg = TrainConfig.from_dict(saved["train"])
-    rows = prepare_rows(rows)
+    mngr = ocp.CheckpointManager(
+        wd.ckpt,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=2,
+            create=True,
+            # a checkpoint being written when the process was killed is left as a temporary
+            # folder (orbax renames it into place only when complete): resuming ignores it,
+            # and this removes it
+            cleanup_tmp_directories=True,
+        ),
+    )
+    start = mngr.latest_step()
+    cfg, meta, changes = _recipe_to_run(wd, cfg, start)
     train_rows, dev_rows = split_rows(rows, cfg.seed)
     if not train_rows:
         raise ValueError("no training utterances (all rows are dev/test?)")
     perm = np.random.default_rng(cfg.seed).permutation(len(dev_rows))
     dev_rows = [dev_rows[i] for i in perm[: cfg.eval_utterances]]  # a mix of every dev source
+    data = {"rows": len(rows), "bad_rows_skipped": n_bad, "fingerprint": _fingerprint(rows)}
 
-    mngr = ocp.CheckpointManager(
-        wd.ckpt, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    )
-    start = mngr.latest_step()
     # the starting model is read only for a fresh run; a resumed one has it in its checkpoint
     init = load_model(cfg.init_from) if cfg.init_from and start is None else None
-    if wd.tokenizer.exists():
-        tokenizer = Tokenizer.load(wd.tokenizer)
-    elif init is not None:  # fine-tuning keeps the starting model's tokenizer
-        tokenizer = init.tokenizer
-        _atomic_write(wd.tokenizer, tokenizer.model_proto)
+    tokenizer, mcfg = _tokenizer_and_model(wd, cfg, train_rows, init)
+    if meta is None:
+        meta = {"train": cfg.to_dict(), "model": mcfg.to_dict(), "data": data}
     else:
-        tokenizer = Tokenizer.train((normalize_text(r["text"]) for r in train_rows), cfg.vocab_size)
-        _atomic_write(wd.tokenizer, tokenizer.model_proto)
-    mcfg = cfg.model_config(tokenizer.vocab_size)
-    if not wd.config.exists():
-        meta = {"train": cfg.to_dict(), "model": mcfg.to_dict()}
-        _atomic_write(wd.config, json.dumps(meta, indent=2).encode())
+        _note_resume(meta, start, changes, data)
+        meta["train"] = cfg.to_dict()
+    _atomic_write(wd.config, json.dumps(meta, indent=2).encode())
     model = build_model(mcfg)
     tx = make_optimizer(cfg)
-
     key = jax.random.PRNGKey(cfg.seed)
-    state = init_state(model, tx, key)
-    if start is not None:
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-        r = mngr.restore(
-            start,
-            args=ocp.args.Composite(
-                model=ocp.args.StandardRestore({"params": abstract.params, "norm": abstract.norm}),
-                train=ocp.args.StandardRestore(
-                    {"step": abstract.step, "opt_state": abstract.opt_state}
-                ),
-            ),
-        )
-        state = TrainState(
-            step=r["train"]["step"],
-            params=r["model"]["params"],
-            opt_state=r["train"]["opt_state"],
-            norm=r["model"]["norm"],
-        )
-        _truncate_metrics(wd.metrics, start)
-        tqdm.write(f"resumed from step {start}")
-    elif init is not None:
-        start = 0
-        if init.config != mcfg:
-            raise ValueError(
-                f"init_from={cfg.init_from!r} is a {init.config.name} model whose config differs "
-                f"from recipe {cfg.model!r} (with ctc_weight {cfg.ctc_weight}); pick the matching "
-                "--config and ctc_weight"
-            )
-        v = jax.tree_util.tree_map(jnp.asarray, init.variables)
-        state = state.replace(params=v["params"], opt_state=tx.init(v["params"]), norm=v["norm"])
-        tqdm.write(f"initialized from {init.source}")
-    else:
-        start = 0
-        state = state.replace(
-            norm=jax.tree_util.tree_map(jnp.asarray, feature_stats(train_rows, seed=cfg.seed))
-        )
+    # metric lines past the checkpoint (or of a run killed before its first) come again
+    _truncate_metrics(wd.metrics, start or 0)
+    state = _initial_state(mngr, start, model, tx, cfg, init, train_rows)
+    start = start or 0
 
     noise_bank = _noise_bank(noise_dir)
     ds, info = training_dataset(train_rows, tokenizer, cfg, noise_bank, start_step=start)
@@ -363,15 +455,6 @@ def train(
         f"{info['skipped']} skipped as too long; "
         f"{info['per_epoch']} steps per epoch; {len(dev_rows)} dev utterances"
     )
-
-    def save(step: int) -> None:
-        mngr.save(
-            step,
-            args=ocp.args.Composite(
-                model=ocp.args.StandardSave({"params": state.params, "norm": state.norm}),
-                train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
-            ),
-        )
 
     last = {}
     bar = tqdm(
@@ -401,7 +484,7 @@ def train(
                 last = m
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 variables = {"params": state.params, "norm": state.norm}
-                ev = evaluate(model, variables, tokenizer, dev_rows, cfg)
+                ev = evaluate(model, variables, tokenizer, dev_rows)
                 log.write({"step": done, "dev_wer": ev["wer"]})
                 tqdm.write(f"step {done}: dev WER {100 * ev['wer']:.2f}% on {ev['utterances']}")
                 last["dev_wer"] = ev["wer"]
@@ -416,7 +499,7 @@ def train(
                 tqdm.write(f"time limit of {time_limit:.0f} s reached at step {done}")
                 stopping = True
             if done % cfg.ckpt_every == 0 or done == cfg.steps or stopping:
-                save(done)
+                _save(mngr, done, state)
             bar.update(1)
             if stopping:
                 break
@@ -426,6 +509,8 @@ def train(
     mngr.wait_until_finished()
     _plot(wd)
     reached = int(state.step)
+    if n_bad:
+        last["bad_rows_skipped"] = n_bad
     if reached < cfg.steps and not out_of_time:
         return last
     variables = {"params": state.params, "norm": state.norm}
@@ -487,14 +572,18 @@ def _plot(wd: Workdir) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops metric lines written after checkpoint `step` (they will be produced again)."""
+    """Drops metric lines written after checkpoint `step` (they will be produced again), and
+    a last line cut short by a kill during its write."""
     if not path.exists():
         return
-    keep = [
-        ln
-        for ln in path.read_text().splitlines()
-        if ln.strip() and json.loads(ln).get("step", 0) <= step
-    ]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            m = json.loads(ln)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(m, dict) and m.get("step", 0) <= step:
+            keep.append(ln)
     _atomic_write(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
