@@ -196,6 +196,14 @@ def test_speech_to_intent_synthetic(tmp_path):
     kept = loaders.load_speech_to_intent(root, vocabulary=vocab)
     # "light roast" needs "roast"; "soy milk" needs "soy": only "large" survives, in one row
     assert [r["keywords"] for r in kept] == [["large"]]
+    from asr.cli import main
+
+    out = tmp_path / "s2i.jsonl"
+    argv = ["corpus", "import", "speech_to_intent", str(root), "--out", str(out)]
+    assert main([*argv, "--vocabulary", str(vocab)]) == 0
+    assert [r["keywords"] for r in loaders.read_manifest(out)] == [["large"]]
+    argv[2] = "fsdd"
+    assert main([*argv, "--vocabulary", str(vocab)]) == 2  # only for speech_to_intent
     (root / "labels.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         loaders.load_speech_to_intent(root)

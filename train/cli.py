@@ -6,11 +6,13 @@ Each function parses arguments and calls library code that tests import directly
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
-from pathlib import Path
 
-LOADERS = ("fsdd", "speech_commands", "librispeech", "kaldi", "jsonl")
+from train.demo import add_demo_parser
+
+LOADERS = ("fsdd", "speech_commands", "librispeech", "kaldi", "jsonl", "speech_to_intent")
 
 
 def add_corpus_command(sub) -> None:
@@ -52,6 +54,12 @@ def add_corpus_command(sub) -> None:
         help="share of spoken contact and device names (train/dev) drawn from a list of 22,133 "
         "names from 23 locales instead of the 273 core training names (default 0)",
     )
+    s.add_argument(
+        "--test-only",
+        action="store_true",
+        help="synthesize only the test split (held-out voices and names) of the corpus these "
+        "arguments make, file for file, and write test.jsonl alone: a test set in minutes",
+    )
     s.set_defaults(func=cmd_synth)
 
     i = csub.add_parser("import", help="turn a real-speech folder into a manifest")
@@ -59,6 +67,13 @@ def add_corpus_command(sub) -> None:
     i.add_argument("src", help="corpus folder (or manifest file for jsonl)")
     i.add_argument("--out", required=True, help="manifest to write (JSONL)")
     i.add_argument("--split", default=None, help="keep only this split (train, dev, test)")
+    i.add_argument(
+        "--vocabulary",
+        default=None,
+        metavar="FILE",
+        help="speech_to_intent only: keep the keywords all of whose words are in this word list "
+        "(e.g. shared/data/requests/vocabulary.txt), and the rows left with one",
+    )
     i.set_defaults(func=cmd_import)
 
 
@@ -76,20 +91,26 @@ def cmd_synth(args) -> int:
         random_voices=args.random_voices,
         random_variants_count=args.random_variants,
         wide_names=args.wide_names,
+        test_only=args.test_only,
     )
     print(f"wrote {manifest} in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
-def load_real(kind: str, src: str) -> list[dict]:
+def load_real(kind: str, src: str, vocabulary: str | None = None) -> list[dict]:
     from train.corpus import loaders
 
+    if vocabulary is not None:
+        if kind != "speech_to_intent":
+            raise ValueError(f"--vocabulary: only for speech_to_intent, not {kind}")
+        return loaders.load_speech_to_intent(src, vocabulary=vocabulary)
     fn = {
         "fsdd": loaders.load_fsdd,
         "speech_commands": loaders.load_speech_commands,
         "librispeech": loaders.load_librispeech,
         "kaldi": loaders.load_kaldi,
         "jsonl": loaders.load_jsonl,
+        "speech_to_intent": loaders.load_speech_to_intent,
     }[kind]
     return fn(src)
 
@@ -97,7 +118,7 @@ def load_real(kind: str, src: str) -> list[dict]:
 def cmd_import(args) -> int:
     from asr.manifest import write_manifest
 
-    rows = load_real(args.kind, args.src)
+    rows = load_real(args.kind, args.src, args.vocabulary)
     if args.split:
         rows = [r for r in rows if r.get("split") == args.split]
     if not rows:
@@ -112,8 +133,31 @@ def cmd_import(args) -> int:
     return 0
 
 
+class _HelpWithKeys(argparse.Action):
+    """`asr train --help`: the usual help, then every `--set` key with its type, range,
+    description and value in each recipe (imported only when asked: the recipes import flax)."""
+
+    def __init__(
+        self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None
+    ):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from train.configs import describe_fields
+
+        parser.epilog = describe_fields()
+        parser.print_help()
+        parser.exit()
+
+
 def add_train_command(sub) -> None:
-    p = sub.add_parser("train", help="train a transducer (resumes in an existing work folder)")
+    p = sub.add_parser(
+        "train",
+        help="train a transducer (resumes in an existing work folder)",
+        add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-h", "--help", action=_HelpWithKeys, help="show this help and the --set keys")
     p.add_argument("--config", default="small", help="recipe: tiny, small or large")
     p.add_argument("--data", nargs="+", required=True, help="manifests (JSONL)")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and the final model")
@@ -122,7 +166,9 @@ def add_train_command(sub) -> None:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="override recipe fields, e.g. --set steps=500 peak_lr=1e-3",
+        help="override recipe fields, e.g. --set steps=500 peak_lr=1e-3 (keys listed below); "
+        "resuming a work folder refuses a changed recipe, except for the fields that only "
+        "change logging, evaluation, checkpoints and data loading",
     )
     p.add_argument("--noise-dir", default=None, help="noise clips for augmentation")
     p.add_argument(
@@ -132,20 +178,24 @@ def add_train_command(sub) -> None:
         metavar="MINUTES",
         help="stop with a checkpoint and a model folder after this many minutes (resumable)",
     )
+    p.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="train without the manifest rows that fail the check made before training "
+        "(missing or unreadable audio, empty text, ...) instead of stopping with the list",
+    )
+    p.add_argument(
+        "--extra-fields",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="manifest fields of your own to accept (e.g. accent); other fields that are not "
+        "the documented ones are reported as problems, since a misspelt one would be unused",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    d = sub.add_parser("demo", help="synthesize, train tiny briefly, transcribe held-out speech")
-    d.add_argument("--workdir", default="runs/demo")
-    d.add_argument("--hours", type=float, default=0.12)
-    d.add_argument("--steps", type=int, default=200)
-    d.add_argument("--utterances", type=int, default=12, help="held-out utterances to show")
-    d.add_argument(
-        "--real",
-        default="../shared/data",
-        help="folder with fsdd/ and speech_commands/ to also show real speech (skipped if absent)",
-    )
-    d.set_defaults(func=cmd_demo)
+    add_demo_parser(sub)
 
 
 def cmd_train(args) -> int:
@@ -154,7 +204,11 @@ def cmd_train(args) -> int:
     from train.trainer import train
 
     cfg = get_recipe(args.config).override(args.set)
-    rows = [r for m in args.data for r in read_manifest(m)]
+    rows, names = [], []
+    for m in args.data:
+        r, n = read_manifest(m, with_lines=True)
+        rows += r
+        names += n
     res = train(
         cfg,
         rows,
@@ -162,68 +216,9 @@ def cmd_train(args) -> int:
         noise_dir=args.noise_dir,
         progress=not args.no_progress,
         time_limit=None if args.time_limit is None else 60.0 * args.time_limit,
+        row_names=names,
+        skip_bad_rows=args.skip_bad_rows,
+        extra_fields=tuple(args.extra_fields),
     )
     print(json.dumps({"workdir": args.workdir, **res}))
     return 0
-
-
-def cmd_demo(args) -> int:
-    """The README's first command: everything a newcomer needs to see it work."""
-    from asr.manifest import read_manifest
-    from asr.model_io import load_model
-    from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
-    from train.configs import get_recipe
-    from train.corpus.synth import synthesize_corpus
-    from train.trainer import train
-
-    wd = Path(args.workdir)
-    print(f"[1/3] synthesizing {args.hours} h of voice-assistant requests with eSpeak NG")
-    synthesize_corpus(wd / "corpus", hours=args.hours, seed=0, workers=2)
-    rows = read_manifest(wd / "corpus" / "train.jsonl") + read_manifest(wd / "corpus" / "dev.jsonl")
-    print(
-        f"[2/3] training the tiny model for {args.steps} steps on {len(rows)} utterances "
-        f"(a short demonstration run; the shipped model trained far longer)"
-    )
-    cfg = get_recipe("tiny").replace(steps=args.steps)
-    res = train(cfg, rows, wd / "tiny")
-    print(
-        f"      tiny model after {args.steps} steps: loss {res.get('loss', float('nan')):.2f}, "
-        f"dev WER {100 * res.get('dev_wer', float('nan')):.1f}%"
-    )
-    test = read_manifest(wd / "corpus" / "test.jsonl")[: args.utterances]
-    print(
-        f"[3/3] the shipped default model on {len(test)} held-out utterances "
-        "(voices and names never seen in training)"
-    )
-    rec = Recognizer(load_model("default"), DecodeSettings(method="beam", beam=4))
-    _show(evaluate_manifest(rec, test, pairs=len(test)))
-    real = _real_samples(Path(args.real), args.utterances)
-    if real:
-        print(f"      and on {len(real)} recordings of real people (FSDD and Speech Commands test)")
-        _show(evaluate_manifest(rec, real, pairs=len(real)))
-    return 0
-
-
-def _show(out: dict) -> None:
-    for s in out["pairs"]:
-        print(f"  REF: {s['ref']}\n  HYP: {s['hyp']}")
-    print(
-        f"WER {100 * out['wer']:.2f}% ({out['words']} words), real-time factor "
-        f"{out['rtf']:.3f} on {out['device']}"
-    )
-
-
-def _real_samples(root: Path, n: int) -> list[dict]:
-    """n test recordings spread over FSDD's official test split and Speech Commands' speaker-
-    disjoint test split, when the folders exist."""
-    from train.corpus.loaders import load_fsdd, load_speech_commands
-
-    rows = []
-    if (root / "fsdd").is_dir():
-        test = [r for r in load_fsdd(root / "fsdd", vad=False) if r["split"] == "test"]
-        rows += test[:: max(1, len(test) // (n // 2 or 1))][: n // 2]
-    if (root / "speech_commands").is_dir():
-        sc = load_speech_commands(root / "speech_commands", vad=False)
-        test = [r for r in sc if r["split"] == "test"]
-        rows += test[:: max(1, len(test) // (n - n // 2 or 1))][: n - n // 2]
-    return rows

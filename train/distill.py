@@ -64,34 +64,22 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from train.loss import NEG, JointFn, _lengths, auto_time_chunk, rnnt_loss_from_logprobs
+from train.loss import (
+    NEG,
+    JointFn,
+    _lengths,
+    auto_time_chunk,
+    check_lattice_inputs,
+    map_time_chunks,
+    rnnt_loss_from_logprobs,
+)
 
 # Slots of the last axis of a collapsed array.
 LABEL, BLANK, REST = 0, 1, 2
-
-
-def _map_time_chunks(fn: Callable[[jax.Array], jax.Array], enc: jax.Array, chunk: int):
-    """fn over enc f32[B, T, De] split into time chunks, outputs concatenated along time.
-
-    fn: f32[B, t, De] -> f32[B, t, ...]. With chunk < T the chunks run under `lax.map`, each
-    rematerialized (`jax.checkpoint`), T padded up to a multiple of chunk and cut back after.
-    A single chunk skips the remat (it would recompute without saving memory).
-    """
-    b, t, _ = enc.shape
-    if chunk >= t:
-        return fn(enc)
-    n_chunks = -(-t // chunk)
-    enc = jnp.pad(enc, ((0, 0), (0, n_chunks * chunk - t), (0, 0)))
-    enc_chunks = jnp.swapaxes(enc.reshape(b, n_chunks, chunk, -1), 0, 1)  # -> [K, B, chunk, De]
-    out = jax.lax.map(jax.checkpoint(fn), enc_chunks)  # -> [K, B, chunk, ...]
-    out = jnp.swapaxes(out, 0, 1)  # -> [B, K, chunk, ...]
-    return out.reshape(b, n_chunks * chunk, *out.shape[3:])[:, :t]
 
 
 def _collapse_chunk(
@@ -173,33 +161,17 @@ def collapsed_log_probs(
     pred = jnp.asarray(pred)
     labels = jnp.asarray(labels)
     label_pad = jnp.asarray(label_paddings)
-    if enc.ndim != 3:
-        raise ValueError(f"expected enc [B, T, De], got shape {enc.shape}")
-    b, t, _ = enc.shape
-    if t == 0:
-        raise ValueError(f"expected at least one frame, got enc of shape {enc.shape}")
-    if enc_pad.shape != (b, t):
-        raise ValueError(f"expected enc_paddings of shape {(b, t)}, got {enc_pad.shape}")
-    if labels.ndim != 2 or labels.shape[0] != b:
-        raise ValueError(f"expected labels [B={b}, U], got shape {labels.shape}")
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"expected integer labels, got dtype {labels.dtype}")
-    u = labels.shape[1]
-    if pred.ndim != 3 or pred.shape[:2] != (b, u + 1):
-        raise ValueError(f"expected pred [B={b}, U+1={u + 1}, Dp], got {pred.shape}")
-    if label_pad.shape != (b, u):
-        raise ValueError(f"expected label_paddings of shape {(b, u)}, got {label_pad.shape}")
-    if time_chunk is not None and (not isinstance(time_chunk, int) or time_chunk < 1):
-        raise ValueError(f"expected time_chunk a positive int or None, got {time_chunk!r}")
-    out = jax.eval_shape(joint_fn, enc[:, :1, None, :], pred[:, None, :, :])
-    if out.ndim != 4 or out.shape[:3] != (b, 1, u + 1):
-        raise ValueError(
-            f"expected joint_fn to return [B={b}, t=1, U+1={u + 1}, V], got {out.shape}"
-        )
-    vocab = out.shape[3]
-    if vocab < 2 or not 0 <= blank_id < vocab:
-        raise ValueError(f"expected V >= 2 and 0 <= blank_id < V={vocab}, got {blank_id}")
-
+    b, t, u, vocab = check_lattice_inputs(
+        joint_fn,
+        enc,
+        enc_pad,
+        pred,
+        labels,
+        label_pad,
+        blank_id,
+        time_chunk,
+        names=("enc", "enc_paddings", "pred"),
+    )
     chunk = auto_time_chunk(b, t, u, vocab) if time_chunk is None else min(time_chunk, t)
     valid, has_label = _node_masks(t, u + 1, enc_pad, label_pad)  # [B, T, U+1], [B, 1, U+1]
     next_label = jnp.pad(jnp.clip(labels, 0, vocab - 1), ((0, 0), (0, 1)))  # -> [B, U+1]
@@ -207,7 +179,7 @@ def collapsed_log_probs(
     def chunk_fn(enc_chunk):
         return _collapse_chunk(joint_fn, enc_chunk, pred, next_label, has_label[:, 0], blank_id)
 
-    collapsed = _map_time_chunks(chunk_fn, enc, chunk)  # -> [B, T, U+1, 3]
+    collapsed = map_time_chunks(chunk_fn, enc, chunk)  # -> [B, T, U+1, 3]
     padded_row = jnp.array([NEG, 0.0, NEG], collapsed.dtype)
     return jnp.where(valid[..., None], collapsed, padded_row)
 

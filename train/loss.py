@@ -233,50 +233,81 @@ def rnnt_loss(
     pred = jnp.asarray(predictor_out)
     labels = jnp.asarray(labels)
     label_pad = jnp.asarray(label_paddings)
+    _, t, u, vocab = check_lattice_inputs(
+        joint_fn, enc, enc_pad, pred, labels, label_pad, blank_id, time_chunk
+    )
+    chunk = auto_time_chunk(enc.shape[0], t, u, vocab) if time_chunk is None else time_chunk
+    labels = jnp.clip(labels, 0, vocab - 1)  # padded labels may hold anything, e.g. -1
+
+    def chunk_fn(enc_chunk):
+        return _joint_columns(joint_fn, enc_chunk, pred, labels, blank_id)
+
+    blank, label = map_time_chunks(chunk_fn, enc, chunk)  # -> [B, T, U+1], [B, T, U]
+    return rnnt_loss_from_logprobs(blank, label, enc_pad, label_pad)
+
+
+def check_lattice_inputs(
+    joint_fn: JointFn,
+    enc: jax.Array,
+    enc_pad: jax.Array,
+    pred: jax.Array,
+    labels: jax.Array,
+    label_pad: jax.Array,
+    blank_id: int,
+    time_chunk: int | None,
+    names: tuple[str, str, str] = ("encoder_out", "encoder_paddings", "predictor_out"),
+) -> tuple[int, int, int, int]:
+    """Checks the arguments of a loss over the transducer lattice (`rnnt_loss`,
+    `train.distill.collapsed_log_probs`) and returns (B, T, U, V); errors say expected vs got,
+    with `names` for the encoder output, its paddings and the predictor output."""
+    n_enc, n_pad, n_pred = names
     if enc.ndim != 3:
-        raise ValueError(f"expected encoder_out [B, T, De], got shape {enc.shape}")
+        raise ValueError(f"expected {n_enc} [B, T, De], got shape {enc.shape}")
     b, t, _ = enc.shape
     if enc_pad.shape != (b, t):
-        raise ValueError(f"expected encoder_paddings of shape {(b, t)}, got {enc_pad.shape}")
+        raise ValueError(f"expected {n_pad} of shape {(b, t)}, got {enc_pad.shape}")
     if labels.ndim != 2 or labels.shape[0] != b:
         raise ValueError(f"expected labels [B={b}, U], got shape {labels.shape}")
     u = labels.shape[1]
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"expected integer labels, got dtype {labels.dtype}")
     if pred.ndim != 3 or pred.shape[:2] != (b, u + 1):
-        raise ValueError(f"expected predictor_out [B={b}, U+1={u + 1}, Dp], got {pred.shape}")
+        raise ValueError(f"expected {n_pred} [B={b}, U+1={u + 1}, Dp], got {pred.shape}")
     if label_pad.shape != (b, u):
         raise ValueError(f"expected label_paddings of shape {(b, u)}, got {label_pad.shape}")
     if time_chunk is not None and (not isinstance(time_chunk, int) or time_chunk < 1):
         raise ValueError(f"expected time_chunk a positive int or None, got {time_chunk!r}")
     if t == 0:
-        raise ValueError(f"expected at least one frame, got encoder_out of shape {enc.shape}")
-
+        raise ValueError(f"expected at least one frame, got {n_enc} of shape {enc.shape}")
     out = jax.eval_shape(joint_fn, enc[:, :1, None, :], pred[:, None, :, :])
     if out.ndim != 4 or out.shape[:3] != (b, 1, u + 1):
         raise ValueError(
             f"expected joint_fn to return [B={b}, t=1, U+1={u + 1}, V], got {out.shape}"
         )
     vocab = out.shape[3]
-    if not 0 <= blank_id < vocab:
-        raise ValueError(f"expected 0 <= blank_id < V={vocab}, got {blank_id}")
+    if vocab < 2 or not 0 <= blank_id < vocab:
+        raise ValueError(f"expected V >= 2 and 0 <= blank_id < V={vocab}, got {blank_id}")
+    return b, t, u, vocab
 
-    chunk = auto_time_chunk(b, t, u, vocab) if time_chunk is None else min(time_chunk, t)
-    labels = jnp.clip(labels, 0, vocab - 1)  # padded labels may hold anything, e.g. -1
-    if chunk == t:
-        # One chunk: rematerializing it would recompute everything and save nothing.
-        blank, label = _joint_columns(joint_fn, enc, pred, labels, blank_id)
-        return rnnt_loss_from_logprobs(blank, label, enc_pad, label_pad)
 
+def map_time_chunks(fn: Callable, enc: jax.Array, chunk: int):
+    """fn over enc f32[B, T, De] split into time chunks, outputs concatenated along time.
+
+    fn: f32[B, t, De] -> a pytree of f32[B, t, ...]. With chunk < T the chunks run under
+    `lax.map`, each rematerialized (`jax.checkpoint`) for the backward pass, T padded up to a
+    multiple of chunk and cut back after. A single chunk skips the remat (it would recompute
+    everything and save nothing).
+    """
+    b, t, _ = enc.shape
+    if chunk >= t:
+        return fn(enc)
     n_chunks = -(-t // chunk)
     enc = jnp.pad(enc, ((0, 0), (0, n_chunks * chunk - t), (0, 0)))
     enc_chunks = jnp.swapaxes(enc.reshape(b, n_chunks, chunk, -1), 0, 1)  # -> [K, B, chunk, De]
+    out = jax.lax.map(jax.checkpoint(fn), enc_chunks)  # -> leaves [K, B, chunk, ...]
 
-    @jax.checkpoint
-    def chunk_fn(enc_chunk):
-        return _joint_columns(joint_fn, enc_chunk, pred, labels, blank_id)
+    def merge(x):
+        x = jnp.swapaxes(x, 0, 1)  # -> [B, K, chunk, ...]
+        return x.reshape(b, n_chunks * chunk, *x.shape[3:])[:, :t]
 
-    blank, label = jax.lax.map(chunk_fn, enc_chunks)  # -> [K, B, chunk, U+1], [K, B, chunk, U]
-    blank = jnp.swapaxes(blank, 0, 1).reshape(b, n_chunks * chunk, u + 1)[:, :t]
-    label = jnp.swapaxes(label, 0, 1).reshape(b, n_chunks * chunk, u)[:, :t]
-    return rnnt_loss_from_logprobs(blank, label, enc_pad, label_pad)
+    return jax.tree_util.tree_map(merge, out)
