@@ -43,7 +43,13 @@ from asr.manifest import ManifestError
 from asr.model_io import LoadedModel
 from asr.models.transducer import Transducer
 from asr.segment import segment_bounds
-from asr.text import group_error_rates, normalize_text, utterance_errors, word_error_rate
+from asr.text import (
+    group_error_rates,
+    group_key,
+    normalize_text,
+    utterance_errors,
+    word_error_rate,
+)
 
 FRAME_BUCKET = 128
 MIN_SEGMENT_SECONDS = 1.0  # smallest allowed max_segment_seconds
@@ -350,10 +356,7 @@ def _group_rates(text_rows: list[dict], keyword_rows: list[dict], field: str) ->
     wer_groups = group_error_rates(text_rows, field)
     kw: dict[str, list[int]] = {}
     for r in keyword_rows:
-        v = r.get(field, "(none)")
-        if isinstance(v, (list, dict)):
-            raise ValueError(f"--by {field}: its values are {type(v).__name__}s, not labels")
-        a = kw.setdefault(str(v), [0, 0, 0])
+        a = kw.setdefault(group_key(r, field), [0, 0, 0])
         a[0] += r["keywords_found"]
         a[1] += r["keywords_total"]
         a[2] += 1

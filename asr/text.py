@@ -79,6 +79,15 @@ def utterance_errors(reference: str, hypothesis: str) -> dict:
     }
 
 
+def group_key(row: dict, field: str) -> str:
+    """The label of `row` for a breakdown by `field` ("(none)" when absent); lists and objects
+    (e.g. ``context``) are not labels and raise ValueError."""
+    v = row.get(field, "(none)")
+    if isinstance(v, (list, dict)):
+        raise ValueError(f"--by {field}: its values are {type(v).__name__}s, not labels")
+    return str(v)
+
+
 def group_error_rates(rows: list[dict], field: str) -> dict[str, dict]:
     """WER per value of ``row[field]`` over scored rows (each with ``errors`` and ``words``).
 
@@ -88,10 +97,7 @@ def group_error_rates(rows: list[dict], field: str) -> dict[str, dict]:
     """
     acc: dict[str, list[int]] = {}
     for r in rows:
-        v = r.get(field, "(none)")
-        if isinstance(v, (list, dict)):
-            raise ValueError(f"--by {field}: its values are {type(v).__name__}s, not labels")
-        a = acc.setdefault(str(v), [0, 0, 0])
+        a = acc.setdefault(group_key(r, field), [0, 0, 0])
         a[0] += r["errors"]
         a[1] += r["words"]
         a[2] += 1
