@@ -42,9 +42,37 @@ def _read_config(folder: Path) -> dict:
     try:
         return json.loads(p.read_text())
     except FileNotFoundError:
-        raise ModelLoadError(f"{folder}: no config.json; not a model or training folder") from None
+        msg = f"{folder}: no config.json; not a model or training folder"
+        inside = models_inside(folder)
+        if inside:
+            shown = ", ".join(str(c) for c in inside[:6]) + (", ..." if len(inside) > 6 else "")
+            msg += f". Model folders inside it: {shown}; did you mean {inside[0]}?"
+        raise ModelLoadError(msg) from None
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{p}: damaged config ({e})") from None
+
+
+def models_inside(folder: Path, depth: int = 2) -> list[Path]:
+    """Sub-folders up to `depth` levels down whose config.json describes a model (a training
+    work folder or a model folder), nearest first, then by name; for a helpful error when a
+    folder of runs is given instead of one of its models (`runs/demo` for `runs/demo/tiny`)."""
+    found, level = [], [folder]
+    for _ in range(depth):
+        level = sorted(c for d in level for c in _subfolders(d))
+        for c in level:
+            try:
+                if "model" in json.loads((c / "config.json").read_text()):
+                    found.append(c)
+            except (OSError, ValueError, TypeError):  # absent, unreadable or not a JSON object
+                pass
+    return found
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [c for c in folder.iterdir() if c.is_dir()]
+    except OSError:
+        return []
 
 
 def save_model_folder(

@@ -1,8 +1,10 @@
-"""Tests of the waveform augmentations: lengths, finiteness, SNR accuracy, speed and the bank."""
+"""Tests of the waveform augmentations: lengths, finiteness, SNR accuracy and the noise bank.
+
+Timings are in `train/benchmarks/augment.py`, not asserted here (they depend on the machine
+and its load).
+"""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -136,18 +138,27 @@ def test_noise_bank_real_silence_clips(shared_data):
     assert bank.crop(np.random.default_rng(0), 3 * SR).shape == (3 * SR,)
 
 
-def test_random_augment_finite_normalised_and_fast():
+def test_random_augment_finite_normalised_and_changed():
+    """Timing is measured by `python -m train.benchmarks.augment`, not asserted here."""
     x = _tone()
     bank = augment.NoiseBank(None)
-    times = []
+    outputs = []
     for seed in range(30):
-        t = time.perf_counter()
         y = augment.random_augment(x, np.random.default_rng(seed), bank)
-        times.append(time.perf_counter() - t)
         assert y.dtype == np.float32 and np.isfinite(y).all()
         assert np.max(np.abs(y)) == pytest.approx(0.9, rel=1e-5)
         assert 0.85 * x.size <= y.size <= 1.15 * x.size
-    assert np.median(times) < 0.05, times
+        outputs.append(y)
+    sizes = {y.size for y in outputs}
+    assert x.size in sizes and len(sizes) > 5  # some kept the length, others were sped up/down
+    # an utterance whose every coin missed is the input at the 0.9 peak (P = 0.067 with the
+    # default probabilities: 2 of these 30); the others are new signals
+    scaled = augment.peak_normalize(x, 0.9)
+    changed = [y.size != x.size or np.max(np.abs(y - scaled)) > 1e-2 for y in outputs]
+    assert 20 <= sum(changed) < 30, changed
+    for y, c in zip(outputs, changed, strict=True):
+        if not c:
+            np.testing.assert_array_equal(y, scaled)
 
 
 def test_random_augment_deterministic():

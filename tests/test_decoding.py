@@ -13,6 +13,7 @@ References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks";
 
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import jax
@@ -21,8 +22,11 @@ import numpy as np
 import pytest
 
 from asr.decoding import NEG, DecoderFns, beam_search, decoder_fns, greedy_search, strip
+from asr.decoding.beam import _beam_search
+from asr.decoding.greedy import _greedy_search, initial_predictor
 from asr.models.config import get_config
 from asr.models.transducer import Transducer, build_model, init_variables
+from asr.recognizer import DecodeSettings
 
 # ---- fake model: logits = table[t, last token]; enc_p = one_hot(t), pred_p = one_hot(last) ----
 
@@ -281,19 +285,28 @@ class _CountingJoint:
 
 
 def test_no_retrace_on_same_shapes():
+    """New weights, new encoder values and new lengths at the same shapes: each search is traced
+    once (the counting joint runs only while tracing)."""
     rng = np.random.default_rng(3)
     t, v = 5, 4
-    joint = _CountingJoint()
-    enc_p, pads = fake_enc(2, [5, 3], t)
-    for search, kw in ((greedy_search, {"max_symbols_per_frame": 2}), (beam_search, {"beam": 3})):
+    searches = (
+        (greedy_search, {"max_symbols_per_frame": 2}),
+        (beam_search, {"beam": 3}),
+        (beam_search, {"beam": 3, "max_symbols": 2}),
+    )
+    for search, kw in searches:
+        joint = _CountingJoint()
+        enc_p, pads = fake_enc(2, [5, 3], t)
         table = rng.normal(size=(t, v, v)).astype(np.float32)
-        search(fake_fns(table, joint), enc_p, pads, **kw)
+        jax.block_until_ready(search(fake_fns(table, joint), enc_p, pads, **kw))
         traced = joint.calls
         assert traced > 0
-        table2 = rng.normal(size=(t, v, v)).astype(np.float32)  # new weights, same shapes
-        out = search(fake_fns(table2, joint), enc_p, 1.0 - (1.0 - pads), **kw)
-        jax.block_until_ready(out)
-        assert joint.calls == traced
+        for lengths in ([5, 3], [4, 1]):
+            table2 = rng.normal(size=(t, v, v)).astype(np.float32)  # new weights, same shapes
+            enc_p2, pads2 = fake_enc(2, lengths, t)
+            out = search(fake_fns(table2, joint), enc_p2 * 1.5, pads2, **kw)
+            jax.block_until_ready(out)
+            assert joint.calls == traced, (search.__name__, kw, lengths)
 
 
 def test_bad_inputs_raise():
@@ -360,14 +373,79 @@ def test_beam_sorted_distinct_and_beam_one_is_greedy(tiny):
     np.testing.assert_allclose(g_sc, b_sc[:, 0], rtol=1e-5, atol=1e-5)
 
 
-def test_beam_one_symbol_is_the_default_bit_for_bit(tiny):
-    fns, enc_p, enc_pads, _ = tiny
-    for beam in (1, 4):
-        default = beam_search(fns, enc_p, enc_pads, beam=beam)
-        explicit = beam_search(fns, enc_p, enc_pads, beam=beam, max_symbols=1)
-        for a, b in zip(default, explicit, strict=True):
-            np.testing.assert_array_equal(a, b)
-        assert default[0].shape[-1] == enc_p.shape[1]  # buffer: one symbol per frame
+def np_modified_beam_search(fns: DecoderFns, enc_p, n_frames: int, beam: int):
+    """Reference modified beam search (one symbol per frame) for one utterance, written
+    independently of `asr.decoding.beam`: Python dicts of hypotheses keyed by their token tuple,
+    scores in float64. Each frame, every hypothesis takes blank (stays) or one token; candidates
+    spelling the same sequence are log-added, then the best `beam` are kept.
+
+    enc_p: f32[T, J] projected encoder frames (the first n_frames are used).
+    Returns [(tokens tuple, log-prob)], best first.
+    """
+    joint = jax.jit(fns.joint)
+    pred_step = jax.jit(fns.pred_step)
+    state, pred_p = initial_predictor(fns, 1)
+    hyps = {(): (0.0, state, pred_p)}  # sequence -> (score, predictor state, predictor output)
+    for t in range(n_frames):
+        cands: dict[tuple, float] = {}
+        for seq, (score, _, p) in hyps.items():
+            logits = np.asarray(joint(fns.variables, enc_p[t][None], p)[0], np.float64)
+            lp = log_softmax(logits)
+            for v, lv in enumerate(lp):
+                new = seq if v == fns.blank_id else (*seq, v)
+                cands[new] = np.logaddexp(cands.get(new, -np.inf), score + lv)
+        kept = sorted(cands, key=lambda q: -cands[q])[:beam]
+        new_hyps = {}
+        for seq in kept:
+            if seq in hyps:  # took blank (possibly merged with an extension of a shorter one)
+                new_hyps[seq] = (cands[seq], *hyps[seq][1:])
+            else:  # a hypothesis extended by one token
+                _, st, _ = hyps[seq[:-1]]
+                st, p = pred_step(fns.variables, st, jnp.array([seq[-1]], jnp.int32))
+                new_hyps[seq] = (cands[seq], st, p)
+        hyps = new_hyps
+    return sorted(((q, s) for q, (s, _, _) in hyps.items()), key=lambda qs: -qs[1])
+
+
+def _with_blank_bias(fns: DecoderFns, bias: float) -> DecoderFns:
+    """The same model with `bias` added to the blank logit (a random model hardly takes blank,
+    so its hypotheses would never spell the same sequence and merging would go untested)."""
+    v = jax.tree_util.tree_map(jnp.asarray, fns.variables)
+    out = v["params"]["joiner"]["out"]
+    out = dict(out, bias=out["bias"].at[fns.blank_id].add(bias))
+    v = {**v, "params": {**v["params"], "joiner": {**v["params"]["joiner"], "out": out}}}
+    return fns.replace(variables=v)
+
+
+def test_beam_one_symbol_is_modified_beam_search(tiny):
+    """max_symbols=1 (beam_search's default) equals the independent reference above: the same
+    hypotheses in the same order, the same merged scores, and a buffer of one symbol per frame."""
+    fns0, enc_p, enc_pads, lengths = tiny
+    assert inspect.signature(beam_search).parameters["max_symbols"].default == 1
+    for blank_bias, beam in ((0.0, 4), (3.0, 1), (3.0, 4)):
+        fns = _with_blank_bias(fns0, blank_bias)
+        tokens, token_pads, scores = beam_search(fns, enc_p, enc_pads, beam=beam, max_symbols=1)
+        assert tokens.shape == (3, beam, enc_p.shape[1])  # buffer: one symbol per frame
+        hyps = strip(tokens, token_pads)
+        for b, n in enumerate(lengths):
+            ref = np_modified_beam_search(fns, enc_p[b], n, beam)
+            assert len(ref) == beam
+            assert [tuple(h) for h in hyps[b]] == [q for q, _ in ref], (blank_bias, beam, b)
+            np.testing.assert_allclose(scores[b], [s for _, s in ref], rtol=1e-4, atol=1e-4)
+            assert any(len(q) < n for q, _ in ref) == (blank_bias > 0)  # blanks were taken
+
+
+def test_recognizer_default_is_two_symbols_and_finds_what_one_misses():
+    """The recognizer decodes with 2 symbols per frame by default (README measurements), which
+    finds a path that needs two symbols in a frame; 1 symbol per frame cannot spell it."""
+    s = DecodeSettings().beam_symbols_per_frame
+    assert s == 2
+    t, v = 3, 4
+    table = peaked_table(t, v, 8.0, [(0, 0, 1), (0, 1, 2), (1, 2, 3)])  # frame 0: 1, 2; frame 1: 3
+    enc_p, pads = fake_enc(1, [t], t)
+    default = strip(*beam_search(fake_fns(table), enc_p, pads, beam=4, max_symbols=s)[:2])
+    one = strip(*beam_search(fake_fns(table), enc_p, pads, beam=4, max_symbols=1)[:2])
+    assert default[0][0] == [1, 2, 3] and one[0][0] != [1, 2, 3]
 
 
 def test_multi_symbol_beam_batched_equals_one_by_one(tiny):
@@ -389,11 +467,17 @@ def test_multi_symbol_beam_batched_equals_one_by_one(tiny):
 
 
 def test_decoder_fns_of_a_model_hit_the_jit_cache(tiny):
-    fns, _, _, _ = tiny
+    """Rebuilding DecoderFns for the same model (as the recognizer does per call) with new
+    weights reuses the compiled greedy and beam searches: no new jit cache entry."""
+    fns, enc_p, enc_pads, _ = tiny
     model = fns.joint.model
     other = jax.tree_util.tree_map(lambda x: x + 1.0, fns.variables)
-    # jit keys on the tree structure, which holds the static callables: rebuilding DecoderFns
-    # (or changing the weights) must give the same structure, so no retrace.
-    assert jax.tree_util.tree_structure(decoder_fns(model, other)) == jax.tree_util.tree_structure(
-        fns
-    )
+    for search, jitted, kw in (
+        (greedy_search, _greedy_search, {"max_symbols_per_frame": 2}),
+        (beam_search, _beam_search, {"beam": 3, "max_symbols": 2}),
+    ):
+        jax.block_until_ready(search(fns, enc_p, enc_pads, **kw))
+        compiled = jitted._cache_size()
+        assert compiled > 0
+        jax.block_until_ready(search(decoder_fns(model, other), enc_p, enc_pads, **kw))
+        assert jitted._cache_size() == compiled, search.__name__

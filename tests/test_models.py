@@ -1,10 +1,19 @@
+"""Tests of asr/models: the chunk mask, streaming, the rotary embedding against a float64
+reference, predictor steps, batching, sizes; and finding a model folder (asr/model_io.py).
+
+References: Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position Embedding".
+"""
+
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asr.model_io import ModelLoadError, load_model
 from asr.models import build_model, get_config
-from asr.models.encoder import chunk_attention_mask
+from asr.models.encoder import chunk_attention_mask, rotary
 from asr.models.transducer import Transducer, count_params, init_variables
 
 
@@ -24,6 +33,50 @@ def test_chunk_mask_matches_brute_force():
                 ci, cj = i // chunk, j // chunk
                 want = cj <= ci and (left < 0 or cj >= ci - left) and j < 9
                 assert got[i, j] == want, (chunk, left, i, j)
+
+
+def np_rotary(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """float64 reference (RoFormer, halves layout): pair (x[i], x[i + Dh/2]) is rotated by the
+    angle position * 10000^(-i / (Dh/2)). x: [B, T, H, Dh], positions: [T]."""
+    x = x.astype(np.float64)
+    half = x.shape[-1] // 2
+    out = np.empty_like(x)
+    for t, p in enumerate(positions):
+        for i in range(half):
+            a = float(p) * 10000.0 ** (-i / half)
+            c, s = np.cos(a), np.sin(a)
+            x1, x2 = x[:, t, :, i], x[:, t, :, i + half]
+            out[:, t, :, i] = c * x1 - s * x2
+            out[:, t, :, i + half] = s * x1 + c * x2
+    return out
+
+
+def test_rotary_matches_float64_reference_and_preserves_norms():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 7, 3, 16)).astype(np.float32)
+    positions = np.array([0, 1, 2, 5, 17, 63, 200])
+    got = np.asarray(rotary(jnp.asarray(x), jnp.asarray(positions)))
+    np.testing.assert_allclose(got, np_rotary(x, positions), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(got[:, 0], x[:, 0])  # position 0: identity
+    np.testing.assert_allclose(
+        np.linalg.norm(got, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5
+    )  # a rotation of each pair
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    """<rotary(q, m), rotary(k, n)> is a function of m - n: attention sees relative positions."""
+    rng = np.random.default_rng(1)
+    q, k = rng.standard_normal((2, 1, 1, 1, 32)).astype(np.float32)
+
+    def score(m, n):
+        qm = rotary(jnp.asarray(q), jnp.array([m]))
+        kn = rotary(jnp.asarray(k), jnp.array([n]))
+        return float(jnp.sum(qm * kn))
+
+    for offset in (0, 1, 3, -4, 25):
+        scores = [score(n + offset, n) for n in (0, 1, 7, 40, 100) if n + offset >= 0]
+        np.testing.assert_allclose(scores, scores[0], rtol=1e-4, atol=1e-4)
+    assert abs(score(3, 0) - score(0, 0)) > 1e-2  # and it does depend on the offset
 
 
 def test_encoder_is_streaming_future_frames_do_not_matter():
@@ -94,3 +147,26 @@ def test_bad_config_and_input():
         m.apply(v, jnp.zeros((1, 20, 40)), jnp.zeros((1, 20)), method=Transducer.encode)
     with pytest.raises(ValueError, match="feat_paddings must be"):
         m.apply(v, jnp.zeros((1, 20, 80)), jnp.zeros((1, 21)), method=Transducer.encode)
+
+
+def test_load_model_on_a_folder_of_runs_names_them(tmp_path):
+    """`asr eval --model runs/demo` where the model is in runs/demo/tiny: the error names the
+    folders inside that hold a model (work folder and its model/), nearest first."""
+    for sub in ("tiny", "tiny/model", "small/model"):
+        (tmp_path / "runs" / sub).mkdir(parents=True)
+        (tmp_path / "runs" / sub / "config.json").write_text(json.dumps({"model": {}}))
+    (tmp_path / "runs" / "corpus").mkdir()  # a synthesized corpus' config.json: not a model
+    (tmp_path / "runs" / "corpus" / "config.json").write_text(json.dumps({"seed": 0}))
+    with pytest.raises(ModelLoadError) as e:
+        load_model(tmp_path / "runs")
+    msg = str(e.value)
+    assert "no config.json" in msg and "did you mean" in msg, msg
+    runs = tmp_path / "runs"
+    assert f"{runs / 'tiny'}?" in msg.split("did you mean")[1], msg  # the nearest one
+    assert str(runs / "small" / "model") in msg and str(runs / "tiny" / "model") in msg
+    assert "corpus" not in msg
+    (runs / "corpus" / "audio").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json; not a model or training folder$"):
+        load_model(runs / "corpus" / "audio")  # no model inside: the plain error
+    with pytest.raises(ModelLoadError, match=r"did you mean .*small.model\?$"):
+        load_model(runs / "small")  # a model folder two levels down is named too
