@@ -274,7 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
     for p in _subparsers(parser):  # `asr eval --debug` works too
         try:
-            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="")
+            p.add_argument(
+                "--debug",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="on an error, print the full traceback",
+            )
         except argparse.ArgumentError:  # a subcommand with its own --debug keeps it
             pass
     return parser
