@@ -1,5 +1,5 @@
 # The two commands of the README, and the recipe of the shipped model.
-#   make demo   install, synthesize a small corpus, train tiny briefly, transcribe held-out speech
+#   make demo   install, train a tiny digits-and-commands recognizer for minutes, show it learn
 #   make test   install, run the whole test suite (what CI runs)
 # Everything installs into .venv from PyPI; nothing is downloaded at run time.
 
@@ -96,4 +96,6 @@ default-model: $(BIN)/.installed
 benchmarks: $(BIN)/.installed
 	$(BIN)/python -m train.benchmarks.train_step
 	$(BIN)/python -m train.benchmarks.loss --quick
+	$(BIN)/python -m train.benchmarks.augment
+	$(BIN)/python -m train.benchmarks.long_audio
 	$(BIN)/python -m train.benchmarks.transcribe --model default --manifest $(RUNS)/corpus6/test.jsonl $(RUNS)/real/fsdd_test.jsonl $(RUNS)/real/sc_test.jsonl --limit 300

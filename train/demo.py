@@ -66,7 +66,7 @@ def add_demo_parser(sub) -> None:
         "--steps",
         type=int,
         default=DEMO_STEPS,
-        help=f"training steps (default {DEMO_STEPS}: training took 7.7 of the 8.0 minutes of the whole demo on 2 CPU cores)",
+        help=f"training steps (default {DEMO_STEPS}: the whole demo took 4.7-8.0 min on 2 CPU cores)",
     )
     d.add_argument(
         "--real",

@@ -35,13 +35,13 @@ def plot_curves(workdir: str | Path, out: str | Path | None = None) -> Path:
     ax[0].plot([m["step"] for m in train], [m["loss"] for m in train])
     ax[0].set(
         xlabel="step",
-        ylabel="transducer loss (nats / utterance)",
+        ylabel="training loss (nats / utterance, CTC term included)",
         yscale="log",
         title="training loss",
     )
     if dev:
         ax[1].plot([m["step"] for m in dev], [100 * m["dev_wer"] for m in dev], marker="o")
-    ax[1].set(xlabel="step", ylabel="WER %", title="dev WER (greedy)")
+    ax[1].set(xlabel="step", ylabel="WER %", title="dev WER (beam search, as asr eval)")
     for a in ax:
         a.grid(alpha=0.3)
     fig.suptitle(workdir.name)
