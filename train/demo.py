@@ -66,7 +66,7 @@ def add_demo_parser(sub) -> None:
         "--steps",
         type=int,
         default=DEMO_STEPS,
-        help=f"training steps (default {DEMO_STEPS}: the whole demo took 4.7-8.0 min on 2 CPU cores)",
+        help=f"training steps (default {DEMO_STEPS}: the whole demo took 4.6 min on 2 idle CPU cores)",
     )
     d.add_argument(
         "--real",
