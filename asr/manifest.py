@@ -58,6 +58,10 @@ KNOWN_FIELDS = frozenset(
         "synthetic",
         # train.corpus.loaders.load_speech_to_intent: the spoken request's intent
         "intent",
+        # voice family of the speech (espeak, espeak-generated, kokoro, world, fsdd, ...), for
+        # leave-one-family-out benchmarks; and the audio a resynthesized row was made from
+        "family",
+        "source_audio",
     }
 )
 DURATION_TOLERANCE_S = 0.1  # check_rows: manifest and header durations may differ this much
