@@ -16,3 +16,43 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real-speech folder not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+PHRASES = [
+    "turn on the lights",
+    "call mom",
+    "stop",
+    "play some jazz",
+    "yes",
+    "set a timer",
+    "what's the weather",
+    "seven",
+    "go",
+    "no",
+]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """A manifest of 20 eSpeak NG utterances of PHRASES (two voices; 2 dev rows): the small
+    training set of the trainer tests."""
+    import soundfile as sf
+
+    from asr.manifest import write_manifest
+    from train.corpus.espeak import synthesize
+
+    root = tmp_path_factory.mktemp("corpus")
+    rows = []
+    for i, text in enumerate(PHRASES * 2):
+        x, sr = synthesize(text, voice=["en-us", "en-gb+f2"][i % 2], rate_wpm=170)
+        p = root / f"{i}.wav"
+        sf.write(p, x, sr)
+        rows.append(
+            {
+                "audio": str(p),
+                "text": text,
+                "duration": len(x) / sr,
+                "split": "dev" if i in (3, 14) else "train",
+            }
+        )
+    return write_manifest(rows, root / "m.jsonl")

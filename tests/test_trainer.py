@@ -14,40 +14,6 @@ from train.configs import get_recipe
 from train.data import StepPlan, make_buckets
 from train.trainer import train
 
-PHRASES = [
-    "turn on the lights",
-    "call mom",
-    "stop",
-    "play some jazz",
-    "yes",
-    "set a timer",
-    "what's the weather",
-    "seven",
-    "go",
-    "no",
-]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from train.corpus.espeak import synthesize
-
-    root = tmp_path_factory.mktemp("corpus")
-    rows = []
-    for i, text in enumerate(PHRASES * 2):
-        x, sr = synthesize(text, voice=["en-us", "en-gb+f2"][i % 2], rate_wpm=170)
-        p = root / f"{i}.wav"
-        sf.write(p, x, sr)
-        rows.append(
-            {
-                "audio": str(p),
-                "text": text,
-                "duration": len(x) / sr,
-                "split": "dev" if i in (3, 14) else "train",
-            }
-        )
-    return write_manifest(rows, root / "m.jsonl")
-
 
 def _cfg(**kw):
     base = dict(

@@ -76,6 +76,15 @@ class TrainConfig:
     )
     real_phrases: float = _f(0.0, "composite real utterances (2-6 clips) per real clip", min=0.0)
     max_seconds: float = _f(16.0, "longer utterances are skipped (counted in the log)", above=0.0)
+    noise_pad_prob: float = _f(
+        0.0, "share of utterances given background noise before/after the speech", min=0.0, max=1.0
+    )
+    noise_pad_max_s: float = _f(
+        2.0, "seconds of noise padding at the start and at the end, at most", min=0.0, max=30.0
+    )
+    noise_only: float = _f(
+        0.0, "pure-noise utterances with no words, per speech utterance", min=0.0, max=10.0
+    )
     # observing and feeding the run (RESUMABLE_FIELDS: may change when resuming)
     eval_every: int = _f(1000, "steps between dev-set WER evaluations", min=1)
     eval_utterances: int = _f(200, "dev utterances decoded at each evaluation", min=1)
@@ -85,6 +94,18 @@ class TrainConfig:
     data_workers: int = _f(0, "grain worker processes (0: threads only); use on a GPU", min=0)
     precompile: bool = _f(False, "compile the step for every bucket up front, in threads")
     init_from: str = _f("", "start from this model's weights, norm and tokenizer ('': none)")
+    # teacher-student distillation (train.distill; Panchapagesan et al. 2021)
+    teacher: str = _f(
+        "",
+        "distil from this model (path or 'default'; '': none); it must share the student's "
+        "tokenizer and frame rate, and the student takes its tokenizer when not fine-tuning",
+    )
+    distill_weight: float = _f(
+        0.5, "with a teacher: loss = transducer NLL + this x KL of the collapsed lattices", min=0.0
+    )
+    distill_temperature: float = _f(
+        1.0, "with a teacher: temperature of the collapsed distributions", above=0.0
+    )
 
     def __post_init__(self):
         problems = []

@@ -45,6 +45,7 @@ from asr.text import normalize_text
 from asr.tokenizer import Tokenizer
 from train.configs import TrainConfig, canonical_model_spec, resume_config
 from train.data import check_training_rows, training_dataset
+from train.distill import collapsed_log_probs, distill_loss, rnnt_loss_from_collapsed
 from train.loss import rnnt_loss
 from train.specaugment import spec_augment
 
@@ -68,9 +69,57 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def loss_fn(params, norm, model: Transducer, batch, rng, train: bool, ctc_weight: float = 0.0):
+def ctc_feasible(enc_paddings: jax.Array, labels: jax.Array, label_paddings: jax.Array):
+    """bool[B]: CTC can align the labels to the frames: it needs one frame per label plus one
+    (a blank) between every two equal adjacent labels ("off" as o-f-f needs 4 frames, not 3).
+    An infeasible utterance has infinite CTC loss (optax returns a huge finite number)."""
+    n_frames = jnp.sum(1.0 - enc_paddings, axis=1)
+    valid = label_paddings < 0.5  # -> [B, U]
+    repeats = (labels[:, 1:] == labels[:, :-1]) & valid[:, 1:] & valid[:, :-1]
+    needed = jnp.sum(valid, axis=1) + jnp.sum(repeats, axis=1)
+    return n_frames >= needed
+
+
+def teacher_collapsed(teacher: Transducer, tvars, batch) -> jax.Array:
+    """f32[B, T, U+1, 3] the teacher's collapsed (label, blank, rest) log-probabilities over
+    the lattice of the batch's labels (`train.distill.collapsed_log_probs`), inference mode, no
+    gradient."""
+    enc, enc_pad = teacher.apply(
+        tvars, batch["feats"], batch["feat_paddings"], False, method=Transducer.encode
+    )
+    b = batch["labels"].shape[0]
+    history = jnp.concatenate(
+        [jnp.full((b, 1), teacher.config.blank_id, jnp.int32), batch["labels"]], axis=1
+    )
+    pred = teacher.apply(tvars, history, False, method=Transducer.predict)
+    out = collapsed_log_probs(
+        lambda e, p: teacher.apply(tvars, e, p, method=Transducer.joint),
+        enc,
+        enc_pad,
+        pred,
+        batch["labels"],
+        batch["label_paddings"],
+        blank_id=teacher.config.blank_id,
+    )
+    return jax.lax.stop_gradient(out)
+
+
+def loss_fn(
+    params,
+    norm,
+    model: Transducer,
+    batch,
+    rng,
+    train: bool,
+    ctc_weight: float = 0.0,
+    teacher_lattice: jax.Array | None = None,
+    distill_weight: float = 0.0,
+    distill_temperature: float = 1.0,
+):
     """Mean per-utterance transducer loss over utterances that have frames, plus `ctc_weight`
-    times the mean auxiliary CTC loss when the model has a CTC head."""
+    times the mean auxiliary CTC loss when the model has a CTC head, plus `distill_weight` times
+    the mean KL divergence of the student's collapsed lattice from `teacher_lattice`
+    (f32[B, T, U+1, 3], `teacher_collapsed`) when one is given."""
     variables = {"params": params, "norm": norm}
     rngs = {"dropout": rng} if train else {}
     enc_p, enc_pad = model.apply(
@@ -90,19 +139,45 @@ def loss_fn(params, norm, model: Transducer, batch, rng, train: bool, ctc_weight
     def joint_fn(e, p):
         return model.apply(variables, e, p, method=Transducer.joint)
 
-    per_utt = rnnt_loss(
-        joint_fn,
-        enc_p,
-        enc_pad,
-        pred_p,
-        batch["labels"],
-        batch["label_paddings"],
-        blank_id=model.config.blank_id,
-    )
     valid = (jnp.sum(1.0 - enc_pad, axis=1) > 0).astype(jnp.float32)
     n = jnp.maximum(jnp.sum(valid), 1.0)
-    loss = jnp.sum(per_utt * valid) / n
-    metrics = {"loss": loss, "utterances": jnp.sum(valid)}
+    if teacher_lattice is None:
+        per_utt = rnnt_loss(
+            joint_fn,
+            enc_p,
+            enc_pad,
+            pred_p,
+            batch["labels"],
+            batch["label_paddings"],
+            blank_id=model.config.blank_id,
+        )
+        loss = jnp.sum(per_utt * valid) / n
+        metrics = {"loss": loss, "utterances": jnp.sum(valid)}
+    else:
+        if teacher_lattice.shape[:2] != enc_p.shape[:2]:
+            raise ValueError(
+                f"teacher lattice {teacher_lattice.shape} and student encoder output "
+                f"{enc_p.shape} differ in batch or frames: teacher and student need the same "
+                "frame rate"
+            )
+        # one chunked joint pass serves both the NLL and the distillation term
+        student = collapsed_log_probs(
+            joint_fn,
+            enc_p,
+            enc_pad,
+            pred_p,
+            batch["labels"],
+            batch["label_paddings"],
+            blank_id=model.config.blank_id,
+        )
+        per_utt = rnnt_loss_from_collapsed(student, enc_pad, batch["label_paddings"])
+        kl = distill_loss(
+            student, teacher_lattice, enc_pad, batch["label_paddings"], distill_temperature
+        )
+        nll = jnp.sum(per_utt * valid) / n
+        kd = jnp.sum(kl * valid) / n
+        loss = nll + distill_weight * kd
+        metrics = {"loss": loss, "transducer": nll, "distill": kd, "utterances": jnp.sum(valid)}
     if ctc_weight > 0:
         ctc = optax.ctc_loss(
             model.apply(variables, enc_p, method=Transducer.ctc_logits),
@@ -111,10 +186,11 @@ def loss_fn(params, norm, model: Transducer, batch, rng, train: bool, ctc_weight
             batch["label_paddings"],
             blank_id=model.config.blank_id,
         )
-        # CTC needs at least as many frames as labels; skip utterances that have fewer.
-        ok = valid * (jnp.sum(1.0 - enc_pad, 1) >= jnp.sum(1.0 - batch["label_paddings"], 1))
+        # CTC needs a frame per label and a blank between equal neighbours: skip utterances
+        # too short for that (their loss is infinite, not a training signal).
+        ok = valid * ctc_feasible(enc_pad, batch["labels"], batch["label_paddings"])
         metrics["ctc"] = jnp.sum(ctc * ok) / jnp.maximum(jnp.sum(ok), 1.0)
-        metrics["transducer"] = loss
+        metrics.setdefault("transducer", loss)
         loss = loss + ctc_weight * metrics["ctc"]
         metrics["loss"] = loss
     return loss, metrics
@@ -131,8 +207,18 @@ def init_state(model: Transducer, tx: optax.GradientTransformation, key: jax.Arr
     )
 
 
-def make_train_step(model: Transducer, cfg: TrainConfig, tx: optax.GradientTransformation):
-    def train_step(state: TrainState, batch, rng):
+def make_train_step(
+    model: Transducer,
+    cfg: TrainConfig,
+    tx: optax.GradientTransformation,
+    teacher: Transducer | None = None,
+):
+    """The jitted step (state, batch, rng, teacher_vars) -> (state, metrics). With a `teacher`
+    model, `teacher_vars` are its variables (not donated; pass None without a teacher): the
+    teacher sees the batch without SpecAugment (the waveform augmentation is shared), the
+    student the SpecAugmented features (`train.distill` module docstring)."""
+
+    def train_step(state: TrainState, batch, rng, teacher_vars=None):
         rng = jax.random.fold_in(rng, state.step)
         k_spec, k_drop = jax.random.split(rng)
         feats = spec_augment(
@@ -145,9 +231,19 @@ def make_train_step(model: Transducer, cfg: TrainConfig, tx: optax.GradientTrans
             time_ratio=cfg.spec_time_ratio,
         )
         use_spec = state.step >= cfg.spec_start_step
+        lattice = None if teacher is None else teacher_collapsed(teacher, teacher_vars, batch)
         batch = dict(batch, feats=jnp.where(use_spec, feats, batch["feats"]))
         grads, metrics = jax.grad(loss_fn, has_aux=True)(
-            state.params, state.norm, model, batch, k_drop, True, cfg.ctc_weight
+            state.params,
+            state.norm,
+            model,
+            batch,
+            k_drop,
+            True,
+            cfg.ctc_weight,
+            lattice,
+            cfg.distill_weight,
+            cfg.distill_temperature,
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -157,7 +253,7 @@ def make_train_step(model: Transducer, cfg: TrainConfig, tx: optax.GradientTrans
     return jax.jit(train_step, donate_argnums=(0,))
 
 
-def precompile(step_fn, state: TrainState, key, buckets, n_mels: int) -> dict:
+def precompile(step_fn, state: TrainState, key, buckets, n_mels: int, teacher_vars=None) -> dict:
     """Compiles `step_fn` for every bucket's batch shape at once, in threads (XLA compiles
     outside the GIL), instead of one by one as each shape first appears. On a GPU this turns
     minutes of staggered compiles into one parallel wait. Returns {(feats shape, labels
@@ -173,7 +269,7 @@ def precompile(step_fn, state: TrainState, key, buckets, n_mels: int) -> dict:
             "label_paddings": jax.ShapeDtypeStruct((b.batch, b.labels), f32),
         }
         shape = ((b.batch, b.frames, n_mels), (b.batch, b.labels))
-        return shape, step_fn.lower(state, batch, key).compile()
+        return shape, step_fn.lower(state, batch, key, teacher_vars).compile()
 
     with ThreadPoolExecutor(max(1, len(buckets))) as ex:
         return dict(ex.map(one, buckets))
@@ -259,13 +355,16 @@ def _recipe_to_run(wd: Workdir, cfg: TrainConfig, start: int | None):
     return cfg, None, {}
 
 
-def _tokenizer_and_model(wd: Workdir, cfg: TrainConfig, train_rows: list[dict], init):
+def _tokenizer_and_model(wd: Workdir, cfg: TrainConfig, train_rows: list[dict], init, teacher=None):
     """(tokenizer, model config) of the run: the work folder's tokenizer, else the starting
-    model's (fine-tuning), else one trained on the training transcripts (then saved)."""
+    model's (fine-tuning), else the teacher's (distillation needs a shared one), else one
+    trained on the training transcripts (then saved)."""
     if wd.tokenizer.exists():
         tokenizer = Tokenizer.load(wd.tokenizer)
     elif init is not None:
         tokenizer = init.tokenizer
+    elif teacher is not None:
+        tokenizer = teacher.tokenizer
     else:
         tokenizer = Tokenizer.train((normalize_text(r["text"]) for r in train_rows), cfg.vocab_size)
     mcfg = cfg.model_config(tokenizer.vocab_size)
@@ -275,6 +374,17 @@ def _tokenizer_and_model(wd: Workdir, cfg: TrainConfig, train_rows: list[dict], 
             f"from recipe {cfg.model!r} (with ctc_weight {cfg.ctc_weight}); pick the matching "
             "--config and ctc_weight"
         )
+    if teacher is not None:
+        pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
+        theirs = [teacher.tokenizer.piece(i) for i in range(teacher.tokenizer.vocab_size)]
+        if pieces != theirs or teacher.config.blank_id != mcfg.blank_id:
+            raise ValueError(
+                f"teacher={cfg.teacher!r} has another tokenizer ({len(theirs)} pieces) than the "
+                f"student ({len(pieces)} pieces"
+                + (f", from init_from={cfg.init_from!r}" if init is not None else "")
+                + "): distillation compares their outputs symbol by symbol; start the student "
+                "without init_from (it then takes the teacher's) or from a model that shares it"
+            )
     if not wd.tokenizer.exists():
         _atomic_write(wd.tokenizer, tokenizer.model_proto)
     return tokenizer, mcfg
@@ -397,7 +507,9 @@ def train(
     """
     t_call = time.perf_counter()  # the time limit counts set-up and compiles too
     wd = Workdir(Path(workdir).absolute())
-    cfg = cfg.replace(init_from=canonical_model_spec(cfg.init_from))
+    cfg = cfg.replace(
+        init_from=canonical_model_spec(cfg.init_from), teacher=canonical_model_spec(cfg.teacher)
+    )
     rows, n_bad = check_training_rows(
         rows, names=row_names, skip_bad=skip_bad_rows, extra_fields=extra_fields
     )
@@ -424,7 +536,8 @@ def train(
 
     # the starting model is read only for a fresh run; a resumed one has it in its checkpoint
     init = load_model(cfg.init_from) if cfg.init_from and start is None else None
-    tokenizer, mcfg = _tokenizer_and_model(wd, cfg, train_rows, init)
+    teacher = load_model(cfg.teacher) if cfg.teacher else None  # also on resume: it is used
+    tokenizer, mcfg = _tokenizer_and_model(wd, cfg, train_rows, init, teacher)
     if meta is None:
         meta = {"train": cfg.to_dict(), "model": mcfg.to_dict(), "data": data}
     else:
@@ -441,11 +554,19 @@ def train(
 
     noise_bank = _noise_bank(noise_dir)
     ds, info = training_dataset(train_rows, tokenizer, cfg, noise_bank, start_step=start)
-    step_fn = make_train_step(model, cfg, tx)
+    teacher_vars = None
+    if teacher is not None:
+        teacher_vars = jax.tree_util.tree_map(jnp.asarray, teacher.variables)
+        tqdm.write(
+            f"distilling from {teacher.source} ({teacher.config.name}, "
+            f"{count_params(teacher_vars['params']) / 1e6:.2f} M parameters), weight "
+            f"{cfg.distill_weight}, temperature {cfg.distill_temperature}"
+        )
+    step_fn = make_train_step(model, cfg, tx, None if teacher is None else teacher.model)
     compiled = {}
     if cfg.precompile:
         t = time.perf_counter()
-        compiled = precompile(step_fn, state, key, info["buckets"], mcfg.n_mels)
+        compiled = precompile(step_fn, state, key, info["buckets"], mcfg.n_mels, teacher_vars)
         tqdm.write(f"compiled {len(compiled)} bucket shapes in {time.perf_counter() - t:.0f} s")
     n_params = count_params(state.params)
     tqdm.write(
@@ -469,7 +590,7 @@ def train(
             step = int(batch.pop("step"))
             frames += int(np.sum(1.0 - batch["feat_paddings"]))
             fn = compiled.get((batch["feats"].shape, batch["labels"].shape), step_fn)
-            state, m = fn(state, batch, key)
+            state, m = fn(state, batch, key, teacher_vars)
             window.append(m)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
