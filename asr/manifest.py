@@ -62,6 +62,8 @@ KNOWN_FIELDS = frozenset(
         # leave-one-family-out benchmarks; and the audio a resynthesized row was made from
         "family",
         "source_audio",
+        # train.pseudo: the teacher's transcript of untranscribed audio {model, score, rank}
+        "pseudo_label",
     }
 )
 DURATION_TOLERANCE_S = 0.1  # check_rows: manifest and header durations may differ this much
