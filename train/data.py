@@ -13,6 +13,14 @@ of one speaker where the speaker has that many, trimmed to their speech and join
 pauses: "seven two nine", "left go yes") fill the long buckets too, so real speech is mixed
 into every batch.
 
+Background noise around the speech (`noise_pad_prob`, `noise_pad_max_s`): real users' clips
+start with a second or more of room noise before the first word, which the synthetic corpus
+(0.1-0.5 s of near silence) never shows. A share of the utterances get a bed of background noise
+(the NoiseBank: Speech Commands `_silence_` clips, or synthetic noise) that starts before and/or
+runs on after the speech, at a level relative to the utterance (its own noise floor, or 3-40 dB
+below its speech); the transcript is unchanged. Pure-noise utterances with an empty transcript
+(`noise_only`) teach the model that noise alone is no words (their loss is -log P(all blanks)).
+
 Waveform augmentation (speed, pitch, vocal-tract length, reverberation, noise, gain, simulated
 8 kHz band) runs on the host in grain's reader threads, or in worker processes when
 `data_workers` > 0 (a GPU outruns a few threads); SpecAugment runs on the device inside
@@ -37,7 +45,7 @@ import grain
 import numpy as np
 
 from asr.audio import AudioError, load_audio, resample
-from asr.features import HOP_LENGTH, SAMPLE_RATE, log_mel
+from asr.features import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, log_mel
 from asr.text import normalize_text
 from asr.tokenizer import Tokenizer
 from train.configs import TrainConfig
@@ -105,18 +113,33 @@ class Bucket:
     rows: tuple[int, ...]  # indices into the row list
 
 
+def _frames_needed(seconds: float, margin: float) -> int:
+    return math.ceil(seconds * margin * SAMPLE_RATE / HOP_LENGTH) + 1
+
+
 def make_buckets(
-    durations: Sequence[float], label_lens: Sequence[int], cfg: TrainConfig, margin: float
+    durations: Sequence[float],
+    label_lens: Sequence[int],
+    cfg: TrainConfig,
+    margin: float,
+    pad_s: Sequence[float] | None = None,
 ) -> tuple[list[Bucket], int]:
-    """Groups utterances by padded length. Returns (buckets, number skipped as too long)."""
+    """Groups utterances by padded length. Returns (buckets, number skipped as too long).
+
+    `pad_s[i]` > 0 reserves that many seconds of noise padding for row i (`noise_pad_budgets`):
+    the row goes to the first bucket that holds its duration plus the padding (times `margin`),
+    or, where none does, to the largest bucket that holds its speech (it then gets less noise).
+    Whether a row is skipped depends on its duration alone, never on the padding."""
     members: dict[int, list[int]] = {f: [] for f in cfg.bucket_frames}
     skipped = 0
     for i, d in enumerate(durations):
-        need = math.ceil(d * margin * SAMPLE_RATE / HOP_LENGTH) + 1
-        fit = [f for f in cfg.bucket_frames if f >= need]
+        fit = [f for f in cfg.bucket_frames if f >= _frames_needed(d, margin)]
         if not fit or d > cfg.max_seconds:
             skipped += 1
             continue
+        if pad_s is not None and pad_s[i] > 0:
+            need = _frames_needed(d + float(pad_s[i]), margin)
+            fit = [f for f in fit if f >= need] or fit[-1:]
         members[fit[0]].append(i)
     buckets = []
     for f, rows in members.items():
@@ -180,27 +203,58 @@ class UtteranceLoader:
         cfg: TrainConfig,
         noise_bank=None,
         augment: bool = True,
+        pad_s: Sequence[float] | None = None,
     ):
+        """`pad_s[i]` > 0: row i gets background noise before and/or after its speech, within
+        the room its batch's frames leave (`noise_pad_budgets`, `make_buckets`)."""
         self.rows = rows
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.noise_bank = noise_bank
         self.augment = augment
+        self.pad_s = np.zeros(len(rows)) if pad_s is None else np.asarray(pad_s, np.float64)
+        if self.pad_s.shape != (len(rows),):
+            raise ValueError(f"pad_s: expected {len(rows)} values, got {self.pad_s.shape}")
         self.labels = [tokenizer.encode(normalize_text(r["text"])) for r in rows]
 
-    def features(self, i: int, rng: np.random.Generator | None) -> np.ndarray:
-        """f32[T, 80] features of row i, augmented when rng is given."""
+    def features(
+        self, i: int, rng: np.random.Generator | None, max_frames: int | None = None
+    ) -> np.ndarray:
+        """f32[T, 80] features of row i, augmented when rng is given. Noise padding (rows with
+        pad_s > 0) needs `max_frames`, the batch's frames: it only fills the room left there,
+        so T <= max_frames unless the speech alone is longer."""
         row = self.rows[i]
-        x = join_phrase(self.rows, row) if "parts" in row else load_audio(row["audio"])
+        if "noise_only" in row:
+            x = noise_only_audio(row, self.cfg.seed, self.noise_bank)
+        elif "parts" in row:
+            x = join_phrase(self.rows, row)
+        else:
+            x = load_audio(row["audio"])
         if rng is not None and self.augment:
-            x = self._augment(x, rng)
+            limit = None
+            if self.pad_s[i] > 0 and max_frames is not None:
+                limit = max_samples(max_frames)
+            x = self._augment(x, rng, speech="noise_only" not in row, pad_limit=limit)
         return log_mel(x)
 
-    def _augment(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _augment(
+        self,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        speech: bool = True,
+        pad_limit: int | None = None,
+    ) -> np.ndarray:
+        """Waveform augmentation of speech (`speech`) or of a noise-only clip (channel and gain
+        only: `random_augment` normalizes to a speech peak). `pad_limit`: add a noise bed
+        around the speech, the result at most that many samples (`pad_with_noise`). No random
+        number is drawn for padding when `pad_limit` is None, so streams without padding are
+        unchanged."""
         from train.augment import random_augment
 
-        if rng.random() < self.cfg.augment_prob:
+        if speech and rng.random() < self.cfg.augment_prob:
             x = random_augment(x, rng, self.noise_bank)
+        if pad_limit is not None:
+            x, _ = pad_with_noise(x, rng, pad_limit, self.cfg.noise_pad_max_s, self.noise_bank)
         if rng.random() < self.cfg.narrowband_prob:
             x = resample(resample(x, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)[: len(x)]
         x = x * np.float32(10 ** (rng.uniform(-15, 10) / 20))  # gain, -15..+10 dB
@@ -222,7 +276,7 @@ class UtteranceLoader:
         lpad = np.ones((b, labels), np.float32)
         for k, (i, rng) in enumerate(zip(rows, rngs, strict=True)):
             try:
-                f = self.features(i, rng)[:frames]
+                f = self.features(i, rng, frames)[:frames]
             except AudioError as e:
                 # An error, not a padding row: every row passed `check_training_rows` before
                 # training, so the file changed under the run (deleted, truncated, replaced).
@@ -241,6 +295,136 @@ class UtteranceLoader:
             lab[k, : len(y)] = y
             lpad[k, : len(y)] = 0.0
         return {"feats": feats, "feat_paddings": fpad, "labels": lab, "label_paddings": lpad}
+
+
+def max_samples(frames: int) -> int:
+    """The most samples whose `log_mel` has at most `frames` frames (frames >= 1)."""
+    return frames * HOP_LENGTH + WIN_LENGTH - 1
+
+
+NOISE_PAD_FADE_S = 0.02  # fade-in/out of the speech clip laid onto the noise bed
+NOISE_PAD_OWN_FLOOR = 0.4  # share of padded utterances whose bed matches their own noise floor
+NOISE_PAD_SNR_DB = (3.0, 40.0)  # otherwise: bed level below the speech level
+NOISE_ONLY_SECONDS = (1.0, 4.0)  # length of the pure-noise utterances
+NOISE_ONLY_DBFS = (-65.0, -15.0)  # their RMS level, before the training gain (-15..+10 dB)
+
+
+def noise_pad_budgets(n_rows: int, cfg: TrainConfig) -> np.ndarray:
+    """f64[n_rows] seconds of noise padding reserved for each training row (0: none).
+
+    A row is padded with probability `noise_pad_prob`, and then reserves a quarter to all of
+    2 x `noise_pad_max_s` (lead-in plus tail) in its bucket. Row i's value depends only on
+    (seed, i) (two fixed streams, one value per row), not on the number of rows."""
+    out = np.zeros(n_rows)
+    if cfg.noise_pad_prob <= 0 or cfg.noise_pad_max_s <= 0 or n_rows == 0:
+        return out
+    padded = np.random.default_rng((cfg.seed, 13, 0)).random(n_rows) < cfg.noise_pad_prob
+    share = np.random.default_rng((cfg.seed, 13, 1)).uniform(0.25, 1.0, n_rows)
+    out[padded] = share[padded] * 2 * cfg.noise_pad_max_s
+    return out
+
+
+def _unit_rms(x: np.ndarray) -> np.ndarray:
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return x / rms if rms > 0 else x
+
+
+def _bank_crop(noise_bank, rng: np.random.Generator, n: int) -> np.ndarray:
+    from train.augment import NoiseBank
+
+    bank = noise_bank if noise_bank is not None else _synthetic_bank()
+    assert isinstance(bank, NoiseBank), type(bank)
+    return _unit_rms(bank.crop(rng, n).astype(np.float64))
+
+
+@functools.cache
+def _synthetic_bank():
+    from train.augment import NoiseBank
+
+    return NoiseBank(None)
+
+
+def _frame_rms(x: np.ndarray, frame: int = 320) -> np.ndarray:
+    """RMS of each 20 ms frame of x (at least one frame)."""
+    n = max(1, len(x) // frame)
+    y = np.resize(x.astype(np.float64), n * frame) if len(x) < frame else x[: n * frame]
+    return np.sqrt(np.mean(np.square(y.reshape(n, -1)), axis=1))
+
+
+def pad_with_noise(
+    x: np.ndarray, rng: np.random.Generator, limit: int, max_s: float, noise_bank=None
+) -> tuple[np.ndarray, int]:
+    """Lays speech x onto a bed of background noise that starts before and/or ends after it.
+
+    Args:
+      x: f32[N] speech (already augmented).
+      rng: the utterance's random source (the only one used).
+      limit: the result has at most max(limit, N) samples: the speech is never cut, the noise
+        only fills the room that is left (none when N >= limit).
+      max_s: seconds of noise before the speech, and after it, at most.
+      noise_bank: `train.augment.NoiseBank` (None: synthetic noise).
+
+    Returns:
+      (f32[lead + N + tail], lead): x starts at sample `lead`. A third of the time the noise
+      comes before the speech only, a third after it only, a third on both sides; each side is
+      10-100% of what is left for it. The bed is one continuous noise crop under the whole
+      utterance (speech included, as in a room), at the utterance's own noise floor
+      (NOISE_PAD_OWN_FLOOR of the time, +-3 dB) or NOISE_PAD_SNR_DB below its speech level,
+      never less than NOISE_PAD_SNR_DB[0] below it; the speech clip fades in and out over
+      NOISE_PAD_FADE_S so that its own edges make no click.
+    """
+    n = len(x)
+    cap = int(max_s * SAMPLE_RATE)
+    room = min(int(limit) - n, 2 * cap)
+    if room <= 0 or cap <= 0:
+        return x, 0
+    mode = rng.random()  # < 1/3: lead only; < 2/3: both; else tail only
+    lead = int(rng.uniform(0.1, 1.0) * min(cap, room)) if mode < 2 / 3 else 0
+    tail = int(rng.uniform(0.1, 1.0) * min(cap, room - lead)) if mode >= 1 / 3 else 0
+    if lead + tail == 0:
+        return x, 0
+    frames = np.sort(_frame_rms(x))
+    speech_level = float(np.sqrt(np.mean(np.square(frames[-max(1, len(frames) // 3) :]))))
+    if rng.random() < NOISE_PAD_OWN_FLOOR:
+        level = float(frames[len(frames) // 10]) * 10 ** (rng.uniform(-3.0, 3.0) / 20)
+    else:
+        level = speech_level * 10 ** (-rng.uniform(*NOISE_PAD_SNR_DB) / 20)
+    # never louder than NOISE_PAD_SNR_DB[0] below the speech (a clip that is speech throughout
+    # has no floor of its own to match)
+    level = min(level, speech_level * 10 ** (-NOISE_PAD_SNR_DB[0] / 20))
+    bed = _bank_crop(noise_bank, rng, lead + n + tail) * level
+    fade = np.ones(n)
+    k = min(n // 2, int(NOISE_PAD_FADE_S * SAMPLE_RATE))
+    if k > 0:
+        ramp = np.linspace(0.0, 1.0, k + 2)[1:-1]
+        fade[:k], fade[n - k :] = ramp, ramp[::-1]
+    bed[lead : lead + n] += x * fade
+    return np.clip(bed, -1.0, 1.0).astype(np.float32), lead
+
+
+def noise_only_rows(count: int, seed: int, max_seconds: float = math.inf) -> list[dict]:
+    """`count` pure-noise training utterances with an empty transcript (not manifest rows):
+    {"noise_only": k, "text": "", "duration", "synthetic": True}, lengths in NOISE_ONLY_SECONDS
+    (at most `max_seconds`, so that none is skipped as too long), row k's length a function of
+    (seed, k) alone. The audio is `noise_only_audio`."""
+    if count <= 0:
+        return []
+    lengths = np.random.default_rng((seed, 17)).uniform(*NOISE_ONLY_SECONDS, count)
+    lengths = np.minimum(lengths, max_seconds)
+    return [
+        {"noise_only": k, "text": "", "duration": int(d * SAMPLE_RATE) / SAMPLE_RATE,
+         "synthetic": True}
+        for k, d in enumerate(lengths)
+    ]  # fmt: skip
+
+
+def noise_only_audio(row: dict, seed: int, noise_bank=None) -> np.ndarray:
+    """f32[duration * 16 kHz] audio of a `noise_only_rows` row: a crop of the noise bank at a
+    random level in NOISE_ONLY_DBFS, a function of (seed, row["noise_only"])."""
+    rng = np.random.default_rng((seed, 17, int(row["noise_only"])))
+    n = round(float(row["duration"]) * SAMPLE_RATE)
+    level = 10 ** (rng.uniform(*NOISE_ONLY_DBFS) / 20)
+    return np.clip(_bank_crop(noise_bank, rng, n) * level, -1.0, 1.0).astype(np.float32)
 
 
 PHRASE_EDGE = 0.08  # seconds kept around each clip's speech bounds in a composite phrase
@@ -336,13 +520,31 @@ def training_dataset(
         phrases = real_phrases(real_rows, int(cfg.real_phrases * len(real_rows)), cfg.seed)
         rows = rows + phrases
         n_phrases = len(phrases)
-    loader = UtteranceLoader(rows, tokenizer, cfg, noise_bank, augment=True)
+    n_speech = len(rows)
+    # Noise padding is reserved when bucketing, not fitted into the slack buckets happen to
+    # leave: that slack is often a fraction of a second (a 1 s clip needs 113 of its bucket's
+    # 128 frames), too little for the 1-2 s lead-ins of real recordings. So each padded row
+    # (chosen by (seed, row)) is bucketed by its duration plus its reserved padding, and at
+    # load time `pad_with_noise` fills only the room the batch's frames leave after the
+    # (augmented) speech: the speech is never cut. The reservation is per row for the run
+    # (the plan is fixed), the padding itself drawn per (seed, step, slot) like all augmentation.
+    pad_s = noise_pad_budgets(n_speech, cfg)
+    longest = min(
+        cfg.max_seconds, (max(cfg.bucket_frames) - 1) * HOP_LENGTH / SAMPLE_RATE / SPEED_MARGIN
+    )
+    noise_rows = noise_only_rows(int(cfg.noise_only * n_speech), cfg.seed, 0.99 * longest)
+    rows = rows + noise_rows
+    pad_s = np.concatenate([pad_s, np.zeros(len(noise_rows))])
+    loader = UtteranceLoader(rows, tokenizer, cfg, noise_bank, augment=True, pad_s=pad_s)
     durations = [float(r.get("duration") or 0.0) for r in rows]
-    buckets, skipped = make_buckets(durations, [len(y) for y in loader.labels], cfg, SPEED_MARGIN)
-    real = np.array([is_real(r) for r in rows])
+    label_lens = [len(y) for y in loader.labels]
+    buckets, skipped = make_buckets(durations, label_lens, cfg, SPEED_MARGIN, pad_s=pad_s)
+    # Real-speech oversampling counts speech rows only; noise-only rows are seen once an epoch.
+    real = np.array([is_real(r) for r in rows[:n_speech]] + [False] * len(noise_rows), bool)
     weights = np.ones(len(rows), np.int64)
-    n_real, n_syn = int(real.sum()), int((~real).sum())
-    if n_real and n_syn and n_real / len(rows) < cfg.real_share:
+    n_real = int(real.sum())
+    n_syn = n_speech - n_real
+    if n_real and n_syn and n_real / n_speech < cfg.real_share:
         rep = math.ceil(cfg.real_share * n_syn / ((1 - cfg.real_share) * n_real))
         weights[real] = rep
     plan = StepPlan(buckets, cfg.steps, cfg.seed, weights)
@@ -365,6 +567,8 @@ def training_dataset(
         "real": n_real,
         "synthetic": n_syn,
         "real_phrases": n_phrases,
+        "noise_padded": int(np.count_nonzero(pad_s)),
+        "noise_only": len(noise_rows),
     }
     it = ds.to_iter_dataset(opts)
     if cfg.data_workers > 0:

@@ -11,10 +11,17 @@ shared folder.
 Text is lower case words separated by single spaces, apostrophes kept inside words.
 Isolated single words (Speech Commands words, digits) make about 25% of the requests, because the
 model is tested on isolated FSDD digits and Speech Commands clips; they never carry the wake word.
+
+:func:`sample_free_sentence` writes what the templates never do, from the same words: random word
+strings, requests with words shuffled, dropped or inserted, names and numbers at any position,
+and paraphrases in other word orders. Mixed into the training text, they keep the predictor
+from learning the templates as a language model (reciting a template's continuation over what
+was said).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -846,3 +853,138 @@ def grammar_vocabulary(names: Sequence[str] = name_pool.TRAIN_NAMES) -> set[str]
     for n in names:
         words.update(n.split())
     return words
+
+
+FREE_KINDS: dict[str, float] = {
+    "random_words": 0.3,  # 1-8 words drawn uniformly from the grammar's vocabulary
+    "edited_request": 0.3,  # a request with words shuffled, dropped, repeated or inserted
+    "names_numbers": 0.15,  # words, names and numbers in any order
+    "paraphrase": 0.25,  # a request in a word order the templates do not use
+}
+"""Share of each kind of :func:`sample_free_sentence` sentence."""
+
+_FREE_KEYS = tuple(FREE_KINDS)
+_FREE_P = np.array([FREE_KINDS[k] for k in _FREE_KEYS]) / sum(FREE_KINDS.values())
+
+
+@functools.cache
+def _plain_words() -> tuple[str, ...]:
+    """The grammar's words without personal names, sorted (the free sentences' word list)."""
+    return tuple(sorted(grammar_vocabulary(names=())))
+
+
+def _free_number(rng: np.random.Generator) -> str:
+    r = rng.random()
+    if r < 0.4:
+        return _number(rng, 0, 59)
+    if r < 0.7:
+        return " ".join(_pick(rng, DIGITS) for _ in range(int(rng.integers(2, 6))))
+    return _clock(rng)
+
+
+def _free_name(rng: np.random.Generator, nm: _Names) -> str:
+    dev = nm.device() if rng.random() < 0.25 else None
+    return dev if dev is not None else nm.person()
+
+
+def _paraphrase(rng: np.random.Generator, nm: _Names) -> str:
+    """Requests of the template domains in word orders the templates do not use."""
+    room, thing = _pick(rng, ROOMS), _pick(rng, SWITCHABLE)
+    state = _pick(rng, ("on", "off"))
+    when = _pick(rng, WHEN + DAYS)
+    item, city, genre = _pick(rng, GROCERIES), _pick(rng, CITIES), _pick(rng, GENRES)
+    event, task = _pick(rng, EVENTS), _pick(rng, TASKS)
+    forms = (
+        lambda: f"{room} {thing} {state}",
+        lambda: f"{thing} {state} in the {room}",
+        lambda: f"i need the {thing} {state}",
+        lambda: f"the {thing} {state} {when}",
+        lambda: f"{state} the {room} {thing}",
+        lambda: f"dim the {room} lights to {_number(rng, 1, 59)} percent",
+        lambda: f"thermostat to {_number(rng, 15, 30)} degrees in the {room}",
+        lambda: f"some {genre} in the {room}",
+        lambda: f"{genre} music {state}",
+        lambda: f"i need some {genre}",
+        lambda: f"volume {_pick(rng, ('up', 'down'))} on the {room} speaker",
+        lambda: f"{city} weather {when}",
+        lambda: f"rain in {city} {when}",
+        lambda: f"is it rain {when} in {city}",
+        lambda: f"{item} to the list",
+        lambda: f"{item} {_pick(rng, GROCERIES)} {_pick(rng, GROCERIES)}",
+        lambda: f"{_number(rng, 2, 12)} {item} for the shopping list",
+        lambda: f"{_duration(rng)} timer",
+        lambda: f"timer for {_duration(rng)}",
+        lambda: f"alarm at {_clock(rng)} {when}",
+        lambda: f"wake me up at {_clock(rng)}",
+        lambda: f"{when} at {_clock(rng)} {event}",
+        lambda: f"my {event} is {when}",
+        lambda: f"{task} {when} remind me",
+        lambda: f"{nm.person()} call",
+        lambda: f"a message to {nm.person()}",
+        lambda: f"text {nm.person()} good morning",
+        lambda: f"is {nm.person()} on my calendar {when}",
+    )
+    return forms[int(rng.integers(len(forms)))]()
+
+
+def sample_free_sentence(
+    rng: np.random.Generator,
+    names: Sequence[str] = name_pool.TRAIN_NAMES,
+    wake_word_prob: float = 0.3,
+    wide_names: float = 0.0,
+) -> Request:
+    """Sample one sentence outside the templates, from the grammar's words (:data:`FREE_KINDS`).
+
+    Args: as :func:`sample_request` (the spoken names come from ``names``, or the wide list
+        with share ``wide_names``, and are in the biasing context).
+
+    Returns:
+        A :class:`Request` with domain ``"free"``; ``wake_word`` tells whether the text starts
+        with "computer" (the wake word may also fall anywhere else).
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: expected np.random.Generator, got {type(rng).__name__}")
+    if not 0.0 <= wake_word_prob <= 1.0:
+        raise ValueError(f"wake_word_prob: expected in [0, 1], got {wake_word_prob}")
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"names: expected a sequence of non-empty strings, got {names!r:.80}")
+    if not 0.0 <= wide_names <= 1.0:
+        raise ValueError(f"wide_names: expected in [0, 1], got {wide_names}")
+    words = _plain_words()
+    nm = _Names(rng, list(names), float(wide_names))
+    kind = _FREE_KEYS[int(rng.choice(len(_FREE_KEYS), p=_FREE_P))]
+    if kind == "random_words":
+        text = " ".join(_pick(rng, words) for _ in range(int(rng.integers(1, 9))))
+    elif kind == "edited_request":
+        base = sample_request(rng, names, 0.0, wide_names)
+        nm.spoken += [n for n in base.context if f" {n} " in f" {base.text} "]
+        toks = base.text.split()
+        for _ in range(int(rng.integers(1, 4))):
+            op = rng.random()
+            if op < 0.3 and len(toks) > 1:
+                toks = [toks[i] for i in rng.permutation(len(toks))]
+            elif op < 0.55 and len(toks) > 1:
+                del toks[int(rng.integers(len(toks)))]
+            elif op < 0.7:
+                k = int(rng.integers(len(toks)))
+                toks.insert(k, toks[k])
+            else:
+                toks.insert(int(rng.integers(len(toks) + 1)), _pick(rng, words))
+        text = " ".join(toks)
+    elif kind == "names_numbers":
+        parts = [_pick(rng, words) for _ in range(int(rng.integers(0, 5)))]
+        for _ in range(int(rng.integers(1, 4))):
+            extra = _free_name(rng, nm) if rng.random() < 0.5 else _free_number(rng)
+            parts.insert(int(rng.integers(len(parts) + 1)), extra)
+        text = " ".join(parts)
+    else:
+        text = _paraphrase(rng, nm)
+    if rng.random() < wake_word_prob:
+        text = WAKE_WORD + " " + text
+    text = " ".join(text.split())
+    return Request(
+        text=text,
+        context=nm.context(),
+        domain="free",
+        wake_word=text.split()[0] == WAKE_WORD,
+    )

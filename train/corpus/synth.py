@@ -71,6 +71,7 @@ class SynthConfig:
     random_variants: int = 0  # how many generated variants (rnd<seed>v<k>)
     espeak_data: str | None = None  # espeak-ng-data tree holding them (make_variant_tree)
     wide_names: float = 0.0  # share of train/dev contact/device names from wide_names()
+    free_sentences: float = 0.0  # share of train/dev utterances outside the templates
 
 
 def _audio_path(out_dir: Path, index: int) -> Path:
@@ -113,7 +114,11 @@ def make_utterance(cfg: SynthConfig, index: int) -> dict:
     voices = heldout_voices if split == "test" else train_voices
     names = name_pool.HELDOUT_NAMES if split == "test" else name_pool.TRAIN_NAMES
     wide = cfg.wide_names if split != "test" else 0.0
-    req = grammar.sample_request(rng, names, cfg.wake_word_prob, wide)
+    # No draw at all when the share is 0: corpora without free sentences stay as they were.
+    if split != "test" and cfg.free_sentences > 0 and rng.random() < cfg.free_sentences:
+        req = grammar.sample_free_sentence(rng, names, cfg.wake_word_prob, wide)
+    else:
+        req = grammar.sample_request(rng, names, cfg.wake_word_prob, wide)
     voice = voices[int(rng.integers(len(voices)))]
     if split != "test" and cfg.random_voices > 0 and rng.random() < cfg.random_voices:
         accent = espeak.ACCENTS[int(rng.integers(len(espeak.ACCENTS)))]
@@ -236,6 +241,7 @@ def synthesize_corpus(
     random_variants_count: int = 200,
     wide_names: float = 0.0,
     test_only: bool = False,
+    free_sentences: float = 0.0,
 ) -> Path:
     """Synthesize a request corpus into ``out_dir``.
 
@@ -257,6 +263,11 @@ def synthesize_corpus(
         wide_names: share of spoken contact and device names in train/dev utterances drawn
             from the wide list of :func:`train.corpus.names.wide_names` (22,133 names, none
             held out or sounding like one), to show the model many more spellings of names.
+        free_sentences: share of train/dev utterances that say a sentence outside the
+            templates (:func:`train.corpus.grammar.sample_free_sentence`: random word strings,
+            edited requests, names and numbers anywhere, paraphrases), so that the model's
+            predictor does not learn the templates as its language model; the test split is
+            unaffected. 0 (the default) draws nothing extra: the corpus of a seed is unchanged.
         test_only: synthesize only the blocks that hold test utterances and write only
             ``test.jsonl``: the same test split, file for file, as the whole corpus of these
             arguments has, in a fraction of the time (to rebuild a test set without its
@@ -281,6 +292,8 @@ def synthesize_corpus(
         )
     if not 0.0 <= wide_names <= 1.0:
         raise ValueError(f"wide_names: expected in [0, 1], got {wide_names}")
+    if not 0.0 <= free_sentences <= 1.0:
+        raise ValueError(f"free_sentences: expected in [0, 1], got {free_sentences}")
     if wide_names > 0:
         name_pool.wide_names()  # a damaged list fails here, not in a worker
     if noise_dir is not None and not Path(noise_dir).is_dir():
@@ -307,6 +320,7 @@ def synthesize_corpus(
         dev_fraction=float(dev_fraction),
         noise_dir=None if noise_dir is None else str(Path(noise_dir).resolve()),
         wide_names=float(wide_names),
+        free_sentences=float(free_sentences),
         **extra,
     )
     (out / "config.json").write_text(json.dumps(cfg.__dict__, indent=1))
