@@ -573,7 +573,8 @@ def train(
         f"model {mcfg.name}: {n_params / 1e6:.2f} M parameters, vocab {mcfg.vocab_size}; "
         f"{info['synthetic']} synthesized + {info['real']} real utterances "
         f"(real x{info['real_repeat']}, {info['real_phrases']} of them composite phrases), "
-        f"{info['skipped']} skipped as too long; "
+        f"{info['skipped']} skipped as too long; {info['noise_padded']} with noise padding, "
+        f"{info['noise_only']} noise-only utterances; "
         f"{info['per_epoch']} steps per epoch; {len(dev_rows)} dev utterances"
     )
 
