@@ -55,6 +55,15 @@ def add_corpus_command(sub) -> None:
         "names from 23 locales instead of the 273 core training names (default 0)",
     )
     s.add_argument(
+        "--free-sentences",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of train/dev utterances that say sentences outside the grammar's templates "
+        "(random word strings, edited requests, names and numbers anywhere, paraphrases), so "
+        "the predictor does not learn the templates (default 0; the test split is unaffected)",
+    )
+    s.add_argument(
         "--test-only",
         action="store_true",
         help="synthesize only the test split (held-out voices and names) of the corpus these "
@@ -62,6 +71,7 @@ def add_corpus_command(sub) -> None:
     )
     s.set_defaults(func=cmd_synth)
 
+    _add_world_parser(csub)
     i = csub.add_parser("import", help="turn a real-speech folder into a manifest")
     i.add_argument("kind", choices=LOADERS)
     i.add_argument("src", help="corpus folder (or manifest file for jsonl)")
@@ -75,6 +85,7 @@ def add_corpus_command(sub) -> None:
         "(e.g. shared/data/requests/vocabulary.txt), and the rows left with one",
     )
     i.set_defaults(func=cmd_import)
+    _add_kokoro_parser(csub)
 
 
 def cmd_synth(args) -> int:
@@ -92,6 +103,91 @@ def cmd_synth(args) -> int:
         random_variants_count=args.random_variants,
         wide_names=args.wide_names,
         test_only=args.test_only,
+        free_sentences=args.free_sentences,
+    )
+    print(f"wrote {manifest} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _add_world_parser(csub) -> None:
+    w = csub.add_parser(
+        "world",
+        help="new voices for every row of a manifest by WORLD-vocoder resynthesis (pitch, "
+        "intonation, vocal-tract length, breathiness)",
+    )
+    w.add_argument("manifest", help="source manifest (JSONL): real or synthesized speech")
+    w.add_argument("--out", required=True, help="output folder (audio/, all.jsonl, {split}.jsonl)")
+    w.add_argument("--variants", type=int, default=4, help="voices per row (default 4)")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--workers", type=int, default=2)
+    w.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N rows")
+    w.add_argument(
+        "--f0-method",
+        choices=("harvest", "dio"),
+        default="harvest",
+        help="F0 analysis: harvest (default; keeps voicing in noise) or dio (~3x faster at 4 "
+        "voices per row; loses voicing in strong noise, e.g. at 5 dB SNR)",
+    )
+    w.add_argument("--no-progress", action="store_true")
+    w.set_defaults(func=cmd_world)
+
+
+def cmd_world(args) -> int:
+    from train.corpus.world import world_corpus
+
+    t0 = time.perf_counter()
+    manifest = world_corpus(
+        args.manifest,
+        args.out,
+        variants=args.variants,
+        seed=args.seed,
+        workers=args.workers,
+        limit=args.limit,
+        progress=not args.no_progress,
+        f0_method=args.f0_method,
+    )
+    print(f"wrote {manifest} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _add_kokoro_parser(csub) -> None:
+    k = csub.add_parser(
+        "kokoro",
+        help="synthesize requests in English with Kokoro-82M and blends of its voices (a second "
+        "voice family; the test split holds out a whole base voice)",
+    )
+    k.add_argument("--out", required=True, help="output folder (audio/ and *.jsonl manifests)")
+    k.add_argument("--utterances", type=int, required=True, help="how many utterances")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="train: training voices and names (train.jsonl, dev.jsonl); test: held-out voices "
+        "and names (test.jsonl)",
+    )
+    k.add_argument(
+        "--noise-dir",
+        default=None,
+        help="folder of noise clips (e.g. speech_commands/_silence_); else synthetic",
+    )
+    k.add_argument("--workers", type=int, default=2)
+    k.add_argument("--no-progress", action="store_true")
+    k.set_defaults(func=cmd_kokoro)
+
+
+def cmd_kokoro(args) -> int:
+    from train.corpus.kokoro import synthesize_kokoro_corpus
+
+    t0 = time.perf_counter()
+    manifest = synthesize_kokoro_corpus(
+        args.out,
+        utterances=args.utterances,
+        seed=args.seed,
+        split=args.split,
+        noise_dir=args.noise_dir,
+        workers=args.workers,
+        progress=not args.no_progress,
     )
     print(f"wrote {manifest} in {time.perf_counter() - t0:.0f} s")
     return 0
