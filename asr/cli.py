@@ -68,7 +68,7 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
 def _check_args(p: argparse.ArgumentParser, args) -> None:
     """Rules between flags, as argument errors (exit 2) before anything is loaded."""
     nbest = getattr(args, "nbest", 1)
-    if nbest > 1 and args.method == "greedy":
+    if nbest > 1 and getattr(args, "method", "beam") == "greedy":
         p.error(
             f"argument --nbest: {nbest} needs --method beam (greedy search gives one hypothesis)"
         )

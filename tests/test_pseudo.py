@@ -47,3 +47,32 @@ def test_low_scoring_labels_can_be_left_out_and_bad_arguments_are_refused(corpus
         pseudo_label(teacher, rows, nbest=3, beam=2)
     with pytest.raises(ValueError, match="nothing to label"):
         pseudo_label(teacher, [])
+
+
+def test_pseudo_label_command_labels_a_folder_or_a_keyword_manifest(corpus, tmp_path, capsys):
+    import shutil
+
+    from asr.cli import main
+    from asr.manifest import write_manifest
+
+    folder = tmp_path / "untranscribed" / "day1"
+    folder.mkdir(parents=True)
+    rows = read_manifest(corpus)[:3]
+    for r in rows:
+        shutil.copy(r["audio"], folder)
+    out = tmp_path / "labelled.jsonl"
+    args = ["corpus", "pseudo-label", str(tmp_path / "untranscribed"), "--out", str(out)]
+    assert main(args + ["--nbest", "2", "--beam", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "rows 3" in said and "labelled" in said
+    labelled = read_manifest(out)
+    assert labelled and all(r["text"] and r["pseudo_label"]["rank"] < 2 for r in labelled)
+    # a manifest with keywords: only hypotheses containing them
+    kw = write_manifest(
+        [{"audio": r["audio"], "keywords": ["zebra"]} for r in rows], tmp_path / "kw.jsonl"
+    )
+    assert main(["corpus", "pseudo-label", str(kw), "--out", str(tmp_path / "none.jsonl")]) == 0
+    assert "no_keyword_match 3" in capsys.readouterr().out
+    bad = ["corpus", "pseudo-label", str(kw), "--out", str(out), "--nbest", "3", "--beam", "2"]
+    assert main(bad) != 0
+    assert "nbest" in capsys.readouterr().err

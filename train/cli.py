@@ -86,6 +86,7 @@ def add_corpus_command(sub) -> None:
     )
     i.set_defaults(func=cmd_import)
     _add_kokoro_parser(csub)
+    _add_pseudo_parser(csub)
 
 
 def cmd_synth(args) -> int:
@@ -190,6 +191,62 @@ def cmd_kokoro(args) -> int:
         progress=not args.no_progress,
     )
     print(f"wrote {manifest} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _add_pseudo_parser(csub) -> None:
+    q = csub.add_parser(
+        "pseudo-label",
+        help="transcribe untranscribed audio with a teacher model, for teacher-student training "
+        "(rows with keywords keep only a hypothesis that contains them all)",
+    )
+    q.add_argument(
+        "source",
+        help="a folder of untranscribed audio (.flac/.wav, searched recursively), or a manifest "
+        "(JSONL) whose rows carry keywords (kept only with a hypothesis containing them) or a "
+        "text (replaced)",
+    )
+    q.add_argument("--model", default="default", help="the teacher (path or 'default')")
+    q.add_argument("--out", required=True, help="manifest to write (JSONL)")
+    q.add_argument("--nbest", type=int, default=8, help="hypotheses searched for the keywords")
+    q.add_argument("--beam", type=int, default=8)
+    q.add_argument(
+        "--min-score-per-second",
+        type=float,
+        default=None,
+        metavar="LOGP",
+        help="leave out rows without keywords whose best hypothesis scores below this "
+        "log-probability per second of audio (default: keep all)",
+    )
+    q.set_defaults(func=cmd_pseudo)
+
+
+def cmd_pseudo(args) -> int:
+    from pathlib import Path
+
+    from asr.manifest import read_manifest, write_manifest
+    from asr.model_io import load_model
+    from train.corpus.loaders import AUDIO_SUFFIXES
+    from train.pseudo import pseudo_label
+
+    src = Path(args.source)
+    if src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            raise ValueError(f"{src}: no .flac or .wav files in this folder")
+        rows = [{"audio": str(p.resolve())} for p in files]
+    else:
+        rows = read_manifest(src)
+    out, counts = pseudo_label(
+        load_model(args.model),
+        rows,
+        nbest=args.nbest,
+        beam=args.beam,
+        min_score_per_second=args.min_score_per_second,
+        progress=True,
+    )
+    write_manifest(out, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 

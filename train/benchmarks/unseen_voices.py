@@ -1,0 +1,260 @@
+"""Leave-one-family-out benchmark: how a recognizer does on voice families it never heard.
+
+Owns `python -m train.benchmarks.unseen_voices [--real ../shared/data] [--workdir
+runs/unseen] [--steps 2000] [--runs all -espeak -kokoro -world -real teacher] [--teacher
+default] [--json PATH]`.
+
+The task is the demo's (`train.demo`): the 10 digits and Speech Commands' 10 core commands,
+the `tiny` recipe (`train.demo.demo_recipe`), trained for minutes on 2 CPU cores, so that one
+training run per held-out family fits in a session. Four voice families speak the words:
+
+- espeak: eSpeak NG, the project's own synthesizer (`train.demo.synth_words`): training voices
+  for train/dev, the held-out shipped voices for test;
+- kokoro: Kokoro-82M (`train.corpus.kokoro`), blends of its styles: training voices for
+  train/dev; test by the held-out voices, which are dominated by a style no training voice
+  contains;
+- world: WORLD-vocoder resyntheses (`train.corpus.world`, one new voice per clip) of the real
+  training clips; test: resyntheses of Speech Commands' test speakers (people never heard, in
+  voices never heard);
+- real: FSDD and Speech Commands as `train.demo.real_data` splits them: test is Speech
+  Commands' test speakers (people never heard) and FSDD's official test takes.
+
+Runs: `all` trains on every family; `-F` on all but F, so F's test sets are out of family;
+`teacher` is `all` with distillation (`TrainConfig.teacher`, weight 0.5) from `--teacher` (the
+shipped default model: `small`, trained for hours on requests, FSDD and Speech Commands; it
+never heard Kokoro or WORLD voices). Every run uses the teacher's tokenizer (distillation needs
+a shared one; the runs stay comparable). Each run's model is evaluated on every test set
+(beam 4); the table marks out-of-family cells. `results.json` keeps every number, the data
+sizes and the times; a run already finished in the work folder is not trained again.
+
+Every number printed is measured by this script on the machine it ran on; the README quotes
+one such run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+FAMILIES = ("espeak", "kokoro", "world", "real")
+RUNS = ("all", "-espeak", "-kokoro", "-world", "-real", "teacher")
+TEST_FAMILY = {
+    "espeak_test": "espeak",
+    "kokoro_test": "kokoro",
+    "world_test": "world",
+    "sc_test": "real",
+    "fsdd_test": "real",
+}
+
+
+def kokoro_words(out_dir: Path, n: int, split: str, seed: int = 0, workers: int = 2) -> list[dict]:
+    """n one-word utterances (the demo's words) by Kokoro voices: training voices for
+    train/dev, held-out voices for test; noise as `train.demo.synth_words`. Files that exist are
+    reused."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    folder = out_dir / split
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks = [(folder, split, seed, a, min(a + 50, n)) for a in range(0, n, 50)]
+    if workers > 1 and len(chunks) > 1:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+            parts = list(ex.map(_kokoro_chunk, chunks))
+    else:
+        parts = [_kokoro_chunk(c) for c in chunks]
+    return [r for part in parts for r in part]
+
+
+def _kokoro_chunk(job: tuple) -> list[dict]:
+    import numpy as np
+    import soundfile as sf
+
+    from train import augment
+    from train.corpus import kokoro
+    from train.demo import WORDS
+
+    folder, split, seed, start, stop = job
+    train_voices, heldout_voices = kokoro.voice_split(seed=0)
+    voices = heldout_voices if split == "test" else train_voices
+    tts = None
+    rows = []
+    for i in range(start, stop):
+        rng = np.random.default_rng((seed, 7, {"train": 0, "dev": 1, "test": 2}[split], i))
+        word = WORDS[int(rng.integers(len(WORDS)))]
+        voice = voices[int(rng.integers(len(voices)))]
+        path = folder / f"{i:05d}.flac"
+        if not path.exists():
+            tts = tts or kokoro.KokoroTTS(threads=1)
+            x, sr = tts.synthesize(word, voice)
+            lead, trail = (int(rng.uniform(0.05, 0.2) * sr) for _ in range(2))
+            x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(trail, np.float32)])
+            noise = augment.synthetic_noise(rng, x.size, ("white", "pink", "brown")[i % 3])
+            x = augment.add_noise(x, noise, float(rng.uniform(10.0, 35.0)))
+            x = augment.peak_normalize(x, float(rng.uniform(0.3, 0.9)))
+            tmp = path.with_name(path.stem + ".tmp.flac")
+            sf.write(str(tmp), x, sr, subtype="PCM_16", format="FLAC")
+            tmp.replace(path)
+        info = sf.info(str(path))
+        rows.append(
+            {
+                "audio": str(path.resolve()),
+                "text": word,
+                "speaker": f"kokoro:{voice.name}",
+                "duration": info.frames / info.samplerate,
+                "split": split,
+                "synthetic": True,
+                "family": "kokoro",
+            }
+        )
+    return rows
+
+
+def build_data(real: Path, data_dir: Path, n_synth: int, workers: int = 2) -> dict:
+    """{family: {"train": rows, "dev": rows}} and {test name: rows}; manifests are written under
+    data_dir and reused when present."""
+    import numpy as np
+
+    from asr.manifest import read_manifest, write_manifest
+    from train.corpus.world import resynthesize_manifest
+    from train.demo import long_enough_for_ctc, real_data, synth_words
+
+    done = data_dir / "sets.json"
+    if done.exists():
+        names = json.loads(done.read_text())
+        load = {k: read_manifest(data_dir / f"{k}.jsonl") for k in names}
+        fams = {f: {s: load[f"{f}_{s}"] for s in ("train", "dev")} for f in FAMILIES}
+        return fams, {k: load[k] for k in TEST_FAMILY}
+    r = real_data(real)
+    if r is None or not r["sc_test"]:
+        raise SystemExit(f"--real {real}: FSDD and Speech Commands are needed")
+    n_small = max(20, n_synth // 8)
+    t0 = time.perf_counter()
+    fams = {
+        "real": {"train": r["train"], "dev": r["dev"]},
+        "espeak": {
+            "train": synth_words(data_dir / "espeak", n_synth, "train", workers=workers),
+            "dev": synth_words(data_dir / "espeak", n_small, "dev", workers=workers),
+        },
+        "kokoro": {
+            "train": kokoro_words(data_dir / "kokoro", n_synth, "train", workers=workers),
+            "dev": kokoro_words(data_dir / "kokoro", n_small, "dev", workers=workers),
+        },
+    }
+    tests = {
+        "espeak_test": synth_words(data_dir / "espeak", 300, "test", workers=workers),
+        "kokoro_test": kokoro_words(data_dir / "kokoro", 300, "test", workers=workers),
+        "sc_test": r["sc_test"],
+        "fsdd_test": r["fsdd_test"],
+    }
+    print(f"synthesized eSpeak NG and Kokoro words in {time.perf_counter() - t0:.0f} s")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    src = [r["train"][i] for i in rng.permutation(len(r["train"]))[:n_synth]]
+    dev_src = [r["dev"][i] for i in rng.permutation(len(r["dev"]))[:n_small]]
+    test_src = [r["sc_test"][i] for i in rng.permutation(len(r["sc_test"]))[:300]]
+    world = lambda rows, k: resynthesize_manifest(  # noqa: E731
+        rows, data_dir / "world" / k, variants=1, seed=0, workers=workers, progress=True
+    )
+    fams["world"] = {"train": world(src, "train"), "dev": world(dev_src, "dev")}
+    tests["world_test"] = world(test_src, "test")
+    print(f"resynthesized with WORLD in {time.perf_counter() - t0:.0f} s")
+    for f, parts in fams.items():
+        for s, rows in parts.items():
+            keep = [dict(x, split=s) for x in rows if long_enough_for_ctc(x)]
+            fams[f][s] = keep
+            write_manifest(keep, data_dir / f"{f}_{s}.jsonl")
+    for k, rows in tests.items():
+        write_manifest(rows, data_dir / f"{k}.jsonl")
+    done.write_text(json.dumps([f"{f}_{s}" for f in fams for s in ("train", "dev")] + list(tests)))
+    return fams, tests
+
+
+def run_one(name: str, fams: dict, tests: dict, wd: Path, steps: int, teacher: str) -> dict:
+    """Trains run `name` (cached in wd/name) and evaluates it on every test set."""
+    from asr.model_io import load_model
+    from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
+    from train.demo import demo_recipe
+    from train.trainer import train
+
+    held = name[1:] if name.startswith("-") else None
+    rows = [x for f in FAMILIES if f != held for s in ("train", "dev") for x in fams[f][s]]
+    out_path = wd / name / "benchmark.json"
+    if out_path.exists():
+        return json.loads(out_path.read_text())
+    cfg = demo_recipe(steps)
+    folder = wd / name
+    teacher_model = load_model(teacher)
+    if not (folder / "tokenizer.model").exists() and name != "teacher":
+        folder.mkdir(parents=True, exist_ok=True)  # the teacher's tokenizer, as "teacher" gets
+        (folder / "tokenizer.model").write_bytes(teacher_model.tokenizer.model_proto)
+    if name == "teacher":
+        cfg = cfg.replace(teacher=teacher, distill_weight=0.5)
+    t0 = time.perf_counter()
+    train(cfg, rows, folder, progress=False)
+    train_s = time.perf_counter() - t0
+    rec = Recognizer(load_model(folder / "model"), DecodeSettings(method="beam", beam=4))
+    res = {"run": name, "held_out": held, "train_rows": len(rows), "train_seconds": train_s}
+    for k, test_rows in tests.items():
+        ev = evaluate_manifest(rec, test_rows, pairs=0)
+        res[k] = {"wer": ev["wer"], "words": ev["words"], "utterances": ev["utterances"]}
+    out_path.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: one row per run, WER % per test set; * = the set's family was not trained on."""
+    cols = list(TEST_FAMILY)
+    lines = [
+        "| run | " + " | ".join(cols) + " | train min |",
+        "|---|" + "---|" * (len(cols) + 1),
+    ]
+    for r in results:
+        cells = []
+        for c in cols:
+            star = "*" if r["held_out"] == TEST_FAMILY[c] else ""
+            cells.append(f"{100 * r[c]['wer']:.1f}{star}")
+        lines.append(f"| {r['run']} | " + " | ".join(cells) + f" | {r['train_seconds'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--real", default="../shared/data", help="folder with fsdd/, speech_commands/")
+    p.add_argument("--workdir", default="runs/unseen")
+    p.add_argument("--steps", type=int, default=2000, help="training steps per run")
+    p.add_argument("--synth", type=int, default=1500, help="training clips per synthetic family")
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    p.add_argument("--teacher", default="default", help="teacher of the `teacher` run")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", default=None, help="write all results here too")
+    args = p.parse_args(argv)
+    wd = Path(args.workdir)
+    t0 = time.perf_counter()
+    fams, tests = build_data(Path(args.real), wd / "data", args.synth, args.workers)
+    sizes = {f: {s: len(v) for s, v in parts.items()} for f, parts in fams.items()}
+    sizes.update({k: len(v) for k, v in tests.items()})
+    print("data:", json.dumps(sizes))
+    results = []
+    for name in args.runs:
+        print(f"run {name} ...", flush=True)
+        results.append(run_one(name, fams, tests, wd, args.steps, args.teacher))
+        print(table(results[-1:]).splitlines()[-1], flush=True)
+    print(
+        f"\nWER % (beam 4), tiny model, {args.steps} steps per run; * = family held out of "
+        f"that run; machine: {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{(time.perf_counter() - t0) / 60:.0f} min in all"
+    )
+    print(table(results))
+    out = {"sizes": sizes, "steps": args.steps, "results": results}
+    (wd / "results.json").write_text(json.dumps(out, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
