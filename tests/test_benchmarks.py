@@ -107,3 +107,40 @@ def test_transcribe_benchmark_keeps_rows_aligned_past_an_unreadable_file(tmp_pat
 
         peer = evaluate_peer(PocketSphinx(), rows)
         assert peer["utterances"] == 2 and peer["unreadable"] == 1 and peer["words"] == 5
+
+
+def test_noise_clips_and_leadins_are_what_the_heldout_benchmark_says(tmp_path):
+    import soundfile as sf
+
+    from train.benchmarks.heldout import noise_clips, with_leadin
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(tmp_path / f"{i}.wav", rng.normal(0, 0.1, 16000).astype(np.float32), 16000)
+    a, b = noise_clips(tmp_path, 20, seed=1), noise_clips(tmp_path, 20, seed=1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    for x in a:
+        assert 16000 <= len(x) < 64000 and x.dtype == np.float32
+        level = 20 * np.log10(np.sqrt(np.mean(x**2)))
+        assert -50.5 < level < -19.5
+    # the lead-in comes before the clip, at the clip's quietest 100 ms level
+    speech = np.concatenate([np.full(1600, 1e-3, np.float32), 0.5 * np.ones(8000, np.float32)])
+    y = with_leadin(speech, a[0], 1.3)
+    assert len(y) == len(speech) + int(1.3 * 16000)
+    np.testing.assert_array_equal(y[-len(speech) :], speech)
+    lead = y[: int(1.2 * 16000)]
+    np.testing.assert_allclose(np.sqrt(np.mean(lead**2)), 1e-3, rtol=0.1)
+
+
+def test_unseen_voices_table_marks_the_held_out_family():
+    from train.benchmarks.unseen_voices import TEST_FAMILY, table
+
+    cells = {k: {"wer": 0.1 * (i + 1)} for i, k in enumerate(TEST_FAMILY)}
+    rows = [
+        dict(cells, run="all", held_out=None, train_seconds=60),
+        dict(cells, run="-real", held_out="real", train_seconds=120),
+    ]
+    out = table(rows).splitlines()
+    assert out[0].startswith("| run | espeak_test")
+    assert out[2] == "| all | 10.0 | 20.0 | 30.0 | 40.0 | 50.0 | 1.0 |"
+    assert out[3] == "| -real | 10.0 | 20.0 | 30.0 | 40.0* | 50.0* | 2.0 |"
