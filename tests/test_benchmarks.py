@@ -138,9 +138,9 @@ def test_unseen_voices_table_marks_the_held_out_family():
     cells = {k: {"wer": 0.1 * (i + 1)} for i, k in enumerate(TEST_FAMILY)}
     rows = [
         dict(cells, run="all", held_out=None, train_seconds=60),
-        dict(cells, run="-real", held_out="real", train_seconds=120),
+        dict(cells, run="no-real", held_out="real", train_seconds=120),
     ]
     out = table(rows).splitlines()
     assert out[0].startswith("| run | espeak_test")
     assert out[2] == "| all | 10.0 | 20.0 | 30.0 | 40.0 | 50.0 | 1.0 |"
-    assert out[3] == "| -real | 10.0 | 20.0 | 30.0 | 40.0* | 50.0* | 2.0 |"
+    assert out[3] == "| no-real | 10.0 | 20.0 | 30.0 | 40.0* | 50.0* | 2.0 |"

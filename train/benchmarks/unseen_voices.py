@@ -1,7 +1,7 @@
 """Leave-one-family-out benchmark: how a recognizer does on voice families it never heard.
 
 Owns `python -m train.benchmarks.unseen_voices [--real ../shared/data] [--workdir
-runs/unseen] [--steps 2000] [--runs all -espeak -kokoro -world -real teacher] [--teacher
+runs/unseen] [--steps 2000] [--runs all no-espeak no-kokoro no-world no-real teacher] [--teacher
 default] [--json PATH]`.
 
 The task is the demo's (`train.demo`): the 10 digits and Speech Commands' 10 core commands,
@@ -19,7 +19,7 @@ training run per held-out family fits in a session. Four voice families speak th
 - real: FSDD and Speech Commands as `train.demo.real_data` splits them: test is Speech
   Commands' test speakers (people never heard) and FSDD's official test takes.
 
-Runs: `all` trains on every family; `-F` on all but F, so F's test sets are out of family;
+Runs: `all` trains on every family; `no-F` on all but F, so F's test sets are out of family;
 `teacher` is `all` with distillation (`TrainConfig.teacher`, weight 0.5) from `--teacher` (the
 shipped default model: `small`, trained for hours on requests, FSDD and Speech Commands; it
 never heard Kokoro or WORLD voices). Every run uses the teacher's tokenizer (distillation needs
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 FAMILIES = ("espeak", "kokoro", "world", "real")
-RUNS = ("all", "-espeak", "-kokoro", "-world", "-real", "teacher")
+RUNS = ("all", "no-espeak", "no-kokoro", "no-world", "no-real", "teacher")
 TEST_FAMILY = {
     "espeak_test": "espeak",
     "kokoro_test": "kokoro",
@@ -180,7 +180,7 @@ def run_one(name: str, fams: dict, tests: dict, wd: Path, steps: int, teacher: s
     from train.demo import demo_recipe
     from train.trainer import train
 
-    held = name[1:] if name.startswith("-") else None
+    held = name[3:] if name.startswith("no-") else None
     rows = [x for f in FAMILIES if f != held for s in ("train", "dev") for x in fams[f][s]]
     out_path = wd / name / "benchmark.json"
     if out_path.exists():
