@@ -27,8 +27,7 @@ Corpus. Utterance ``i`` is made from ``np.random.default_rng((seed, KEY, split_k
 utterance is written on its own: atomically (temporary name, rename), with a JSON sidecar
 holding its manifest row; a rerun skips every utterance whose two files exist. Texts and the
 channel (silences, reverberation, floor noise, noise bank, peak level) follow
-:func:`train.corpus.synth.make_utterance` (its channel is copied in :func:`_channel`, not shared:
-synth.py's corpora must stay bit-identical); each text is closed by ``.`` or, after a question
+:func:`train.corpus.synth.make_utterance` (the channel is its `apply_channel`); each text is closed by ``.`` or, after a question
 word, ``?`` (:func:`sentence_phonemes`), and Kokoro's own silences (about 0.4 s before, 0.5 s
 after) are trimmed to 30 ms before the channel adds its own. There is no ``wake_word_end`` (the
 ONNX model does not return durations). Rows: ``speaker`` ``"kokoro:<voice>"``, ``voice`` {name, speed, weights,
@@ -63,9 +62,9 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from train import augment
 from train.corpus import espeak, grammar
 from train.corpus import names as name_pool
+from train.corpus.synth import apply_channel
 
 SAMPLE_RATE = 16000
 NATIVE_RATE = 24000  # Kokoro's output rate
@@ -415,44 +414,12 @@ def _audio_path(cfg: KokoroCorpusConfig, index: int) -> Path:
     )
 
 
-_BANK: dict[str | None, augment.NoiseBank] = {}
 _TTS: KokoroTTS | None = None
-
-
-def _noise_bank(noise_dir: str | None) -> augment.NoiseBank:
-    if noise_dir not in _BANK:
-        _BANK[noise_dir] = augment.NoiseBank(noise_dir)
-    return _BANK[noise_dir]
 
 
 @functools.cache
 def _voices(seed: int, n_train: int, n_heldout: int):
     return voice_split(seed, n_train, n_heldout)
-
-
-def _channel(cfg: KokoroCorpusConfig, rng: np.random.Generator, clean: np.ndarray, sr: int):
-    """synth.make_utterance's channel, in its order of draws: silences, reverberation, floor
-    noise, noise at an SNR, peak level. Returns ``(x, lead, loud, rt60, snr)``."""
-    peak = float(np.max(np.abs(clean))) if clean.size else 0.0
-    if peak <= 0:
-        raise RuntimeError("Kokoro gave silence")
-    loud = np.nonzero(np.abs(clean) > 0.01 * peak)[0]
-    lead = int(rng.uniform(*cfg.lead_s) * sr)
-    trail = int(rng.uniform(*cfg.trail_s) * sr)
-    x = np.concatenate([np.zeros(lead, np.float32), clean, np.zeros(trail, np.float32)])
-    # x: f32[lead + len(clean) + trail], speech between the first and last loud samples
-    rt60 = snr = None
-    if rng.random() < cfg.p_reverb:
-        rt60 = float(rng.uniform(*cfg.rt60))
-        x = augment.reverberate(x, rng, rt60)
-    floor = augment.synthetic_noise(rng, x.size, "white") * peak * 10 ** (cfg.floor_noise_db / 20)
-    x = x + floor
-    if rng.random() < cfg.p_noise:
-        noise = _noise_bank(cfg.noise_dir).crop(rng, x.size)
-        snr = float(rng.uniform(*cfg.snr_db))
-        x = augment.add_noise(x, noise, snr)
-    x = augment.peak_normalize(x, float(rng.uniform(0.3, 0.95)))
-    return x, lead, loud, rt60, snr
 
 
 def make_utterance(cfg: KokoroCorpusConfig, index: int, tts: KokoroTTS) -> dict:
@@ -469,7 +436,7 @@ def make_utterance(cfg: KokoroCorpusConfig, index: int, tts: KokoroTTS) -> dict:
     req = grammar.sample_request(rng, names, cfg.wake_word_prob)
     voice = voices[int(rng.integers(len(voices)))]
     clean, sr = tts.synthesize(req.text, voice)
-    x, lead, loud, rt60, snr = _channel(cfg, rng, clean, sr)
+    x, lead, loud, rt60, snr = apply_channel(cfg, rng, clean, sr, "Kokoro gave silence")
     row = {
         "audio": str(audio_path.resolve()),
         "text": req.text,

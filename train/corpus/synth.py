@@ -127,25 +127,9 @@ def make_utterance(cfg: SynthConfig, index: int) -> dict:
     pitch = int(rng.integers(cfg.pitch[0], cfg.pitch[1] + 1))
     prange = int(rng.integers(cfg.pitch_range[0], cfg.pitch_range[1] + 1))
     clean, sr, words = espeak.synthesize_words(req.text, voice, rate, pitch, prange)
-    peak = float(np.max(np.abs(clean))) if clean.size else 0.0
-    if peak <= 0:
-        raise RuntimeError(f"eSpeak NG gave silence for {req.text!r} with voice {voice}")
-    loud = np.nonzero(np.abs(clean) > 0.01 * peak)[0]
-    lead = int(rng.uniform(*cfg.lead_s) * sr)
-    trail = int(rng.uniform(*cfg.trail_s) * sr)
-    x = np.concatenate([np.zeros(lead, np.float32), clean, np.zeros(trail, np.float32)])
-    # x: f32[lead + len(clean) + trail], speech between the first and last loud samples
-    rt60 = snr = None
-    if rng.random() < cfg.p_reverb:
-        rt60 = float(rng.uniform(*cfg.rt60))
-        x = augment.reverberate(x, rng, rt60)
-    floor = augment.synthetic_noise(rng, x.size, "white") * peak * 10 ** (cfg.floor_noise_db / 20)
-    x = x + floor
-    if rng.random() < cfg.p_noise:
-        noise = _noise_bank(cfg.noise_dir).crop(rng, x.size)
-        snr = float(rng.uniform(*cfg.snr_db))
-        x = augment.add_noise(x, noise, snr)
-    x = augment.peak_normalize(x, float(rng.uniform(0.3, 0.95)))
+    x, lead, loud, rt60, snr = apply_channel(
+        cfg, rng, clean, sr, f"eSpeak NG gave silence for {req.text!r} with voice {voice}"
+    )
     row = {
         "audio": str(audio_path.resolve()),
         "text": req.text,
@@ -169,6 +153,43 @@ def make_utterance(cfg: SynthConfig, index: int) -> dict:
     tmp_json.write_text(json.dumps(row))
     os.replace(tmp_json, sidecar)
     return row
+
+
+def apply_channel(cfg, rng: np.random.Generator, clean: np.ndarray, sr: int, silent: str):
+    """The recording channel of a synthesized utterance, in this order of random draws: leading
+    and trailing silence, reverberation, a faint floor noise, noise at an SNR, peak level.
+
+    Args:
+      cfg: a `SynthConfig` or any config with its channel fields (lead_s, trail_s, p_reverb,
+        rt60, floor_noise_db, p_noise, noise_dir, snr_db), e.g. `train.corpus.kokoro`'s.
+      rng: the utterance's random source.
+      clean: f32[N] the synthesizer's output at `sr`.
+      silent: the RuntimeError message when `clean` has no signal.
+
+    Returns:
+      (x f32[lead + N + trail], lead samples, loud: indices of clean's samples above 1% of its
+      peak, rt60 seconds or None, snr dB or None).
+    """
+    peak = float(np.max(np.abs(clean))) if clean.size else 0.0
+    if peak <= 0:
+        raise RuntimeError(silent)
+    loud = np.nonzero(np.abs(clean) > 0.01 * peak)[0]
+    lead = int(rng.uniform(*cfg.lead_s) * sr)
+    trail = int(rng.uniform(*cfg.trail_s) * sr)
+    x = np.concatenate([np.zeros(lead, np.float32), clean, np.zeros(trail, np.float32)])
+    # x: f32[lead + len(clean) + trail], speech between the first and last loud samples
+    rt60 = snr = None
+    if rng.random() < cfg.p_reverb:
+        rt60 = float(rng.uniform(*cfg.rt60))
+        x = augment.reverberate(x, rng, rt60)
+    floor = augment.synthetic_noise(rng, x.size, "white") * peak * 10 ** (cfg.floor_noise_db / 20)
+    x = x + floor
+    if rng.random() < cfg.p_noise:
+        noise = _noise_bank(cfg.noise_dir).crop(rng, x.size)
+        snr = float(rng.uniform(*cfg.snr_db))
+        x = augment.add_noise(x, noise, snr)
+    x = augment.peak_normalize(x, float(rng.uniform(0.3, 0.95)))
+    return x, lead, loud, rt60, snr
 
 
 BLOCK = 256
