@@ -56,3 +56,24 @@ def corpus(tmp_path_factory) -> Path:
             }
         )
     return write_manifest(rows, root / "m.jsonl")
+
+
+def tiny_recipe(**kw):
+    """The `tiny` recipe shrunk for tests: one 320-frame bucket, a few steps, batches of 6."""
+    from train.configs import get_recipe
+
+    base = dict(
+        bucket_frames=(320,),
+        steps=8,
+        frames_per_batch=1200,
+        max_batch=6,
+        warmup_steps=2,
+        eval_every=8,
+        eval_utterances=2,
+        ckpt_every=4,
+        log_every=2,
+        spec_start_step=0,
+        data_threads=1,
+    )
+    base.update(kw)
+    return get_recipe("tiny").replace(**base)

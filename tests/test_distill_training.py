@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_recipe
 
 from asr.manifest import read_manifest
 from asr.models import build_model
@@ -17,23 +18,7 @@ from train.configs import get_recipe
 from train.loss import rnnt_loss
 from train.trainer import ctc_feasible, loss_fn, teacher_collapsed, train
 
-
-def _cfg(**kw):
-    base = dict(
-        bucket_frames=(320,),
-        steps=4,
-        frames_per_batch=1200,
-        max_batch=6,
-        warmup_steps=2,
-        eval_every=4,
-        eval_utterances=2,
-        ckpt_every=4,
-        log_every=2,
-        spec_start_step=0,
-        data_threads=1,
-    )
-    base.update(kw)
-    return get_recipe("tiny").replace(**base)
+_cfg = tiny_recipe
 
 
 def _batch(seed=0, vocab=16):

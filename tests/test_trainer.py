@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import tiny_recipe
 
 from asr.manifest import read_manifest, write_manifest
 from asr.model_io import load_model
@@ -14,23 +15,7 @@ from train.configs import get_recipe
 from train.data import StepPlan, make_buckets
 from train.trainer import train
 
-
-def _cfg(**kw):
-    base = dict(
-        bucket_frames=(320,),
-        steps=8,
-        frames_per_batch=1200,
-        max_batch=6,
-        warmup_steps=2,
-        eval_every=8,
-        eval_utterances=2,
-        ckpt_every=4,
-        log_every=2,
-        spec_start_step=0,
-        data_threads=1,
-    )
-    base.update(kw)
-    return get_recipe("tiny").replace(**base)
+_cfg = tiny_recipe
 
 
 def _params(workdir):

@@ -80,6 +80,12 @@ def ctc_feasible(enc_paddings: jax.Array, labels: jax.Array, label_paddings: jax
     return n_frames >= needed
 
 
+def blank_prefixed(labels: jax.Array, blank_id: int) -> jax.Array:
+    """int32[B, U] labels -> int32[B, U+1] the predictor's input: blank, then the labels."""
+    b = labels.shape[0]
+    return jnp.concatenate([jnp.full((b, 1), blank_id, jnp.int32), labels], axis=1)
+
+
 def teacher_collapsed(teacher: Transducer, tvars, batch) -> jax.Array:
     """f32[B, T, U+1, 3] the teacher's collapsed (label, blank, rest) log-probabilities over
     the lattice of the batch's labels (`train.distill.collapsed_log_probs`), inference mode, no
@@ -87,10 +93,7 @@ def teacher_collapsed(teacher: Transducer, tvars, batch) -> jax.Array:
     enc, enc_pad = teacher.apply(
         tvars, batch["feats"], batch["feat_paddings"], False, method=Transducer.encode
     )
-    b = batch["labels"].shape[0]
-    history = jnp.concatenate(
-        [jnp.full((b, 1), teacher.config.blank_id, jnp.int32), batch["labels"]], axis=1
-    )
+    history = blank_prefixed(batch["labels"], teacher.config.blank_id)
     pred = teacher.apply(tvars, history, False, method=Transducer.predict)
     out = collapsed_log_probs(
         lambda e, p: teacher.apply(tvars, e, p, method=Transducer.joint),
@@ -130,10 +133,7 @@ def loss_fn(
         method=Transducer.encode,
         rngs=rngs,
     )
-    b = batch["labels"].shape[0]
-    history = jnp.concatenate(
-        [jnp.full((b, 1), model.config.blank_id, jnp.int32), batch["labels"]], axis=1
-    )  # -> [B, U+1]: blank-prefixed label history
+    history = blank_prefixed(batch["labels"], model.config.blank_id)
     pred_p = model.apply(variables, history, train, method=Transducer.predict, rngs=rngs)
 
     def joint_fn(e, p):
