@@ -19,6 +19,8 @@ TRAIN_DATA6 = $(RUNS)/corpus6/train.jsonl $(RUNS)/corpus6/dev.jsonl $(RUNS)/corp
 TRAIN_DATA7 = $(RUNS)/corpus12_s11w/train.jsonl $(RUNS)/corpus12_s11w/dev.jsonl \
   $(RUNS)/real/fsdd_train.jsonl $(RUNS)/real/sc_train.jsonl
 TRAIN_DATA8 = $(TRAIN_DATA6) $(RUNS)/corpus6_s6w/train.jsonl
+TRAIN_DATA9 = $(RUNS)/corpus6/train.jsonl $(RUNS)/corpus6/dev.jsonl $(RUNS)/corpus9/train.jsonl $(RUNS)/corpus9/dev.jsonl \
+  $(RUNS)/kokoro9/train.jsonl $(RUNS)/kokoro9/dev.jsonl $(RUNS)/world9_fsdd/train.jsonl $(RUNS)/world9_sc/train.jsonl $(REAL_DATA)
 
 .PHONY: demo test lint default-model benchmarks
 
@@ -53,7 +55,10 @@ lint: $(BIN)/.installed
 # devices (commit 5de6588): today's code gives a different seed-11 corpus. The device run read
 # Speech Commands as Opus files (to fit its 64 MiB transfer); the recipe reads the originals.
 # Stage 7 alone made Speech Commands worse (25% WER); stage 8 (2,400 steps, 47 minutes, back on
-# 2 CPU cores, all earlier data plus a sixth corpus with wide names) recovered it.
+# 2 CPU cores, all earlier data plus a sixth corpus with wide names) recovered it. Stage 9 (2 CPU
+# cores, 1,900 steps in 38 minutes) adds new voice families (Kokoro-82M, WORLD resyntheses of the
+# real training clips), sentences outside the templates, noise before/after the words and
+# noise-only clips; it ran from stage 8 as shipped (init_from=default at the time).
 default-model: $(BIN)/.installed
 	$(BIN)/asr corpus synth --out $(RUNS)/corpus6 --hours 6 --seed 0 --noise-dir $(SHARED)/speech_commands/_silence_
 	for s in 1 2; do $(BIN)/asr corpus synth --out $(RUNS)/corpus6_s$$s --hours 6 --seed $$s --noise-dir $(SHARED)/speech_commands/_silence_; done
@@ -90,12 +95,22 @@ default-model: $(BIN)/.installed
 	$(BIN)/asr train --config small --workdir $(RUNS)/default_ft8 --noise-dir $(SHARED)/speech_commands/_silence_ \
 	  --data $(TRAIN_DATA8) --time-limit 48 \
 	  --set init_from=$(RUNS)/default_ft7g/model steps=2400 peak_lr=5e-4 warmup_steps=100 spec_start_step=0 eval_every=800 ckpt_every=200 real_phrases=0.3
-	rm -rf asr/assets/default && mkdir -p asr/assets && cp -r $(RUNS)/default_ft8/model asr/assets/default
-	cp $(RUNS)/default_ft8/metrics.jsonl $(RUNS)/default_ft8/curves.png asr/assets/default/
+	$(BIN)/asr corpus synth --out $(RUNS)/corpus9 --hours 2 --seed 9 --random-voices 0.6 --wide-names 0.5 \
+	  --free-sentences 0.25 --noise-dir $(SHARED)/speech_commands/_silence_
+	$(BIN)/asr corpus kokoro --out $(RUNS)/kokoro9 --utterances 1500 --seed 9 --noise-dir $(SHARED)/speech_commands/_silence_
+	$(BIN)/asr corpus world $(RUNS)/real/fsdd_train.jsonl --out $(RUNS)/world9_fsdd --variants 2 --seed 9
+	$(BIN)/asr corpus world $(RUNS)/real/sc_train.jsonl --out $(RUNS)/world9_sc --variants 2 --seed 9
+	$(BIN)/asr train --config small --workdir $(RUNS)/default_ft9 --noise-dir $(SHARED)/speech_commands/_silence_ \
+	  --data $(TRAIN_DATA9) --time-limit 38 \
+	  --set init_from=$(RUNS)/default_ft8/model steps=1900 peak_lr=7e-4 warmup_steps=100 spec_start_step=0 eval_every=950 \
+	  ckpt_every=200 real_phrases=0.3 noise_pad_prob=0.3 noise_only=0.03
+	rm -rf asr/assets/default && mkdir -p asr/assets && cp -r $(RUNS)/default_ft9/model asr/assets/default
+	cp $(RUNS)/default_ft9/metrics.jsonl $(RUNS)/default_ft9/curves.png asr/assets/default/
 
 benchmarks: $(BIN)/.installed
 	$(BIN)/python -m train.benchmarks.train_step
 	$(BIN)/python -m train.benchmarks.loss --quick
 	$(BIN)/python -m train.benchmarks.augment
 	$(BIN)/python -m train.benchmarks.long_audio
+	$(BIN)/python -m train.benchmarks.unseen_voices --steps 1500 --workdir $(RUNS)/unseen
 	$(BIN)/python -m train.benchmarks.transcribe --model default --manifest $(RUNS)/corpus6/test.jsonl $(RUNS)/real/fsdd_test.jsonl $(RUNS)/real/sc_test.jsonl --limit 300
