@@ -176,17 +176,23 @@ def synth_words(out_dir: Path, n: int, split: str, seed: int = 0, workers: int =
     train/dev, held-out voices for test; random rate and pitch, silence on both sides and noise at
     10-35 dB SNR. Made by `workers` processes; each utterance depends only on (seed, split, i),
     and files that exist are reused (a rerun is quick)."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     folder = out_dir / split
     folder.mkdir(parents=True, exist_ok=True)
     chunks = [(folder, split, seed, a, min(a + 100, n)) for a in range(0, n, 100)]
+    return run_chunks(_synth_chunk, chunks, workers)
+
+
+def run_chunks(fn, chunks: list[tuple], workers: int) -> list[dict]:
+    """fn(chunk) -> rows for every chunk, in `workers` spawned processes (in this one when
+    workers <= 1 or there is one chunk); the rows concatenated in chunk order."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     if workers > 1 and len(chunks) > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
-            parts = list(ex.map(_synth_chunk, chunks))
+            parts = list(ex.map(fn, chunks))
     else:
-        parts = [_synth_chunk(c) for c in chunks]
+        parts = [fn(c) for c in chunks]
     return [r for part in parts for r in part]
 
 

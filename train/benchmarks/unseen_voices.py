@@ -55,18 +55,12 @@ def kokoro_words(out_dir: Path, n: int, split: str, seed: int = 0, workers: int 
     """n one-word utterances (the demo's words) by Kokoro voices: training voices for
     train/dev, held-out voices for test; noise as `train.demo.synth_words`. Files that exist are
     reused."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
+    from train.demo import run_chunks
 
     folder = out_dir / split
     folder.mkdir(parents=True, exist_ok=True)
     chunks = [(folder, split, seed, a, min(a + 50, n)) for a in range(0, n, 50)]
-    if workers > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
-            parts = list(ex.map(_kokoro_chunk, chunks))
-    else:
-        parts = [_kokoro_chunk(c) for c in chunks]
-    return [r for part in parts for r in part]
+    return run_chunks(_kokoro_chunk, chunks, workers)
 
 
 def _kokoro_chunk(job: tuple) -> list[dict]:
