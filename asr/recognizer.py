@@ -73,6 +73,10 @@ class DecodeSettings:
     # requests, stops after the first request of a segment holding several: 0.2 took a 1-minute
     # file of 24 synthesized requests from 79% WER to 4% (train/benchmarks/long_audio.py)
     min_pause_seconds: float | None = 0.2
+    # seconds of silence put after every input (and segment) before decoding, so the streaming
+    # encoder sees the end of the last word: the stage-9 model lost final letters of clips that
+    # end right at the last phoneme ("set a timer" -> "set a time"); 0.3 s fixed them
+    tail_padding_seconds: float = 0.32
 
     def to_dict(self) -> dict:
         return {
@@ -83,6 +87,7 @@ class DecodeSettings:
             "batch_size": self.batch_size,
             "max_segment_seconds": self.max_segment_seconds,
             "min_pause_seconds": self.min_pause_seconds,
+            "tail_padding_seconds": self.tail_padding_seconds,
         }
 
     def trace_key(self) -> tuple:
@@ -203,8 +208,9 @@ class Recognizer:
         pieces = [  # (input index, f32[n] segment) of every long input, in order
             (i, audios[i][s:e]) for i, b in enumerate(bounds) if len(b) > 1 for s, e in b
         ]
-        short_feats = [log_mel(audios[i]) for i in short]
-        piece_feats = [log_mel(a) for _, a in pieces]
+        tail = np.zeros(round(self.settings.tail_padding_seconds * SAMPLE_RATE), np.float32)
+        short_feats = [log_mel(np.concatenate([audios[i], tail])) for i in short]
+        piece_feats = [log_mel(np.concatenate([a, tail])) for _, a in pieces]
         self.timing.compute_s += time.perf_counter() - t0
         self.timing.audio_s += sum(len(a) for a in audios) / SAMPLE_RATE
         out: list[list[Hypothesis]] = [[] for _ in audios]

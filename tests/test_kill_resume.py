@@ -57,7 +57,7 @@ if mode == "step":
     make = trainer.make_train_step
     def make_killing(*a):
         fn = make(*a)
-        def step(state, batch, rng):
+        def step(state, batch, rng, *rest):
             if int(state.step) == n:
                 ckpt = Path(workdir) / "checkpoints" / wait
                 for _ in range(600):  # checkpoint `wait` is saved asynchronously
@@ -65,7 +65,7 @@ if mode == "step":
                         break
                     time.sleep(0.05)
                 die()
-            return fn(state, batch, rng)
+            return fn(state, batch, rng, *rest)
         return step
     trainer.make_train_step = make_killing
 elif mode == "save":
