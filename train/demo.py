@@ -200,7 +200,6 @@ def _synth_chunk(job: tuple) -> list[dict]:
     import numpy as np
     import soundfile as sf
 
-    from train import augment
     from train.corpus import espeak
 
     folder, split, seed, start, stop = job
@@ -221,14 +220,7 @@ def _synth_chunk(job: tuple) -> list[dict]:
                 int(rng.integers(20, 91)),
                 seed=i,
             )
-            lead, trail = (int(rng.uniform(0.05, 0.2) * sr) for _ in range(2))
-            x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(trail, np.float32)])
-            noise = augment.synthetic_noise(rng, x.size, ("white", "pink", "brown")[i % 3])
-            x = augment.add_noise(x, noise, float(rng.uniform(10.0, 35.0)))
-            x = augment.peak_normalize(x, float(rng.uniform(0.3, 0.9)))
-            tmp = path.with_name(path.stem + ".tmp.flac")
-            sf.write(str(tmp), x, sr, subtype="PCM_16", format="FLAC")
-            tmp.replace(path)
+            write_word(path, x, sr, rng, i)
         info = sf.info(str(path))
         rows.append(
             {
@@ -241,6 +233,25 @@ def _synth_chunk(job: tuple) -> list[dict]:
             }
         )
     return rows
+
+
+def write_word(path: Path, x, sr: int, rng, i: int) -> None:
+    """The demo's channel for a synthesized word f32[N] at sr: 0.05-0.2 s of silence on each
+    side, synthetic noise (white, pink or brown by i) at 10-35 dB SNR, a random peak level;
+    written atomically as 16-bit FLAC."""
+    import numpy as np
+    import soundfile as sf
+
+    from train import augment
+
+    lead, trail = (int(rng.uniform(0.05, 0.2) * sr) for _ in range(2))
+    x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(trail, np.float32)])
+    noise = augment.synthetic_noise(rng, x.size, ("white", "pink", "brown")[i % 3])
+    x = augment.add_noise(x, noise, float(rng.uniform(10.0, 35.0)))
+    x = augment.peak_normalize(x, float(rng.uniform(0.3, 0.9)))
+    tmp = path.with_name(path.stem + ".tmp.flac")
+    sf.write(str(tmp), x, sr, subtype="PCM_16", format="FLAC")
+    tmp.replace(path)
 
 
 def synth_data(out_dir: Path, n_train: int) -> dict[str, list[dict]]:

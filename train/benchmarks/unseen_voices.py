@@ -67,9 +67,8 @@ def _kokoro_chunk(job: tuple) -> list[dict]:
     import numpy as np
     import soundfile as sf
 
-    from train import augment
     from train.corpus import kokoro
-    from train.demo import WORDS
+    from train.demo import WORDS, write_word
 
     folder, split, seed, start, stop = job
     train_voices, heldout_voices = kokoro.voice_split(seed=0)
@@ -84,14 +83,7 @@ def _kokoro_chunk(job: tuple) -> list[dict]:
         if not path.exists():
             tts = tts or kokoro.KokoroTTS(threads=1)
             x, sr = tts.synthesize(word, voice)
-            lead, trail = (int(rng.uniform(0.05, 0.2) * sr) for _ in range(2))
-            x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(trail, np.float32)])
-            noise = augment.synthetic_noise(rng, x.size, ("white", "pink", "brown")[i % 3])
-            x = augment.add_noise(x, noise, float(rng.uniform(10.0, 35.0)))
-            x = augment.peak_normalize(x, float(rng.uniform(0.3, 0.9)))
-            tmp = path.with_name(path.stem + ".tmp.flac")
-            sf.write(str(tmp), x, sr, subtype="PCM_16", format="FLAC")
-            tmp.replace(path)
+            write_word(path, x, sr, rng, i)
         info = sf.info(str(path))
         rows.append(
             {
