@@ -1,10 +1,12 @@
 """The `asr` command: thin argument parsing over library functions.
 
-  asr transcribe --model MODEL AUDIO...     one line of text per file (--nbest K, --json)
+  asr transcribe --model MODEL AUDIO...     one line of text per file (--nbest K, --json,
+                                            --context NAMES.txt to bias toward the user's names)
   asr eval --model MODEL --manifest FILE    WER (text rows) and keyword recall (keyword rows),
                                             RTF (--by FIELD: per speaker/domain/...; --details F;
                                             unreadable audio is left out and reported, or an
-                                            error with --fail-on-unreadable)
+                                            error with --fail-on-unreadable; rows' `context`
+                                            lists bias decoding and give context_wer)
   asr corpus ... / asr train ... / asr demo  contributed by the `train` package
 
 Subcommands of other packages are found through the `asr.commands` entry-point group, so this
@@ -44,6 +46,32 @@ def _int_at_least(low: int):
     return parse
 
 
+def _float_at_least(low: float):
+    """argparse type: a finite float >= `low`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (value >= low and value < float("inf")):
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {low}, got {text}")
+        return value
+
+    parse.__name__ = f"number >= {low}"
+    return parse
+
+
+def _context_list(args):
+    """The --context file as a ContextList (None without the flag); ContextError is a
+    ValueError, so a bad file exits 2 naming the file and line."""
+    if not getattr(args, "context", None):
+        return None
+    from asr.context import read_context_file
+
+    return read_context_file(args.context)
+
+
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -62,6 +90,33 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--batch-size", type=_int_at_least(1), default=8, help="utterances per batch (default 8)"
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--context",
+        metavar="FILE",
+        help="names to bias recognition toward (contacts, devices): one phrase a line, "
+        "optionally 'phrase<TAB>weight'"
+        + ("; replaces each manifest row's 'context' list" if p.prog.endswith("eval") else ""),
+    )
+    g.add_argument(
+        "--no-context",
+        action="store_true",
+        help="no biasing: ignore context lists"
+        + (
+            " (rows' 'context' lists still mark the words context_wer scores)"
+            if p.prog.endswith("eval")
+            else ""
+        ),
+    )
+    p.add_argument(
+        "--context-boost",
+        type=_float_at_least(0.0),
+        default=1.5,
+        metavar="B",
+        help="shallow fusion: log-score per token of a partly matched phrase, taken back if the "
+        "match fails (default 1.5; 0 turns shallow fusion off, leaving the model's attention "
+        "biasing network, if it has one)",
     )
 
 
@@ -88,14 +143,17 @@ def _recognizer(args):
         beam=args.beam,
         beam_symbols_per_frame=args.beam_symbols,
         batch_size=args.batch_size,
+        context_boost=args.context_boost,
+        context_attention=not args.no_context,
     )
     return Recognizer(load_model(args.model), settings)
 
 
 def cmd_transcribe(args) -> int:
+    context = _context_list(args)
     rec = _recognizer(args)
     status = 0
-    for path, res in rec.transcribe_files(args.audio, nbest=args.nbest):
+    for path, res in rec.transcribe_files(args.audio, nbest=args.nbest, context=context):
         if isinstance(res, Exception):
             print(f"error: {res}", file=sys.stderr)
             status = 1
@@ -141,6 +199,7 @@ def cmd_eval(args) -> int:
         if not any(field in r for r in rows):
             raise ValueError(f"--by {field}: no row of {args.manifest} has that field")
     details = _details_path(args.details) if args.details else None
+    context = _context_list(args)
     res = evaluate_manifest(
         _recognizer(args),
         rows,
@@ -148,6 +207,8 @@ def cmd_eval(args) -> int:
         by=tuple(args.by),
         details=details is not None,
         unreadable="fail" if args.fail_on_unreadable else "skip",
+        use_context=not args.no_context,
+        context=context,
     )
     res["manifest"] = str(args.manifest)
     if details is not None:
@@ -179,6 +240,12 @@ def cmd_eval(args) -> int:
         lines.append(
             f"keyword recall {100 * res['keyword_recall']:.1f}% over "
             f"{res.get('keyword_rows', res['utterances'])} utterances{found}"
+        )
+    if res.get("context_wer") is not None:
+        how = "with" if res.get("context_used", True) else "without"
+        lines.append(
+            f"context WER {100 * res['context_wer']:.2f}% over {res['context_words']} words of "
+            f"listed names ({res['context_rows']} rows with a list, decoded {how} biasing)"
         )
     if not lines:
         lines.append(f"nothing scored over {res['utterances']} utterances")

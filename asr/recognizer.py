@@ -18,8 +18,18 @@ memory stays flat and time grows linearly with the length of the input, and inpu
 that length are decoded whole, exactly as without segmentation (same batches, bit-identical
 hypotheses) whatever else is in the call.
 
+Context biasing: every input may come with a context list (`asr.context`: the user's names).
+Two techniques read it and combine: shallow fusion, a context graph of the tokenized phrases
+whose boosts the beam (or greedy) search adds to its scores (`asr.decoding.context_graph`;
+`DecodeSettings.context_boost`, 0 turns it off), and, for a model trained with one, the
+attention biasing network that the encoder output attends through (`asr.models.biasing`;
+`DecodeSettings.context_attention`). Graphs are built once per distinct list (cached) and
+padded to a few sizes, so new lists do not recompile. A long input's segments share its list.
+
 `evaluate_manifest` scores rows with `text` by word error rate and rows with `keywords` (and no
-`text`) by keyword recall; unreadable rows are left out of both and reported.
+`text`) by keyword recall; unreadable rows are left out of both and reported. Rows with a
+`context` field are decoded with that list, and `context_wer` scores the reference words that
+belong to one of its phrases.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -37,7 +47,23 @@ import numpy as np
 from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, AudioError, load_audio, validate_audio
-from asr.decoding import NEG, beam_search, decoder_fns, greedy_search, strip
+from asr.context import (
+    ContextError,
+    ContextList,
+    make_context,
+    phrase_occurrences,
+    tokenize_phrases,
+)
+from asr.decoding import (
+    NEG,
+    beam_search,
+    build_context_graph,
+    context_fusion,
+    decoder_fns,
+    greedy_search,
+    stack_graphs,
+    strip,
+)
 from asr.features import log_mel
 from asr.manifest import ManifestError
 from asr.model_io import LoadedModel
@@ -46,6 +72,7 @@ from asr.segment import segment_bounds
 from asr.text import (
     group_error_rates,
     group_key,
+    marked_word_errors,
     normalize_text,
     utterance_errors,
     word_error_rate,
@@ -77,6 +104,12 @@ class DecodeSettings:
     # encoder sees the end of the last word: the stage-9 model lost final letters of clips that
     # end right at the last phoneme ("set a timer" -> "set a time"); 0.3 s fixed them
     tail_padding_seconds: float = 0.32
+    # shallow fusion: log-score added per token of a partial match of a context phrase (taken
+    # back when the match fails, kept when it completes); 0 turns shallow fusion off
+    context_boost: float = 1.5
+    # models with an attention biasing network: feed it the context lists (False: the network
+    # sees empty lists, its learned "no-bias" entry only)
+    context_attention: bool = True
 
     def to_dict(self) -> dict:
         return {
@@ -88,6 +121,8 @@ class DecodeSettings:
             "max_segment_seconds": self.max_segment_seconds,
             "min_pause_seconds": self.min_pause_seconds,
             "tail_padding_seconds": self.tail_padding_seconds,
+            "context_boost": self.context_boost,
+            "context_attention": self.context_attention,
         }
 
     def trace_key(self) -> tuple:
@@ -118,7 +153,8 @@ class Timing:
 class _Decoder(NamedTuple):
     """A jitted decode function and the input shapes it has compiled (shared by recognizers)."""
 
-    # (variables, feats f32[B, T, n_mels], feat_paddings f32[B, T] 1.0 = padded) ->
+    # (variables, feats f32[B, T, n_mels], feat_paddings f32[B, T] 1.0 = padded, graph
+    # ContextGraph [B, N, V] or None, context (tokens int32[B, P, Lp], paddings) or None) ->
     # (tokens int32[B, K, L], token_paddings f32[B, K, L], scores f32[B, K]); K = 1 for greedy
     run: Callable
     compiled: set  # (variables signature, B, T) already run once
@@ -131,13 +167,19 @@ def _decoder(model: Transducer, trace_key: tuple) -> _Decoder:
     so recognizers of the same model with other weights hit the same jit cache."""
     method, *opts = trace_key
 
-    def run(variables, feats, feat_paddings):
+    def run(variables, feats, feat_paddings, graph=None, context=None):
         fns = decoder_fns(model, variables)
-        enc_p, enc_pad = model.apply(variables, feats, feat_paddings, method=Transducer.encode)
+        kw = {} if context is None else {"context": context}
+        enc_p, enc_pad = model.apply(
+            variables, feats, feat_paddings, method=Transducer.encode, **kw
+        )
+        fusion = None if graph is None else context_fusion(graph)
         if method == "greedy":
-            toks, tpad, scores = greedy_search(fns, enc_p, enc_pad, max_symbols_per_frame=opts[0])
+            toks, tpad, scores = greedy_search(
+                fns, enc_p, enc_pad, max_symbols_per_frame=opts[0], fusion=fusion
+            )
             return toks[:, None], tpad[:, None], scores[:, None]
-        return beam_search(fns, enc_p, enc_pad, beam=opts[0], max_symbols=opts[1])
+        return beam_search(fns, enc_p, enc_pad, beam=opts[0], max_symbols=opts[1], fusion=fusion)
 
     return _Decoder(jax.jit(run), set())
 
@@ -179,16 +221,52 @@ class Recognizer:
             raise ValueError(
                 f"min_pause_seconds must be > 0 or None, got {settings.min_pause_seconds!r}"
             )
+        if not (math.isfinite(settings.context_boost) and settings.context_boost >= 0):
+            raise ValueError(
+                f"context_boost must be a finite number >= 0, got {settings.context_boost!r}"
+            )
         self.loaded = loaded
         self.settings = settings
+        self._graphs: OrderedDict = OrderedDict()  # ContextList -> (token lists, graph), LRU
         self._variables = jax.device_put(loaded.variables)
         leaves, treedef = jax.tree_util.tree_flatten(self._variables)
         self._signature = (treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
         self._decoder = _decoder(loaded.model, settings.trace_key())
         self.timing = Timing(seen=self._decoder.compiled)
 
+    @property
+    def has_attention_biasing(self) -> bool:
+        """The model has an attention biasing network (trained with context lists)."""
+        return getattr(self.loaded.model.config, "bias_dim", 0) > 0
+
+    def _phrases(self, ctx: ContextList):
+        """(token lists, context graph or None) of a list, built once (LRU of 256 lists)."""
+        hit = self._graphs.get(ctx)
+        if hit is None:
+            tokens = tokenize_phrases(self.loaded.tokenizer, ctx)
+            graph = None
+            if self.settings.context_boost > 0:
+                graph = build_context_graph(
+                    tokens,
+                    self.loaded.model.config.vocab_size,
+                    boost=self.settings.context_boost,
+                    weights=ctx.weights,
+                    blank_id=self.loaded.model.config.blank_id,
+                )
+            hit = (tokens, graph)
+            self._graphs[ctx] = hit
+            if len(self._graphs) > 256:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(ctx)
+        return hit
+
     def recognize(
-        self, audios: list[np.ndarray], nbest: int = 1, progress: bool = False
+        self,
+        audios: list[np.ndarray],
+        nbest: int = 1,
+        progress: bool = False,
+        context=None,
     ) -> list[list[Hypothesis]]:
         """Audio arrays -> per input, up to `nbest` hypotheses, best first.
 
@@ -200,8 +278,12 @@ class Recognizer:
           nbest: hypotheses per input; an input longer than `settings.max_segment_seconds` gets
             one, its segments' best hypotheses joined (texts with a space, scores summed).
           progress: show a progress bar over batches.
+          context: names to bias toward (module docstring): None; one list for every input (a
+            `ContextList` or a list of phrase strings); or one per input (a list, as long as
+            `audios`, of those or None).
         """
         audios = _check_audios(audios)
+        contexts = per_input_contexts(context, len(audios))
         t0 = time.perf_counter()
         bounds = [self.segment(a) for a in audios]
         short = [i for i, b in enumerate(bounds) if len(b) == 1]
@@ -214,11 +296,15 @@ class Recognizer:
         self.timing.compute_s += time.perf_counter() - t0
         self.timing.audio_s += sum(len(a) for a in audios) / SAMPLE_RATE
         out: list[list[Hypothesis]] = [[] for _ in audios]
-        for i, hyps in zip(short, self._decode(short_feats, nbest, progress), strict=True):
+        short_ctx = [contexts[i] for i in short]
+        piece_ctx = [contexts[i] for i, _ in pieces]
+        decoded = self._decode(short_feats, nbest, progress, short_ctx)
+        for i, hyps in zip(short, decoded, strict=True):
             out[i] = hyps
         if pieces:
             best: dict[int, list[Hypothesis]] = {}
-            for (i, _), hyps in zip(pieces, self._decode(piece_feats, 1, progress), strict=True):
+            decoded = self._decode(piece_feats, 1, progress, piece_ctx)
+            for (i, _), hyps in zip(pieces, decoded, strict=True):
                 best.setdefault(i, []).extend(hyps[:1])
             for i, hyps in best.items():
                 text = " ".join(h.text.strip() for h in hyps if h.text.strip())
@@ -232,10 +318,33 @@ class Recognizer:
         max_len = round(s.max_segment_seconds * SAMPLE_RATE)
         return segment_bounds(audio, max_len, min_pause_s=s.min_pause_seconds)
 
+    def _context_inputs(self, contexts: list[ContextList | None]):
+        """Per batch row's list -> (graph [B, N, V] or None, attention arrays or None)."""
+        lists = [None if c is None else self._phrases(c) for c in contexts]
+        graph = None
+        if self.settings.context_boost > 0 and any(x is not None for x in lists):
+            graph = stack_graphs(
+                [None if x is None else x[1] for x in lists], self.loaded.model.config.vocab_size
+            )
+        attention = None
+        if self.has_attention_biasing:
+            from asr.models.biasing import context_arrays
+
+            use = self.settings.context_attention
+            attention = context_arrays([x[0] if use and x is not None else [] for x in lists])
+        return graph, attention
+
     def _decode(
-        self, feats: list[np.ndarray], nbest: int, progress: bool
+        self,
+        feats: list[np.ndarray],
+        nbest: int,
+        progress: bool,
+        contexts: list[ContextList | None] | None = None,
     ) -> list[list[Hypothesis]]:
-        """f32[T_i, n_mels] features -> per item, up to `nbest` hypotheses (batched by length)."""
+        """f32[T_i, n_mels] features -> per item, up to `nbest` hypotheses (batched by length);
+        contexts: per item its list or None."""
+        if contexts is None:
+            contexts = [None] * len(feats)
         out: list[list[Hypothesis]] = [[] for _ in feats]
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]))
         bs = self.settings.batch_size
@@ -249,14 +358,24 @@ class Recognizer:
             for k, i in enumerate(idx):
                 x[k, : len(feats[i])] = feats[i]
                 pad[k, : len(feats[i])] = 0.0
-            shape = (self._signature, bs, t)
+            t0 = time.perf_counter()
+            rows_ctx = [contexts[i] for i in idx] + [None] * (bs - len(idx))
+            graph, attention = self._context_inputs(rows_ctx)
+            self.timing.compute_s += time.perf_counter() - t0
+            shape = (
+                self._signature,
+                bs,
+                t,
+                None if graph is None else graph.goto.shape,
+                None if attention is None else attention[0].shape,
+            )
             if shape not in self.timing.seen:  # first use of this shape: compile, not timed
                 c0 = time.perf_counter()
-                jax.block_until_ready(run(self._variables, x, pad))
+                jax.block_until_ready(run(self._variables, x, pad, graph, attention))
                 self.timing.compile_s += time.perf_counter() - c0
                 self.timing.seen.add(shape)
             t0 = time.perf_counter()
-            toks, tpad, scores = jax.device_get(run(self._variables, x, pad))
+            toks, tpad, scores = jax.device_get(run(self._variables, x, pad, graph, attention))
             self.timing.compute_s += time.perf_counter() - t0
             for k, i in enumerate(idx):
                 seqs = strip(toks[k], tpad[k])
@@ -268,9 +387,13 @@ class Recognizer:
                 out[i] = hyps[:nbest]
         return out
 
-    def transcribe_files(self, paths: list[str], nbest: int = 1, progress: bool = False):
+    def transcribe_files(
+        self, paths: list[str], nbest: int = 1, progress: bool = False, context=None
+    ):
         """Yields (path, hypotheses or AudioError) in input order; timing covers the work done
-        (reading the files counts as compute time; their audio is counted by `recognize`)."""
+        (reading the files counts as compute time; their audio is counted by `recognize`).
+        `context`: as for `recognize`, one list for all or one per path."""
+        contexts = per_input_contexts(context, len(paths))
         audios, errors = {}, {}
         for p in paths:
             try:
@@ -282,10 +405,41 @@ class Recognizer:
         good = [p for p in paths if p in audios]
         results = {}
         if good:
-            hyps = self.recognize([audios[p] for p in good], nbest, progress)
+            ctx = [contexts[i] for i, p in enumerate(paths) if p in audios]
+            hyps = self.recognize([audios[p] for p in good], nbest, progress, ctx)
             results = dict(zip(good, hyps, strict=True))
         for p in paths:
             yield p, results.get(p, errors.get(p))
+
+
+def _as_context(c, where: str) -> ContextList | None:
+    if c is None:
+        return None
+    if isinstance(c, ContextList):
+        return c or None
+    if isinstance(c, str) or not isinstance(c, Sequence):
+        raise ContextError(f"{where}: expected a list of phrases, got {type(c).__name__} {c!r:.60}")
+    return make_context(c) or None
+
+
+def per_input_contexts(context, n: int) -> list[ContextList | None]:
+    """`recognize`'s context argument -> one `ContextList` (or None) per input."""
+    if context is None:
+        return [None] * n
+    if isinstance(context, ContextList) or (
+        isinstance(context, Sequence)
+        and not isinstance(context, str)
+        and all(isinstance(c, str) for c in context)
+    ):
+        return [_as_context(context, "context")] * n
+    if isinstance(context, str) or not isinstance(context, Sequence):
+        raise ContextError(
+            f"context: expected a list of phrases or one list per input, got "
+            f"{type(context).__name__}"
+        )
+    if len(context) != n:
+        raise ContextError(f"context: {len(context)} lists for {n} inputs (one per input)")
+    return [_as_context(c, f"context[{i}]") for i, c in enumerate(context)]
 
 
 def keyword_matches(keywords: list[str], hypothesis: str) -> list[bool]:
@@ -395,6 +549,8 @@ def evaluate_manifest(
     by: tuple[str, ...] = (),
     details: bool = False,
     unreadable: str = "skip",
+    use_context: bool = True,
+    context=None,
 ) -> dict:
     """Scores the recognizer on manifest rows: WER, keyword recall, real-time factor.
 
@@ -406,11 +562,20 @@ def evaluate_manifest(
     `AudioError` too (nothing to score). A row with neither `text` nor `keywords` raises
     `ManifestError` before anything is decoded.
 
+    Context biasing: each row is decoded with its `context` list (names), or with `context` (one
+    list for every row, replacing theirs) when given; ``use_context=False`` decodes without
+    lists. Either way the words of the reference that belong to a phrase of the row's list are
+    scored apart as `context_wer` (so a run without lists measures the same words).
+
     Returns a dict:
       wer, substitutions, deletions, insertions, words: over readable text rows (`wer` None and
         the counts 0 when there are none);
       keyword_recall (None when there are no readable keyword rows), keywords, keywords_found,
         keyword_rows: over readable keyword rows;
+      context_wer (None when no reference word is in a list), context_words, context_errors:
+        substitutions and deletions of reference words belonging to a context phrase
+        (`asr.text.marked_word_errors`), over readable text rows; context_rows: rows that had a
+        list;
       utterances: rows scored; unreadable: rows left out; unreadable_rows: every one of them as
         {audio, error}, in manifest order;
       rtf, audio_seconds, compute_seconds, compile_seconds, decode, model, device;
@@ -426,11 +591,17 @@ def evaluate_manifest(
     if unreadable not in ("skip", "fail"):
         raise ValueError(f"unreadable must be 'skip' or 'fail', got {unreadable!r}")
     kinds = _row_kinds(rows)
+    if context is not None:
+        lists = [_as_context(context, "context")] * len(rows)
+    else:
+        lists = [_as_context(r.get("context"), f"rows[{i}]: context") for i, r in enumerate(rows)]
     recognizer.timing = Timing(seen=recognizer.timing.seen)  # this evaluation's time only
     paths = [r["audio"] for r in rows]
     hyps: list[str | None] = []  # None: unreadable
     errors: dict[int, str] = {}
-    for i, (_, res) in enumerate(recognizer.transcribe_files(paths, progress=progress)):
+    decode_ctx = lists if use_context else None
+    results = recognizer.transcribe_files(paths, progress=progress, context=decode_ctx)
+    for i, (_, res) in enumerate(results):
         if isinstance(res, Exception):
             errors[i] = str(res)
             hyps.append(None)
@@ -447,7 +618,13 @@ def evaluate_manifest(
         if hyp is None:
             scored.append({**row, "error": errors[i]})
         elif kind == "text":
-            scored.append({**row, **utterance_errors(row["text"], hyp)})
+            res = {**row, **utterance_errors(row["text"], hyp)}
+            if lists[i] is not None:
+                marks = phrase_occurrences(row["text"], lists[i])
+                res["context_errors"], res["context_words"] = marked_word_errors(
+                    row["text"], hyp, marks
+                )
+            scored.append(res)
         else:
             found = keyword_matches(row["keywords"], hyp)
             scored.append(
@@ -465,6 +642,8 @@ def evaluate_manifest(
         w = word_error_rate([rows[i]["text"] for i in text_ok], [hyps[i] for i in text_ok])
     else:
         w = {"wer": None, "substitutions": 0, "deletions": 0, "insertions": 0, "words": 0}
+    ctx_err = sum(scored[i].get("context_errors", 0) for i in text_ok)
+    ctx_words = sum(scored[i].get("context_words", 0) for i in text_ok)
     kw_found = sum(scored[i]["keywords_found"] for i in kw_ok)
     kw_total = sum(scored[i]["keywords_total"] for i in kw_ok)
     t = recognizer.timing
@@ -474,6 +653,11 @@ def evaluate_manifest(
         "keywords": kw_total,
         "keywords_found": kw_found,
         "keyword_rows": len(kw_ok),
+        "context_wer": ctx_err / ctx_words if ctx_words else None,
+        "context_words": ctx_words,
+        "context_errors": ctx_err,
+        "context_rows": sum(lists[i] is not None for i in text_ok + kw_ok),
+        "context_used": bool(use_context),
         "utterances": len(text_ok) + len(kw_ok),
         "unreadable": len(failed),
         "unreadable_rows": failed,

@@ -106,3 +106,28 @@ def group_error_rates(rows: list[dict], field: str) -> dict[str, dict]:
         for k, (e, w, n) in acc.items()
     }
     return dict(sorted(out.items(), key=lambda kv: (-(kv[1]["wer"] or 0.0), kv[0])))
+
+
+def marked_word_errors(reference: str, hypothesis: str, marks: list[bool]) -> tuple[int, int]:
+    """Errors on chosen reference words -> (errors, marked words).
+
+    `marks`: bool per word of ``normalize_text(reference).split()`` (which words count, e.g. the
+    words of a context phrase, `asr.context.phrase_occurrences`). A marked word is an error when
+    the word-level alignment (jiwer's, the one WER is counted on) substitutes or deletes it;
+    insertions belong to no reference word and are not counted."""
+    import jiwer
+
+    ref, hyp = normalize_text(reference), normalize_text(hypothesis)
+    words = ref.split()
+    if len(marks) != len(words):
+        raise ValueError(f"{len(marks)} marks for {len(words)} reference words")
+    total = sum(bool(m) for m in marks)
+    if not total:
+        return 0, 0
+    if not hyp:
+        return total, total
+    errors = 0
+    for chunk in jiwer.process_words(ref, hyp).alignments[0]:
+        if chunk.type in ("substitute", "delete"):
+            errors += sum(bool(m) for m in marks[chunk.ref_start_idx : chunk.ref_end_idx])
+    return errors, total

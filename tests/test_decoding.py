@@ -5,10 +5,14 @@ references: greedy against a NumPy greedy loop, beam search (with a beam holding
 against a brute-force sum over all alignments, with one symbol per frame (modified search) or up
 to S per frame (each frame's emissions end with blank, or after the S-th symbol). A tiny random
 Transducer checks batched against one by one, beam=1 against greedy, ordering, uniqueness and no
-retracing.
+retracing. With shallow fusion (a context graph): no fusion and an empty graph are bit-identical,
+beam scores are the brute-force sums over alignments plus the string-matching context score of
+each sequence, greedy matches a NumPy loop over the graph's arrays, per-utterance graphs stay in
+their utterance, and new lists of the same size bucket do not retrace.
 
 References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks"; Kang et al. 2023,
-"Fast and Parallel Decoding for Transducer".
+"Fast and Parallel Decoding for Transducer"; Zhao et al. 2019, "Shallow-Fusion End-to-End
+Contextual Biasing".
 """
 
 from __future__ import annotations
@@ -21,7 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asr.decoding import NEG, DecoderFns, beam_search, decoder_fns, greedy_search, strip
+from asr.decoding import (
+    NEG,
+    DecoderFns,
+    beam_search,
+    build_context_graph,
+    context_fusion,
+    context_score,
+    decoder_fns,
+    greedy_search,
+    stack_graphs,
+    strip,
+)
 from asr.decoding.beam import _beam_search
 from asr.decoding.greedy import _greedy_search, initial_predictor
 from asr.models.config import get_config
@@ -481,3 +496,274 @@ def test_decoder_fns_of_a_model_hit_the_jit_cache(tiny):
         assert compiled > 0
         jax.block_until_ready(search(decoder_fns(model, other), enc_p, enc_pads, **kw))
         assert jitted._cache_size() == compiled, search.__name__
+
+
+# ---- shallow fusion: context graphs ----
+
+SEARCHES = (
+    (greedy_search, {"max_symbols_per_frame": 2}),
+    (beam_search, {"beam": 3, "max_symbols": 1}),
+    (beam_search, {"beam": 3, "max_symbols": 2}),
+)
+
+
+def np_greedy_fused(table, n_frames, max_symbols, graph):
+    """NumPy greedy over log-probs + graph deltas: (tokens, fused score, acoustic path score)."""
+    goto, delta, finish = (np.asarray(a) for a in (graph.goto, graph.delta, graph.finish))
+    last, state, out, score, am = 0, 0, [], 0.0, 0.0
+    for t in range(n_frames):
+        for _ in range(max_symbols):
+            lp = log_softmax(table[t, last].astype(np.float64))
+            k = int(np.argmax(lp + delta[state]))
+            score += lp[k] + delta[state, k]
+            am += lp[k]
+            if k == 0:
+                break
+            out.append(k)
+            last, state = k, int(goto[state, k])
+    return out, score + finish[state], am
+
+
+def test_no_fusion_and_empty_graph_are_bit_identical():
+    rng = np.random.default_rng(20)
+    t, v = 5, 4
+    table = (rng.normal(size=(t, v, v)) * 2.0).astype(np.float32)
+    enc_p, pads = fake_enc(2, [5, 3], t)
+    fns = fake_fns(table)
+    for search, kw in SEARCHES:
+        plain = search(fns, enc_p, pads, **kw)
+        none = search(fns, enc_p, pads, fusion=None, **kw)
+        empty = stack_graphs([None] * 2, v)  # as the recognizer gives: one per utterance
+        batched = search(fns, enc_p, pads, fusion=context_fusion(empty), **kw)
+        for out in (none, batched):
+            for a, b in zip(plain, out, strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=f"{search.__name__} {kw}")
+
+
+def test_context_graph_switches_the_search_to_the_phrase():
+    """The model weakly prefers "1 2" to "1 3"; a graph of "1 3" turns every search to it, a graph
+    of an unrelated phrase changes nothing."""
+    t, v = 3, 5
+    table = np.zeros((t, v, v), np.float32)
+    table[:, :, 0] = 5.0
+    table[0, 0, 1] = 8.0  # frame 0: token 1
+    table[1, 1, 0] = 0.0
+    table[1, 1, 2], table[1, 1, 3] = 3.0, 2.6  # frame 1: 2 a little likelier than 3
+    enc_p, pads = fake_enc(1, [t], t)
+    fns = fake_fns(table)
+    phrase = context_fusion(build_context_graph([[1, 3]], v, boost=1.5))
+    other = context_fusion(build_context_graph([[4, 4, 2]], v, boost=1.5))
+
+    def best(search, kw, fusion):
+        """(best token list, its score) of the one utterance."""
+        tokens, token_pads, scores = search(fns, enc_p, pads, fusion=fusion, **kw)
+        if search is beam_search:
+            return strip(tokens, token_pads)[0][0], float(scores[0, 0])
+        return strip(tokens, token_pads)[0], float(scores[0])
+
+    for search, kw in SEARCHES:
+        plain, plain_score = best(search, kw, None)
+        assert plain == [1, 2], (search.__name__, kw)
+        fused, fused_score = best(search, kw, phrase)
+        assert fused == [1, 3], (search.__name__, kw)
+        assert fused_score > plain_score  # the completed phrase's boost is in the score
+        # a phrase the best path never touches leaves it and its score as they were (in beam
+        # search it may reorder runner-ups spelling a "4", whose pending boost is taken back)
+        assert best(search, kw, other) == (plain, plain_score)
+
+
+@pytest.mark.parametrize("max_symbols, t, v", [(1, 4, 3), (2, 3, 3)])
+def test_fused_beam_scores_are_alignment_sums_plus_context_score(max_symbols, t, v):
+    """Beam holding every sequence: each score is the log-sum over its alignments (brute force)
+    plus the context score of its tokens (string matching), and they rank the hypotheses."""
+    rng = np.random.default_rng(30 + max_symbols)
+    table = (rng.normal(size=(t, v, v)) * 1.5).astype(np.float32)
+    phrases, weights, boost = [[1, 2], [2, 2, 1], [1]], [1.0, 2.0, 0.5], 1.2
+    graph = build_context_graph(phrases, v, boost=boost, weights=weights)
+    n_seqs = sum((v - 1) ** n for n in range(max_symbols * t + 1))
+    lengths = [t, t - 1]
+    enc_p, pads = fake_enc(2, lengths, t)
+    tokens, token_pads, scores = beam_search(
+        fake_fns(table),
+        enc_p,
+        pads,
+        beam=n_seqs,
+        max_symbols=max_symbols,
+        fusion=context_fusion(graph),
+    )
+    hyps = strip(tokens, token_pads)
+    assert np.all(np.diff(np.asarray(scores), axis=1) <= 0)
+    for b, n in enumerate(lengths):
+        am = np_sequence_scores_multi(table, n, max_symbols)
+        ref = {q: lp + context_score(phrases, q, boost, weights) for q, lp in am.items()}
+        live = np.asarray(scores[b]) > NEG / 2
+        got = {tuple(h): float(s) for h, s, ok in zip(hyps[b], scores[b], live, strict=True) if ok}
+        assert set(got) == set(ref)
+        for seq, lp in ref.items():
+            np.testing.assert_allclose(got[seq], lp, rtol=1e-5, atol=1e-4, err_msg=str(seq))
+        assert tuple(hyps[b][0]) == max(ref, key=ref.get)
+        assert max(ref, key=ref.get) != max(am, key=am.get) or b  # the boost changed the best
+
+
+@pytest.mark.parametrize("max_symbols", [1, 2, 3])
+def test_fused_greedy_matches_numpy_reference(max_symbols):
+    rng = np.random.default_rng(40 + max_symbols)
+    t, v = 6, 5
+    changed = 0
+    for _ in range(4):
+        table = rng.normal(size=(t, v, v)).astype(np.float32) * 2.0
+        phrases = [[int(x) for x in rng.integers(1, v, rng.integers(1, 4))] for _ in range(3)]
+        graph = build_context_graph(phrases, v, boost=2.0)
+        lengths = [6, 4, 0]
+        enc_p, pads = fake_enc(3, lengths, t)
+        fused = greedy_search(
+            fake_fns(table), enc_p, pads, max_symbols, fusion=context_fusion(graph)
+        )
+        for b, n in enumerate(lengths):
+            ref, ref_score, am = np_greedy_fused(table, n, max_symbols, graph)
+            assert strip(fused[0], fused[1])[b] == ref
+            np.testing.assert_allclose(fused[2][b], ref_score, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(  # score = path log-prob + context score of the tokens
+                fused[2][b], am + context_score(phrases, ref, 2.0), rtol=1e-5, atol=1e-4
+            )
+            changed += ref != np_greedy(table, n, max_symbols)[0]
+    assert changed > 0, "the graphs never changed greedy's output: test would be vacuous"
+
+
+def test_fused_beam_one_equals_fused_greedy_one_symbol():
+    rng = np.random.default_rng(50)
+    t, v = 7, 6
+    table = (rng.normal(size=(t, v, v)) * 2.0).astype(np.float32)
+    enc_p, pads = fake_enc(2, [7, 5], t)
+    graph = stack_graphs(
+        [build_context_graph([[1, 2], [3, 4, 5]], v), build_context_graph([[2, 2]], v)], v
+    )
+    fusion = context_fusion(graph)
+    g_tok, g_pad, g_sc = greedy_search(fake_fns(table), enc_p, pads, 1, fusion=fusion)
+    b_tok, b_pad, b_sc = beam_search(fake_fns(table), enc_p, pads, beam=1, fusion=fusion)
+    assert strip(g_tok, g_pad) == [h[0] for h in strip(b_tok, b_pad)]
+    np.testing.assert_allclose(g_sc, b_sc[:, 0], rtol=1e-5)
+
+
+def test_per_utterance_graphs_only_bias_their_own_utterance():
+    t, v = 3, 5
+    table = np.zeros((t, v, v), np.float32)
+    table[:, :, 0] = 5.0
+    table[0, 0, 1] = 8.0
+    table[1, 1, 0] = 0.0
+    table[1, 1, 2], table[1, 1, 3], table[1, 1, 4] = 3.0, 2.6, 2.6
+    graphs = [build_context_graph([[1, 3]], v), None, build_context_graph([[1, 4]], v)]
+    enc_p, pads = fake_enc(3, [3, 3, 2], t)
+    fns = fake_fns(table)
+    for search, kw in SEARCHES:
+        out = search(fns, enc_p, pads, fusion=context_fusion(stack_graphs(graphs, v)), **kw)
+        hyps = strip(out[0], out[1])
+        best = [h[0] if search is beam_search else h for h in hyps]
+        assert best == [[1, 3], [1, 2], [1, 4]], (search.__name__, kw)
+        for b, g in enumerate(graphs):
+            fusion = None if g is None else context_fusion(g)
+            one = search(fns, enc_p[b : b + 1], pads[b : b + 1], fusion=fusion, **kw)
+            assert strip(one[0], one[1])[0] == hyps[b]
+            np.testing.assert_allclose(one[2][0], out[2][b], rtol=1e-6)
+
+
+def test_new_context_lists_do_not_retrace():
+    """A new list (other phrases, weights, boost) of the same size bucket, new weights, new
+    lengths: each search with fusion is traced once."""
+    rng = np.random.default_rng(60)
+    t, v = 5, 6
+    lists = [
+        ([[1, 2]], None, 1.5),
+        ([[3, 4, 5], [3, 1]], [2.0, 1.0], 0.7),
+        ([[5] * 10, [2, 2, 2]], None, 3.0),
+    ]
+    for search, kw in SEARCHES:
+        joint = _CountingJoint()
+        traced = None
+        for i, (phrases, weights, boost) in enumerate(lists):
+            graph = build_context_graph(phrases, v, boost=boost, weights=weights)
+            graphs = stack_graphs([graph, None], v)
+            table = rng.normal(size=(t, v, v)).astype(np.float32)
+            enc_p, pads = fake_enc(2, [[5, 3], [4, 1], [2, 5]][i], t)
+            jax.block_until_ready(
+                search(fake_fns(table, joint), enc_p, pads, fusion=context_fusion(graphs), **kw)
+            )
+            traced = traced or joint.calls
+            assert joint.calls == traced > 0, (search.__name__, kw, i)
+    # a list past the bucket (20 states) is a new shape: one more trace (last search above)
+    big = stack_graphs([build_context_graph([list(range(1, 6)) * 4], v), None], v)
+    assert big.goto.shape[1] > graphs.goto.shape[1]
+    search(fake_fns(table, joint), enc_p, pads, fusion=context_fusion(big), **kw)
+    assert joint.calls > traced
+
+
+def test_fusion_under_jit_and_vmap():
+    """The graph is an ordinary traced argument: jit over it, and vmap over utterances with one
+    unbatched graph each, give the batched result."""
+    rng = np.random.default_rng(70)
+    t, v = 5, 5
+    table = (rng.normal(size=(t, v, v)) * 2.0).astype(np.float32)
+    fns = fake_fns(table)
+    enc_p, pads = fake_enc(2, [5, 4], t)
+    graphs = stack_graphs(
+        [build_context_graph([[1, 2], [3]], v), build_context_graph([[4, 4, 1]], v)], v
+    )
+    for search, kw in SEARCHES[::2]:  # greedy and beam search with two symbols per frame
+        ref = search(fns, enc_p, pads, fusion=context_fusion(graphs), **kw)
+        jitted = jax.jit(
+            lambda g, e, p, search=search, kw=kw: search(fns, e, p, fusion=context_fusion(g), **kw)
+        )
+        mapped = jax.vmap(
+            lambda g, e, p, search=search, kw=kw: search(
+                fns, e[None], p[None], fusion=context_fusion(g), **kw
+            )
+        )
+        outs = [mapped(graphs, enc_p, pads)]
+        if search is beam_search:  # (as the recognizer calls it)
+            outs.append(jitted(graphs, enc_p, pads))
+        for out in outs:
+            for a, b in zip(ref, out, strict=True):
+                np.testing.assert_allclose(a, np.reshape(b, a.shape), rtol=1e-6)
+
+
+def test_fusion_bad_inputs_raise():
+    table = np.zeros((3, 4, 4), np.float32)
+    enc_p, pads = fake_enc(2, [3, 2], 3)
+    fns = fake_fns(table)
+    wrong_vocab = context_fusion(build_context_graph([[1]], 7))
+    wrong_batch = context_fusion(stack_graphs([None] * 3, 4))
+    for search, kw in SEARCHES:
+        with pytest.raises(ValueError, match=r"fusion scores have shape \(\d+, 7\), expected"):
+            search(fns, enc_p, pads, fusion=wrong_vocab, **kw)
+        with pytest.raises(ValueError, match="context graph batch 3 != 2 utterances"):
+            search(fns, enc_p, pads, fusion=wrong_batch, **kw)
+        with pytest.raises(ValueError, match="fusion must be a Fusion"):
+            search(fns, enc_p, pads, fusion=build_context_graph([[1]], 4), **kw)
+
+
+def test_fused_beam_on_a_model_batched_equals_one_by_one(tiny):
+    """A random Transducer, two symbols per frame, a list for two of the three utterances built
+    from runner-up hypotheses: the boosted phrase wins, and batched equals one by one."""
+    fns, enc_p, enc_pads, lengths = tiny
+    kw = {"beam": 4, "max_symbols": 2}
+    plain = strip(*beam_search(fns, enc_p, enc_pads, **kw)[:2])
+    phrases = [h[-1][-3:] for h in plain]  # the tail of the last hypothesis of each
+    graphs = [build_context_graph([phrases[0]], 16, boost=3.0), None]
+    graphs.append(build_context_graph([phrases[2]], 16, boost=3.0))
+    fusion = context_fusion(stack_graphs(graphs, 16))
+    tokens, token_pads, scores = beam_search(fns, enc_p, enc_pads, fusion=fusion, **kw)
+    hyps = strip(tokens, token_pads)
+    for b in (0, 2):
+        best = hyps[b][0]
+        assert any(best[i : i + 3] == phrases[b] for i in range(len(best))), (best, phrases[b])
+    assert hyps[1] == plain[1]
+    for b, n in enumerate(lengths):
+        one = beam_search(
+            fns,
+            enc_p[b : b + 1, :n],
+            enc_pads[b : b + 1, :n],
+            fusion=None if graphs[b] is None else context_fusion(graphs[b]),
+            **kw,
+        )
+        assert strip(one[0], one[1])[0] == hyps[b]
+        np.testing.assert_allclose(one[2][0], scores[b], rtol=1e-4, atol=1e-4)

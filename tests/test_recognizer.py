@@ -92,7 +92,8 @@ class StubRecognizer:
         self.settings = DecodeSettings()
         self.loaded = type("L", (), {"source": "stub"})()
 
-    def transcribe_files(self, paths, nbest=1, progress=False):
+    def transcribe_files(self, paths, nbest=1, progress=False, context=None):
+        self.context = context
         for p in paths:
             self.timing.audio_s += 1.0
             if p in self.bad:
@@ -338,3 +339,76 @@ def test_settings_checked(tiny):
         Recognizer(tiny, DecodeSettings(max_segment_seconds=0.1))
     with pytest.raises(ValueError, match="min_pause_seconds"):
         Recognizer(tiny, DecodeSettings(min_pause_seconds=0.0))
+
+
+# ---- 5. context biasing ----
+
+
+def test_context_wer_scores_listed_name_words():
+    rows = [
+        {"audio": "a.wav", "text": "call anna lee now", "context": ["Anna Lee", "bob"]},
+        {"audio": "b.wav", "text": "call bob", "context": ["bob"]},
+        {"audio": "c.wav", "text": "stop"},
+    ]
+    rec = StubRecognizer({"a.wav": "call ana lee now", "b.wav": "call bob", "c.wav": "stop"})
+    res = evaluate_manifest(rec, rows, details=True)
+    assert (res["context_errors"], res["context_words"]) == (1, 3)
+    assert res["context_wer"] == pytest.approx(1 / 3)
+    assert res["context_rows"] == 2 and res["context_used"]
+    assert [c and c.phrases for c in rec.context] == [("anna lee", "bob"), ("bob",), None]
+    assert res["utterances_detail"][0]["context_errors"] == 1
+    assert "context_words" not in res["utterances_detail"][2]
+    # without biasing the same words are scored, and no list reaches the recognizer
+    res = evaluate_manifest(rec, rows, use_context=False)
+    assert rec.context is None and res["context_wer"] == pytest.approx(1 / 3)
+    assert not res["context_used"]
+    # one list for every row replaces theirs (and marks the words it names)
+    res = evaluate_manifest(rec, rows, context=["stop"])
+    assert {c.phrases for c in rec.context} == {("stop",)}
+    assert (res["context_errors"], res["context_words"]) == (0, 1)
+    # no listed word at all: None, not 0
+    assert evaluate_manifest(rec, rows[2:])["context_wer"] is None
+
+
+def test_bad_context_lists_are_clear_errors(tiny):
+    from asr.context import ContextError
+
+    rec = Recognizer(tiny, DecodeSettings(method="greedy", batch_size=2))
+    x = [_speechy(0.5, 1), _speechy(0.6, 2)]
+    with pytest.raises(ContextError, match="3 lists for 2 inputs"):
+        rec.recognize(x, context=[["a"], ["b"], ["c"]])
+    with pytest.raises(ContextError, match="expected a list of phrases"):
+        rec.recognize(x, context="anna")
+    with pytest.raises(ContextError, match=r"context\[1\]: expected a list of phrases"):
+        rec.recognize(x, context=[["a"], 5])
+    rows = [{"audio": "a.wav", "text": "go", "context": "anna"}]
+    with pytest.raises(ContextError, match=r"rows\[0\]: context"):
+        evaluate_manifest(StubRecognizer({"a.wav": "go"}), rows)
+    with pytest.raises(ValueError, match="context_boost"):
+        Recognizer(tiny, DecodeSettings(context_boost=-1.0))
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_empty_or_absent_lists_change_nothing(tiny, method):
+    rec = Recognizer(tiny, DecodeSettings(method=method, beam=3, batch_size=2))
+    x = [_speechy(0.8, 3), _speechy(1.1, 4), _speechy(0.5, 5)]
+    base = rec.recognize(x, nbest=1)
+    assert rec.recognize(x, nbest=1, context=[]) == base
+    assert rec.recognize(x, nbest=1, context=[None, [], None]) == base
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_fusion_writes_the_listed_phrase_only_where_listed(tiny, method):
+    """A random model's posteriors are nearly flat: a large boost makes the search spell the
+    listed phrase, in the inputs that list it and in no other."""
+    settings = DecodeSettings(method=method, beam=4, batch_size=4, context_boost=12.0)
+    rec = Recognizer(tiny, settings)
+    x = [_speechy(1.5, 6), _speechy(1.4, 7), _speechy(1.6, 8)]
+    base = [h[0].text for h in rec.recognize(x)]
+    out = [h[0].text for h in rec.recognize(x, context=[["call mom"], None, ["call mom"]])]
+    assert "call mom" in out[0] and "call mom" in out[2], out
+    assert out[1] == base[1]
+    assert "call mom" not in base[0] and "call mom" not in base[2], base
+    # with fusion off the lists do nothing (this model has no attention biasing network)
+    off = Recognizer(tiny, DecodeSettings(method=method, beam=4, batch_size=4, context_boost=0.0))
+    assert [h[0].text for h in off.recognize(x, context=[["call mom"], None, ["call mom"]])] == base

@@ -21,6 +21,12 @@ scores the sum over its alignments (with at most S symbols per frame). An active
 merged with a finished one: it is a different state (it has yet to end its frame). Sequences are
 identified by a rolling int32 hash plus their length.
 
+Shallow fusion (`fusion=`, e.g. `context_fusion(graph)`): every hypothesis carries the fusion's
+extra state (regathered with the survivors like the predictor state, advanced where a token is
+emitted, unchanged on padded frames); its scores are added to the candidates' log-probs before
+the top K, its finalize term before the final sort. Merging stays exact: equal token sequences
+have equal fusion states, so the fusion adds the same amount to each of their alignments.
+
 References: Kang et al. 2023, "Fast and Parallel Decoding for Transducer" (one symbol per frame,
 batched over hypotheses); icefall `beam_search.py::modified_beam_search` (the algorithm; here a
 `lax.scan` over a fixed-shape state, as Flax `examples/wmt/decode.py` does for its beam search);
@@ -40,7 +46,9 @@ from jax.typing import ArrayLike
 from asr.decoding.greedy import (
     NEG,
     DecoderFns,
+    Fusion,
     check_encoder_outputs,
+    fusion_scores,
     initial_predictor,
     select_tree,
 )
@@ -58,6 +66,7 @@ class BeamState(NamedTuple):
     hashes: jax.Array  # int32[B, K]: rolling hash of tokens[..., :lengths]
     pred_state: Any  # predictor state pytree, every leaf [B*K, ...] (row b*K + k)
     pred_p: jax.Array  # f32[B*K, J]: predictor output after each hypothesis' last token
+    extra: Any = None  # fusion state pytree, every leaf [B*K, ...] (None without a fusion)
 
 
 def beam_search(
@@ -67,6 +76,7 @@ def beam_search(
     beam: int = 4,
     max_len: int | None = None,
     max_symbols: int = 1,
+    fusion: Fusion | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Batched transducer beam search: modified (max_symbols=1) or up to S symbols per frame.
 
@@ -80,12 +90,15 @@ def beam_search(
       max_symbols: S >= 1, non-blank symbols a hypothesis may emit per frame. 1 = modified beam
         search (a token consumes the frame); S > 1 = standard topology (a frame's emissions end
         with blank, or after the S-th symbol), S expansion sub-steps per frame.
+      fusion: scores added to the candidates' log-probs before pruning (e.g.
+        `context_fusion(graph)` for context biasing); None: plain beam search.
 
     Returns:
       tokens int32[B, K, L] (0 past each length), token_paddings f32[B, K, L] (1.0 = padding),
       scores f32[B, K]: log of the total probability of each token sequence over its alignments,
-      sorted best first. Scores near NEG (-1e9) mark dead slots, present only when fewer than K
-      distinct sequences are reachable.
+      plus, with a fusion, its scores of the sequence and its finalize term (what ranked them;
+      for a context graph: + `context_score` of the tokens), sorted best first. Scores near NEG
+      (-1e9) mark dead slots, present only when fewer than K distinct sequences are reachable.
     """
     check_encoder_outputs(enc_p, enc_paddings)
     if beam < 1:
@@ -96,7 +109,9 @@ def beam_search(
         max_len = max(max_symbols * np.shape(enc_p)[1], 1)
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
-    return _beam_search(fns, enc_p, enc_paddings, int(beam), int(max_len), int(max_symbols))
+    if fusion is not None and not isinstance(fusion, Fusion):
+        raise ValueError(f"fusion must be a Fusion or None, got {type(fusion).__name__}")
+    return _beam_search(fns, enc_p, enc_paddings, int(beam), int(max_len), int(max_symbols), fusion)
 
 
 def _merge_duplicates(hashes: jax.Array, lengths: jax.Array, scores: jax.Array):
@@ -115,12 +130,13 @@ def _merge_duplicates(hashes: jax.Array, lengths: jax.Array, scores: jax.Array):
 
 
 @functools.partial(jax.jit, static_argnames=("beam", "max_len", "max_symbols"))
-def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols):
+def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols, fusion=None):
     enc_p = jnp.asarray(enc_p, jnp.float32)
     b, _, je = enc_p.shape
     k = beam
     blank = fns.blank_id
     pred_state, pred_p = initial_predictor(fns, b * k)
+    utts = jnp.repeat(jnp.arange(b, dtype=jnp.int32), k)  # -> [B*K]: utterance of each row
     init = BeamState(
         tokens=jnp.zeros((b, k, max_len), jnp.int32),
         lengths=jnp.zeros((b, k), jnp.int32),
@@ -128,6 +144,7 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols):
         hashes=jnp.zeros((b, k), jnp.int32),
         pred_state=pred_state,
         pred_p=pred_p,
+        extra=None if fusion is None else fusion.init(fusion.params, utts, b),
     )
     bi = jnp.arange(b)[:, None, None]  # batch index for [B, K, K] gathers
     ki = jnp.arange(k)[None, :, None]  # hypothesis index i (rows of [B, K, K])
@@ -149,6 +166,9 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols):
         )  # -> [B, K, V]
         v_size = logits.shape[-1]
         logp = jnp.maximum(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), NEG)
+        if fusion is not None:  # shallow fusion: one gathered row of scores per hypothesis
+            fused = fusion_scores(fusion, s.extra, utts, logp.reshape(b * k, v_size))
+            logp = logp + fused.reshape(b, k, v_size)  # -> [B, K, V]
         nonblank = jnp.arange(v_size) != blank  # -> [V]
         stay = jnp.where(nonblank, NEG, 0.0)  # -> [V]: a finished hypothesis is only carried
         cand = s.scores[:, :, None] + jnp.where(active[:, :, None], logp, stay)  # -> [B, K, V]
@@ -201,6 +221,11 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols):
         state_g = gather_state(s.pred_state, flat_src)
         pred_p_g = s.pred_p[flat_src]
         new_state, new_p = fns.pred_step(fns.variables, state_g, tok.reshape(-1))
+        extra = None
+        if fusion is not None:
+            extra_g = gather_state(s.extra, flat_src)
+            extra_new = fusion.advance(fusion.params, extra_g, tok.reshape(-1), utts)
+            extra = select_tree(ext_flat, extra_new, extra_g)
         new = BeamState(
             tokens=tokens,
             lengths=lengths + ext.astype(jnp.int32),
@@ -208,6 +233,7 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols):
             hashes=jnp.where(ext, hashes * HASH_MULT + tok + 1, hashes),
             pred_state=select_tree(ext_flat, new_state, state_g),
             pred_p=jnp.where(ext_flat[:, None], new_p, pred_p_g),
+            extra=extra,
         )
         return new, ext & jnp.logical_not(last_step)
 
@@ -227,14 +253,20 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols):
         per_utt = (new.tokens, new.lengths, new.scores, new.hashes)
         old_utt = (s.tokens, s.lengths, s.scores, s.hashes)
         per_utt = select_tree(valid, per_utt, old_utt)
-        per_hyp = select_tree(valid_flat, (new.pred_state, new.pred_p), (s.pred_state, s.pred_p))
+        per_hyp = select_tree(
+            valid_flat, (new.pred_state, new.pred_p, new.extra), (s.pred_state, s.pred_p, s.extra)
+        )
         return BeamState(*per_utt, *per_hyp), None
 
     xs = (jnp.swapaxes(enc_p, 0, 1), jnp.swapaxes(jnp.asarray(enc_paddings) < 0.5, 0, 1))
     out, _ = jax.lax.scan(frame, init, xs)
-    order = jnp.argsort(-out.scores, axis=1, stable=True)  # -> [B, K] best first
+    scores = out.scores
+    if fusion is not None:  # e.g. take back the boosts of unfinished context phrases
+        fin = fusion.finalize(fusion.params, out.extra, utts).astype(jnp.float32).reshape(b, k)
+        scores = jnp.where(scores > NEG / 2, jnp.maximum(scores + fin, NEG), scores)
+    order = jnp.argsort(-scores, axis=1, stable=True)  # -> [B, K] best first
     tokens = jnp.take_along_axis(out.tokens, order[:, :, None], axis=1)
     lengths = jnp.take_along_axis(out.lengths, order, axis=1)
-    scores = jnp.take_along_axis(out.scores, order, axis=1)
+    scores = jnp.take_along_axis(scores, order, axis=1)
     token_paddings = (jnp.arange(max_len)[None, None] >= lengths[:, :, None]).astype(jnp.float32)
     return tokens, token_paddings, scores

@@ -1,16 +1,20 @@
 """Greedy transducer decoding, batched and jitted, plus the callables every decoder runs on.
 
 Owns `DecoderFns` (the predictor and joiner as three pure functions of the model variables, so
-decoders are testable without a model), `decoder_fns` (builds it from a `Transducer`),
-`greedy_search`, and the host-side `strip` that turns padded token buffers into lists.
+decoders are testable without a model), `decoder_fns` (builds it from a `Transducer`), `Fusion`
+(a per-hypothesis extra state and additive scores, the hook of shallow fusion: context graphs,
+language models), `greedy_search`, and the host-side `strip` that turns padded token buffers into
+lists.
 
 Greedy search is a `lax.scan` over encoder frames; inside a frame a bounded `lax.while_loop`
 emits the argmax symbol while it is not blank, at most `max_symbols_per_frame` times. All shapes
-are fixed: tokens go into a [B, L] buffer with a per-utterance length counter.
+are fixed: tokens go into a [B, L] buffer with a per-utterance length counter. With a fusion the
+argmax is over log-probs plus the fusion's scores.
 
 References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks" (greedy and beam
 decoding of the transducer); icefall `beam_search.py::greedy_search_batch` (the algorithm,
-rewritten here as a fixed-shape loop).
+rewritten here as a fixed-shape loop); Gulcehre et al. 2015, "On Using Monolingual Corpora in
+Neural Machine Translation" (shallow fusion).
 """
 
 from __future__ import annotations
@@ -48,6 +52,46 @@ class DecoderFns:
     joint: Callable[..., Any] = flax.struct.field(pytree_node=False)
     variables: Any = None
     blank_id: int = flax.struct.field(pytree_node=False, default=0)
+
+
+@flax.struct.dataclass
+class Fusion:
+    """Shallow fusion: an extra state per hypothesis and scores added to the model's. A pytree:
+    `params` is traced (a new list of the same shapes does not retrace), the callables static.
+
+    Row r of the n hypothesis rows decodes utterance utts[r] (greedy: n = B, utts = arange(B);
+    beam search: n = B*K, utts[r] = r // K).
+
+    init(params, utts int32[n], batch: int) -> extra     pytree, every leaf [n, ...]
+    scores(params, extra, utts) -> f32[n, V]             added to the log-probs of each symbol
+    advance(params, extra, tokens int32[n], utts) -> extra    after emitting tokens (non-blank)
+    finalize(params, extra, utts) -> f32[n]              added to the score at the end
+
+    The searches call `advance` on every row and keep its result only where a token was
+    emitted (elsewhere the token passed may be blank and the result is dropped); padded frames
+    leave the extra state as it is. Beam search regathers `extra` with the surviving hypotheses
+    like the predictor state and merges hypotheses spelling the same tokens, so the extra state
+    and the scores must be functions of the emitted tokens alone (not of the alignment).
+    Callables must be hashable and stable across calls (module-level functions), like those of
+    `DecoderFns`, so jit caches hit.
+    """
+
+    init: Callable[..., Any] = flax.struct.field(pytree_node=False)
+    scores: Callable[..., Any] = flax.struct.field(pytree_node=False)
+    advance: Callable[..., Any] = flax.struct.field(pytree_node=False)
+    finalize: Callable[..., Any] = flax.struct.field(pytree_node=False)
+    params: Any = None
+
+
+def fusion_scores(fusion: Fusion, extra, utts: jax.Array, like: jax.Array) -> jax.Array:
+    """fusion.scores checked against the log-probs `like` f32[n, V] (trace time) -> f32[n, V]."""
+    out = fusion.scores(fusion.params, extra, utts)
+    if out.shape != like.shape:
+        raise ValueError(
+            f"fusion scores have shape {out.shape}, expected {like.shape} (hypotheses, vocab): "
+            "is the context graph built for this model's vocabulary?"
+        )
+    return out.astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +146,8 @@ class _GreedyCarry(NamedTuple):
     pred_p: jax.Array  # f32[B, J]: predictor output after the last emitted token
     tokens: jax.Array  # int32[B, L]: emitted tokens, 0 past `lengths`
     lengths: jax.Array  # int32[B]: tokens emitted so far
-    scores: jax.Array  # f32[B]: sum of log-probs of every chosen symbol, blanks included
+    scores: jax.Array  # f32[B]: sum of log-probs (+ fusion scores) of every chosen symbol
+    extra: Any  # fusion state pytree, every leaf [B, ...] (None without a fusion)
 
 
 def greedy_search(
@@ -111,8 +156,9 @@ def greedy_search(
     enc_paddings: ArrayLike,
     max_symbols_per_frame: int = 3,
     max_len: int | None = None,
+    fusion: Fusion | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Batched greedy decoding.
+    """Batched greedy decoding, optionally with shallow fusion.
 
     Args:
       fns: the model's predictor and joiner (`decoder_fns(model, variables)`).
@@ -121,11 +167,15 @@ def greedy_search(
       max_symbols_per_frame: non-blank symbols one frame may emit before moving on.
       max_len: token buffer length L; default T * max_symbols_per_frame (never overflows).
         When the buffer is full, further non-blank argmaxes end their frame unwritten.
+      fusion: scores added to the log-probs before the argmax (e.g. `context_fusion(graph)`);
+        None: plain greedy search.
 
     Returns:
       tokens int32[B, L] (0 past each length), token_paddings f32[B, L] (1.0 = padding),
       scores f32[B]: the sum of log-softmax of every chosen symbol on valid frames, blanks
-      included (a frame that hits max_symbols_per_frame ends without a blank).
+      included (a frame that hits max_symbols_per_frame ends without a blank); with a fusion,
+      plus its scores of the chosen symbols and its finalize term, which is what the argmax
+      maximized (for a context graph: path log-prob + `context_score` of the tokens).
     """
     check_encoder_outputs(enc_p, enc_paddings)
     if max_symbols_per_frame < 1:
@@ -134,11 +184,15 @@ def greedy_search(
         max_len = np.shape(enc_p)[1] * max_symbols_per_frame
     if max_len < 0:
         raise ValueError(f"max_len must be >= 0, got {max_len}")
-    return _greedy_search(fns, enc_p, enc_paddings, int(max_symbols_per_frame), int(max_len))
+    if fusion is not None and not isinstance(fusion, Fusion):
+        raise ValueError(f"fusion must be a Fusion or None, got {type(fusion).__name__}")
+    return _greedy_search(
+        fns, enc_p, enc_paddings, int(max_symbols_per_frame), int(max_len), fusion
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("max_symbols", "max_len"))
-def _greedy_search(fns, enc_p, enc_paddings, max_symbols, max_len):
+def _greedy_search(fns, enc_p, enc_paddings, max_symbols, max_len, fusion=None):
     enc_p = jnp.asarray(enc_p, jnp.float32)
     b = enc_p.shape[0]
     rows = jnp.arange(b)
@@ -149,6 +203,7 @@ def _greedy_search(fns, enc_p, enc_paddings, max_symbols, max_len):
         tokens=jnp.zeros((b, max_len), jnp.int32),
         lengths=jnp.zeros((b,), jnp.int32),
         scores=jnp.zeros((b,), jnp.float32),
+        extra=None if fusion is None else fusion.init(fusion.params, rows, b),
     )
 
     def frame(carry: _GreedyCarry, xs):
@@ -161,10 +216,19 @@ def _greedy_search(fns, enc_p, enc_paddings, max_symbols, max_len):
         def body(loop):
             i, active, c = loop
             logp = jax.nn.log_softmax(fns.joint(fns.variables, enc_t, c.pred_p), axis=-1)
-            k = jnp.argmax(logp, axis=-1).astype(jnp.int32)  # -> [B]
+            fused = None if fusion is None else fusion_scores(fusion, c.extra, rows, logp)
+            k = jnp.argmax(logp if fused is None else logp + fused, axis=-1).astype(jnp.int32)
             emit = active & (k != fns.blank_id)
             write = emit & (c.lengths < max_len)
-            scores = c.scores + jnp.where(active, logp[rows, k], 0.0)
+            gain = logp[rows, k]  # -> [B]
+            extra = c.extra
+            if fusion is not None:
+                # a token past a full buffer is dropped, and so is its fusion score: the fusion
+                # state and score stay those of the written tokens
+                kept = write | (k == fns.blank_id)
+                gain = gain + jnp.where(kept, fused[rows, k], 0.0)
+                extra = select_tree(write, fusion.advance(fusion.params, c.extra, k, rows), extra)
+            scores = c.scores + jnp.where(active, gain, 0.0)
             tokens = c.tokens.at[rows, jnp.where(write, c.lengths, max_len)].set(k, mode="drop")
             new_state, new_p = fns.pred_step(fns.variables, c.pred_state, k)
             c = _GreedyCarry(
@@ -173,6 +237,7 @@ def _greedy_search(fns, enc_p, enc_paddings, max_symbols, max_len):
                 tokens=tokens,
                 lengths=c.lengths + write.astype(jnp.int32),
                 scores=scores,
+                extra=extra,
             )
             return i + 1, write, c
 
@@ -181,8 +246,11 @@ def _greedy_search(fns, enc_p, enc_paddings, max_symbols, max_len):
 
     xs = (jnp.swapaxes(enc_p, 0, 1), jnp.swapaxes(jnp.asarray(enc_paddings) < 0.5, 0, 1))
     out, _ = jax.lax.scan(frame, init, xs)
+    scores = out.scores
+    if fusion is not None:
+        scores = scores + fusion.finalize(fusion.params, out.extra, rows).astype(jnp.float32)
     token_paddings = (jnp.arange(max_len)[None] >= out.lengths[:, None]).astype(jnp.float32)
-    return out.tokens, token_paddings, out.scores
+    return out.tokens, token_paddings, scores
 
 
 def strip(tokens: ArrayLike, token_paddings: ArrayLike) -> list:
