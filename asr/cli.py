@@ -7,6 +7,8 @@
                                             unreadable audio is left out and reported, or an
                                             error with --fail-on-unreadable; rows' `context`
                                             lists bias decoding and give context_wer)
+  asr plot attention --model M --audio F --context NAMES.txt -o out.png
+                                            the biasing network's attention map (PNG)
   asr corpus ... / asr train ... / asr demo  contributed by the `train` package
 
 Subcommands of other packages are found through the `asr.commands` entry-point group, so this
@@ -269,6 +271,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plot_attention(args) -> int:
+    from asr.model_io import load_model
+    from asr.plot import plot_attention
+
+    context = _context_list(args)
+    loaded = load_model(args.model)
+    if getattr(loaded.model.config, "bias_dim", 0) <= 0:
+        raise ValueError(
+            f"--model {args.model}: this model has no attention biasing network (its config "
+            "has bias_dim 0); train one with --set bias_dim=... to plot its attention"
+        )
+    print(plot_attention(loaded, args.audio, list(context.phrases), args.out))
+    return 0
+
+
 def _subparsers(parser: argparse.ArgumentParser):
     """Every parser below `parser` (subcommands, and theirs: `asr corpus synth`)."""
     for action in parser._actions:
@@ -329,6 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
         "counted and listed with a warning)",
     )
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot", help="pictures of what a model does")
+    plots = p.add_subparsers(dest="plot", required=True)
+    q = plots.add_parser(
+        "attention",
+        help="the biasing network's attention over a context list, frame by frame (PNG)",
+    )
+    q.add_argument("--model", default="default", help="a model with an attention biasing network")
+    q.add_argument("--audio", required=True, help="an audio file")
+    q.add_argument("--context", required=True, metavar="FILE", help="names, one a line")
+    q.add_argument("-o", "--out", required=True, help="PNG file to write")
+    q.set_defaults(func=cmd_plot_attention)
 
     for ep in entry_points(group="asr.commands"):
         try:

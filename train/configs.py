@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from asr.models.config import CONFIGS, ModelConfig, get_config
+from asr.models.config import BIAS_ENCODERS, CONFIGS, ModelConfig, get_config
 
 INT_MAX = 2**31 - 1  # the step counter is int32 on the device; every integer field stays below
 
@@ -106,6 +106,29 @@ class TrainConfig:
     distill_temperature: float = _f(
         1.0, "with a teacher: temperature of the collapsed distributions", above=0.0
     )
+    # learned attention biasing (asr.models.biasing; Chang et al. 2021), trained jointly; the
+    # lists are drawn per utterance from the names in the training rows' `context` fields
+    bias_dim: int = _f(
+        0,
+        "width of the attention biasing network (0: none); with init_from a model without one, "
+        "it is added (zero-initialized combiner) and the rest starts from that model",
+        min=0,
+    )
+    bias_heads: int = _f(4, "attention heads of the biasing network (divides bias_dim)", min=1)
+    bias_encoder: str = _f(
+        "lstm", "phrase encoder of the biasing network: lstm (BLSTM) or transformer"
+    )
+    context_phrases: int = _f(
+        32, "with biasing: phrase slots per training utterance (list sizes 0 to this)", min=1,
+        max=2048,
+    )  # fmt: skip
+    context_spoken_prob: float = _f(
+        0.8, "with biasing: chance each spoken name is put in its utterance's list", min=0.0,
+        max=1.0,
+    )  # fmt: skip
+    context_none_prob: float = _f(
+        0.1, "with biasing: share of batches with no list at all", min=0.0, max=1.0
+    )
 
     def __post_init__(self):
         problems = []
@@ -122,13 +145,27 @@ class TrainConfig:
             b = self.bucket_frames
             if any(x >= y for x, y in zip(b, b[1:], strict=False)):
                 problems.append(f"bucket_frames: expected increasing lengths, got {_fmt(b)}")
+            if self.bias_encoder not in BIAS_ENCODERS:
+                expected = list(BIAS_ENCODERS)
+                problems.append(
+                    f"bias_encoder: expected one of {expected}, got {self.bias_encoder!r}"
+                )
+            if self.bias_dim % self.bias_heads:
+                problems.append(
+                    f"bias_dim: expected a multiple of bias_heads ({self.bias_heads}), "
+                    f"got {self.bias_dim}"
+                )
         if problems:
             raise ValueError("invalid train config: " + "; ".join(problems))
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The model this recipe trains, with the tokenizer's vocabulary size."""
         return get_config(self.model).replace(
-            vocab_size=vocab_size or self.vocab_size, ctc_head=self.ctc_weight > 0
+            vocab_size=vocab_size or self.vocab_size,
+            ctc_head=self.ctc_weight > 0,
+            bias_dim=self.bias_dim,
+            bias_heads=self.bias_heads,
+            bias_encoder=self.bias_encoder,
         )
 
     def replace(self, **kw) -> TrainConfig:

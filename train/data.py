@@ -26,6 +26,16 @@ Waveform augmentation (speed, pitch, vocal-tract length, reverberation, noise, g
 `data_workers` > 0 (a GPU outruns a few threads); SpecAugment runs on the device inside
 the train step (`train.specaugment`).
 
+Biasing lists (`ContextSampler`, when the recipe has a biasing network, `bias_dim` > 0): each
+utterance gets a list of up to `context_phrases` names, drawn from the pool of every name in the
+training rows' `context` fields: each name spoken in the utterance (a name of its `context` that
+occurs in its transcript as whole words) with probability `context_spoken_prob`, the rest
+distractors (names not in the transcript), the list size uniform from 0 to `context_phrases`;
+rows without `context` (real speech, composite phrases, noise) get distractors only, and a
+share `context_none_prob` of the batches gets no list at all. The draws come from their own
+per-(seed, step, slot) streams, so the audio augmentation is that of the same recipe without
+biasing, and runs stay a function of (seed, step).
+
 Every row is checked before training (`check_training_rows`: audio present with a readable
 header, a transcript); a file that becomes unreadable during training is an error naming the
 row, never a silently padded batch row.
@@ -46,6 +56,7 @@ import numpy as np
 
 from asr.audio import AudioError, load_audio, resample
 from asr.features import HOP_LENGTH, SAMPLE_RATE, WIN_LENGTH, log_mel
+from asr.models.biasing import TOKEN_BUCKETS, bucket_size, context_arrays
 from asr.text import normalize_text
 from asr.tokenizer import Tokenizer
 from train.configs import TrainConfig
@@ -295,6 +306,84 @@ class UtteranceLoader:
             lab[k, : len(y)] = y
             lpad[k, : len(y)] = 0.0
         return {"feats": feats, "feat_paddings": fpad, "labels": lab, "label_paddings": lpad}
+
+
+CONTEXT_STREAM = 23  # random streams of the biasing lists: (seed, step, slot, 23), (seed, step, 23)
+
+
+class ContextSampler:
+    """Draws the biasing list of each training utterance (module docstring, "Biasing lists").
+
+    `batch(rows, step)` -> {"context_tokens": int32[B, P, Lp], "context_paddings": f32[B, P, Lp]}
+    (1.0 = pad; `asr.models.biasing.context_arrays`), P = `cfg.context_phrases` and Lp the
+    token bucket of the longest name in the pool (at most 16; longer names are truncated), so
+    every batch of a run has the same context shape."""
+
+    def __init__(self, rows: list[dict], tokenizer: Tokenizer, cfg: TrainConfig):
+        self.rows = rows
+        self.seed = cfg.seed
+        self.phrases = cfg.context_phrases
+        self.spoken_prob = cfg.context_spoken_prob
+        self.none_prob = cfg.context_none_prob
+        names = {normalize_text(n) for r in rows for n in (r.get("context") or [])}
+        tokens = {n: [int(t) for t in tokenizer.encode(n)] for n in sorted(names) if n}
+        self.pool = [n for n, t in tokens.items() if t]  # sorted: independent of row order
+        self.pool_tokens = [tokens[n] for n in self.pool]
+        self.index = {n: i for i, n in enumerate(self.pool)}
+        self._by_first: dict[str, list[int]] = {}
+        for i, n in enumerate(self.pool):
+            self._by_first.setdefault(n.split()[0], []).append(i)
+        longest = max((len(t) for t in self.pool_tokens), default=1)
+        self.max_tokens = min(bucket_size(longest, TOKEN_BUCKETS), TOKEN_BUCKETS[-1])
+
+    def names_in(self, text: str) -> set[int]:
+        """Pool indices of the names that occur in `text` as whole words (normalized)."""
+        words = normalize_text(text).split()
+        found = set()
+        for k, w in enumerate(words):
+            for i in self._by_first.get(w, ()):
+                n = self.pool[i].split()
+                if words[k : k + len(n)] == n:
+                    found.add(i)
+        return found
+
+    def spoken(self, i: int) -> list[int]:
+        """Pool indices of row i's `context` names that its transcript speaks (none for rows
+        without `context`), in the order of its `context`."""
+        row = self.rows[i]
+        text = f" {normalize_text(row['text'])} "
+        out = []
+        for n in row.get("context") or []:
+            n = normalize_text(n)
+            if n in self.index and f" {n} " in text and self.index[n] not in out:
+                out.append(self.index[n])
+        return out
+
+    def draw(self, i: int, rng: np.random.Generator) -> list[int]:
+        """The list of row i (pool indices, shuffled): its spoken names each with probability
+        `context_spoken_prob`, and distractors (pool names not in its transcript) up to a size
+        drawn uniformly from 0 to `context_phrases`."""
+        size = int(rng.integers(0, self.phrases + 1))
+        chosen = [j for j in self.spoken(i) if rng.random() < self.spoken_prob]
+        excluded = self.names_in(self.rows[i]["text"])
+        n_dis = min(max(0, size - len(chosen)), len(self.pool) - len(excluded | set(chosen)))
+        if n_dis > 0:
+            n_cand = min(len(self.pool), n_dis + len(excluded))
+            cand = rng.choice(len(self.pool), size=n_cand, replace=False)
+            chosen += [int(c) for c in cand if int(c) not in excluded][:n_dis]
+        return [chosen[k] for k in rng.permutation(len(chosen))][: self.phrases]
+
+    def batch(self, rows: Sequence[int], step: int) -> dict[str, np.ndarray]:
+        none = np.random.default_rng((self.seed, step, CONTEXT_STREAM)).random() < self.none_prob
+        lists = []
+        for k, i in enumerate(rows):
+            if none:
+                lists.append([])
+                continue
+            rng = np.random.default_rng((self.seed, step, k, CONTEXT_STREAM))
+            lists.append([self.pool_tokens[j] for j in self.draw(i, rng)])
+        tokens, paddings = context_arrays(lists, self.phrases, self.max_tokens)
+        return {"context_tokens": tokens, "context_paddings": paddings}
 
 
 def max_samples(frames: int) -> int:
@@ -548,12 +637,15 @@ def training_dataset(
         rep = math.ceil(cfg.real_share * n_syn / ((1 - cfg.real_share) * n_real))
         weights[real] = rep
     plan = StepPlan(buckets, cfg.steps, cfg.seed, weights)
+    sampler = ContextSampler(rows, tokenizer, cfg) if cfg.bias_dim > 0 else None
 
     def load(item):
         step, bi, idx = item
         b = buckets[bi]
         rngs = [np.random.default_rng((cfg.seed, step, k)) for k in range(len(idx))]
         out = loader.batch(idx, b.frames, b.labels, rngs)
+        if sampler is not None:
+            out.update(sampler.batch(idx, step))
         out["step"] = np.int64(step)
         return out
 
@@ -569,6 +661,9 @@ def training_dataset(
         "real_phrases": n_phrases,
         "noise_padded": int(np.count_nonzero(pad_s)),
         "noise_only": len(noise_rows),
+        # biasing lists: the name pool, and the context shape [P, Lp] of every batch
+        "context_pool": 0 if sampler is None else len(sampler.pool),
+        "context_shape": None if sampler is None else (cfg.context_phrases, sampler.max_tokens),
     }
     it = ds.to_iter_dataset(opts)
     if cfg.data_workers > 0:

@@ -12,6 +12,12 @@ cut short by the kill is a temporary folder that orbax never renamed into place:
 removed. Resuming with another recipe is refused (`train.configs.resume_config`), except for
 the fields that only change how the run is observed or fed; those are applied and recorded.
 
+With a biasing network in the recipe (`bias_dim` > 0), batches carry each utterance's list
+(`context_tokens`, `context_paddings`; `train.data.ContextSampler`) and the encoder attends over
+it. Fine-tuning (`init_from`) a model without one adds it: the starting model's parameters are
+copied, the biasing network's are fresh, and its zero-initialized combiner makes the model at
+step 0 the starting model (`asr.models.biasing`).
+
 Rows are checked before anything is written (`train.data.check_training_rows`). The dev WER
 logged while training is the one `asr eval` reports (`asr.recognizer.evaluate_manifest`, beam
 search), from a decode function compiled once per model and batch shape.
@@ -40,6 +46,7 @@ from tqdm import tqdm
 
 from asr.features import log_mel
 from asr.model_io import load_model, save_model_folder
+from asr.models.config import ModelConfig
 from asr.models.transducer import Transducer, build_model, count_params, init_variables
 from asr.text import normalize_text
 from asr.tokenizer import Tokenizer
@@ -86,12 +93,26 @@ def blank_prefixed(labels: jax.Array, blank_id: int) -> jax.Array:
     return jnp.concatenate([jnp.full((b, 1), blank_id, jnp.int32), labels], axis=1)
 
 
+def batch_context(batch) -> tuple[jax.Array, jax.Array] | None:
+    """The batch's biasing lists (`context_tokens` int32[B, P, Lp], `context_paddings`
+    f32[B, P, Lp]) as `Transducer.encode` takes them, or None when it has none."""
+    if "context_tokens" not in batch:
+        return None
+    return batch["context_tokens"], batch["context_paddings"]
+
+
 def teacher_collapsed(teacher: Transducer, tvars, batch) -> jax.Array:
     """f32[B, T, U+1, 3] the teacher's collapsed (label, blank, rest) log-probabilities over
     the lattice of the batch's labels (`train.distill.collapsed_log_probs`), inference mode, no
-    gradient."""
+    gradient. A teacher with a biasing network sees the batch's lists; one without, none."""
+    context = batch_context(batch) if teacher.config.bias_dim > 0 else None
     enc, enc_pad = teacher.apply(
-        tvars, batch["feats"], batch["feat_paddings"], False, method=Transducer.encode
+        tvars,
+        batch["feats"],
+        batch["feat_paddings"],
+        False,
+        context,
+        method=Transducer.encode,
     )
     history = blank_prefixed(batch["labels"], teacher.config.blank_id)
     pred = teacher.apply(tvars, history, False, method=Transducer.predict)
@@ -122,7 +143,9 @@ def loss_fn(
     """Mean per-utterance transducer loss over utterances that have frames, plus `ctc_weight`
     times the mean auxiliary CTC loss when the model has a CTC head, plus `distill_weight` times
     the mean KL divergence of the student's collapsed lattice from `teacher_lattice`
-    (f32[B, T, U+1, 3], `teacher_collapsed`) when one is given."""
+    (f32[B, T, U+1, 3], `teacher_collapsed`) when one is given. The batch's biasing lists
+    (`batch_context`), when it has them, go to the encoder (a model without a biasing network
+    ignores them)."""
     variables = {"params": params, "norm": norm}
     rngs = {"dropout": rng} if train else {}
     enc_p, enc_pad = model.apply(
@@ -130,6 +153,7 @@ def loss_fn(
         batch["feats"],
         batch["feat_paddings"],
         train,
+        batch_context(batch),
         method=Transducer.encode,
         rngs=rngs,
     )
@@ -253,11 +277,20 @@ def make_train_step(
     return jax.jit(train_step, donate_argnums=(0,))
 
 
-def precompile(step_fn, state: TrainState, key, buckets, n_mels: int, teacher_vars=None) -> dict:
+def precompile(
+    step_fn,
+    state: TrainState,
+    key,
+    buckets,
+    n_mels: int,
+    teacher_vars=None,
+    context_shape: tuple[int, int] | None = None,
+) -> dict:
     """Compiles `step_fn` for every bucket's batch shape at once, in threads (XLA compiles
     outside the GIL), instead of one by one as each shape first appears. On a GPU this turns
-    minutes of staggered compiles into one parallel wait. Returns {(feats shape, labels
-    shape): compiled step}."""
+    minutes of staggered compiles into one parallel wait. `context_shape`: (P, Lp) of the
+    batches' biasing lists, when they carry them. Returns {(feats shape, labels shape):
+    compiled step}."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(b):
@@ -268,6 +301,10 @@ def precompile(step_fn, state: TrainState, key, buckets, n_mels: int, teacher_va
             "labels": jax.ShapeDtypeStruct((b.batch, b.labels), i32),
             "label_paddings": jax.ShapeDtypeStruct((b.batch, b.labels), f32),
         }
+        if context_shape is not None:
+            ctx = (b.batch, *context_shape)
+            batch["context_tokens"] = jax.ShapeDtypeStruct(ctx, i32)
+            batch["context_paddings"] = jax.ShapeDtypeStruct(ctx, f32)
         shape = ((b.batch, b.frames, n_mels), (b.batch, b.labels))
         return shape, step_fn.lower(state, batch, key, teacher_vars).compile()
 
@@ -327,11 +364,14 @@ def split_rows(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     return train, dev
 
 
-def _fingerprint(rows: list[dict]) -> str:
-    """A hash of the training data as the batch plan sees it (order, audio, text, split)."""
+def _fingerprint(rows: list[dict], with_context: bool = False) -> str:
+    """A hash of the training data as the batch plan sees it (order, audio, text, split; and
+    the `context` names when the biasing lists are drawn from them)."""
     import hashlib
 
     keys = [(r["audio"], r["text"], r.get("split")) for r in rows]
+    if with_context:
+        keys = [(*k, r.get("context")) for k, r in zip(keys, rows, strict=True)]
     return hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:16]
 
 
@@ -368,11 +408,12 @@ def _tokenizer_and_model(wd: Workdir, cfg: TrainConfig, train_rows: list[dict], 
     else:
         tokenizer = Tokenizer.train((normalize_text(r["text"]) for r in train_rows), cfg.vocab_size)
     mcfg = cfg.model_config(tokenizer.vocab_size)
-    if init is not None and init.config != mcfg:  # before anything is written
+    if init is not None and not can_start_from(init.config, mcfg):  # before anything is written
         raise ValueError(
             f"init_from={cfg.init_from!r} is a {init.config.name} model whose config differs "
-            f"from recipe {cfg.model!r} (with ctc_weight {cfg.ctc_weight}); pick the matching "
-            "--config and ctc_weight"
+            f"from recipe {cfg.model!r} (with ctc_weight {cfg.ctc_weight}, bias_dim "
+            f"{cfg.bias_dim}); pick the matching --config and ctc_weight (a biasing network "
+            "can be added to a model without one, not removed or resized)"
         )
     if teacher is not None:
         pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
@@ -390,10 +431,35 @@ def _tokenizer_and_model(wd: Workdir, cfg: TrainConfig, train_rows: list[dict], 
     return tokenizer, mcfg
 
 
+def can_start_from(init: ModelConfig, target: ModelConfig) -> bool:
+    """Whether a model of config `target` can be fine-tuned from one of config `init`: the same
+    config, or `target` adds a biasing network to a model that has none."""
+    if init == target:
+        return True
+    return init.bias_dim == 0 and init == target.without_biasing()
+
+
+def merge_params(fresh, given):
+    """`fresh` parameters with every leaf that `given` has replaced by its value (fine-tuning
+    a model with a biasing network added: `given` lacks those). Raises ValueError when `given`
+    has a parameter that `fresh` lacks or of another shape."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh))
+    for path, value in flax.traverse_util.flatten_dict(flax.core.unfreeze(given)).items():
+        if path not in flat or tuple(flat[path].shape) != tuple(np.shape(value)):
+            got = None if path not in flat else tuple(flat[path].shape)
+            raise ValueError(
+                f"starting model parameter {'/'.join(path)} {tuple(np.shape(value))} has no "
+                f"match in the model trained ({got})"
+            )
+        flat[path] = value
+    return flax.traverse_util.unflatten_dict(flat)
+
+
 def _initial_state(mngr, start, model, tx, cfg: TrainConfig, init, train_rows) -> TrainState:
     """The state to train from: checkpoint `start` when there is one; else fresh parameters
-    with the starting model's weights and norm (fine-tuning, `init`) or the feature statistics
-    of the training rows."""
+    with the starting model's weights and norm (fine-tuning, `init`; parameters it lacks, those
+    of a biasing network added to it, stay fresh) or the feature statistics of the training
+    rows."""
     make_state = functools.partial(init_state, model, tx)
     key = jax.random.PRNGKey(cfg.seed)
     if start is not None:
@@ -403,7 +469,8 @@ def _initial_state(mngr, start, model, tx, cfg: TrainConfig, init, train_rows) -
     if init is not None:
         tqdm.write(f"initialized from {init.source}")
         v = jax.tree_util.tree_map(jnp.asarray, init.variables)
-        return state.replace(params=v["params"], opt_state=tx.init(v["params"]), norm=v["norm"])
+        params = merge_params(state.params, v["params"])
+        return state.replace(params=params, opt_state=tx.init(params), norm=v["norm"])
     norm = feature_stats(train_rows, seed=cfg.seed)
     return state.replace(norm=jax.tree_util.tree_map(jnp.asarray, norm))
 
@@ -532,7 +599,11 @@ def train(
         raise ValueError("no training utterances (all rows are dev/test?)")
     perm = np.random.default_rng(cfg.seed).permutation(len(dev_rows))
     dev_rows = [dev_rows[i] for i in perm[: cfg.eval_utterances]]  # a mix of every dev source
-    data = {"rows": len(rows), "bad_rows_skipped": n_bad, "fingerprint": _fingerprint(rows)}
+    data = {
+        "rows": len(rows),
+        "bad_rows_skipped": n_bad,
+        "fingerprint": _fingerprint(rows, with_context=cfg.bias_dim > 0),
+    }
 
     # the starting model is read only for a fresh run; a resumed one has it in its checkpoint
     init = load_model(cfg.init_from) if cfg.init_from and start is None else None
@@ -566,7 +637,15 @@ def train(
     compiled = {}
     if cfg.precompile:
         t = time.perf_counter()
-        compiled = precompile(step_fn, state, key, info["buckets"], mcfg.n_mels, teacher_vars)
+        compiled = precompile(
+            step_fn,
+            state,
+            key,
+            info["buckets"],
+            mcfg.n_mels,
+            teacher_vars,
+            context_shape=info["context_shape"],
+        )
         tqdm.write(f"compiled {len(compiled)} bucket shapes in {time.perf_counter() - t:.0f} s")
     n_params = count_params(state.params)
     tqdm.write(
@@ -577,6 +656,18 @@ def train(
         f"{info['noise_only']} noise-only utterances; "
         f"{info['per_epoch']} steps per epoch; {len(dev_rows)} dev utterances"
     )
+    if info["context_shape"] is not None:
+        tqdm.write(
+            f"biasing network ({mcfg.bias_encoder}, width {mcfg.bias_dim}): lists of up to "
+            f"{cfg.context_phrases} of {info['context_pool']} names, padded to "
+            f"{info['context_shape']} (phrases, tokens)"
+        )
+        if info["context_pool"] == 0:
+            tqdm.write(
+                "WARNING: no training row has a `context` field, so every list is empty and "
+                "the biasing network only learns its no-bias entry (synthesized corpora carry "
+                "`context`: asr corpus synth)"
+            )
 
     last = {}
     bar = tqdm(
@@ -715,4 +806,13 @@ def _noise_bank(noise_dir: str | None):
     return NoiseBank(noise_dir)
 
 
-__all__ = ["TrainState", "evaluate", "make_optimizer", "make_train_step", "train"]
+__all__ = [
+    "TrainState",
+    "batch_context",
+    "can_start_from",
+    "evaluate",
+    "make_optimizer",
+    "make_train_step",
+    "merge_params",
+    "train",
+]

@@ -31,6 +31,11 @@ class ModelConfig:
     vocab_size: int = 128  # tokens incl. blank (id 0) and unk (id 1)
     blank_id: int = 0
     ctc_head: bool = False  # auxiliary CTC output on the encoder (a training aid, see TrainConfig)
+    # learned attention biasing network (asr.models.biasing); off by default, so every config
+    # and checkpoint written before it loads unchanged
+    bias_dim: int = 0  # width of the phrase embeddings and attention (0 = no biasing network)
+    bias_heads: int = 4  # attention heads (bias_dim must be a multiple)
+    bias_encoder: str = "lstm"  # phrase encoder: "lstm" (BLSTM final states) or "transformer"
 
     def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
@@ -45,6 +50,16 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config fields {sorted(unknown)}")
         return cls(**d)
+
+    def without_biasing(self) -> ModelConfig:
+        """This config with the biasing fields at their defaults (no biasing network): what a
+        model fine-tuned with a biasing network added must match of its starting model."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in BIAS_FIELDS}
+        return self.replace(**defaults)
+
+
+BIAS_FIELDS = ("bias_dim", "bias_heads", "bias_encoder")
+BIAS_ENCODERS = ("lstm", "transformer")
 
 
 CONFIGS: dict[str, ModelConfig] = {

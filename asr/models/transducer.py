@@ -1,6 +1,9 @@
 """The transducer: encoder + predictor + joiner, with one method per use.
 
-  encode(feats, feat_paddings, train)      -> (enc_p f32[B, T', J], enc_paddings f32[B, T'])
+  encode(feats, feat_paddings, train, context=None)
+                                           -> (enc_p f32[B, T', J], enc_paddings f32[B, T'])
+  bias_attention(feats, feat_paddings, context=None)
+                                           -> f32[B, H, T', P+1] biasing attention weights
   predict(labels int32[B, U+1], train)     -> pred_p f32[B, U+1, J]   (blank-prefixed history)
   predictor_init(batch)                    -> predictor state pytree
   predict_step(state, tokens int32[B])     -> (state, pred_p f32[B, J])
@@ -10,8 +13,16 @@
 Call them with `model.apply(variables, ..., method=Transducer.encode)`. Variables hold
 `params` and `norm` (feature mean and inverse std, set from training data, not trained).
 
+With `config.bias_dim` > 0 the encoder output goes through the learned attention biasing
+network (`asr.models.biasing`) before `joiner.project_encoder`, so decoders see biased frames
+without any change. `context` is `(tokens int32[B, P, Lp], paddings f32[B, P, Lp])`, 1.0 = pad
+(`asr.models.biasing.context_arrays` builds it); None means no list, i.e. the no-bias entry
+alone (what training shows in its batches without lists). A model without biasing ignores
+`context`: its encode is what it was before biasing existed, bit for bit.
+
 References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks"; the auxiliary
 CTC head follows the joint CTC/transducer training of icefall's recipes (Graves et al. 2006, CTC).
+Chang et al. 2021, "Context-Aware Transformer Transducer" (the biasing network).
 """
 
 from __future__ import annotations
@@ -20,7 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asr.models.config import ModelConfig
+from asr.models.biasing import PHRASE_ENCODERS, ContextBiasing
+from asr.models.config import BIAS_ENCODERS, ModelConfig
 from asr.models.encoder import Encoder
 from asr.models.joiner import Joiner
 from asr.models.predictor import PREDICTORS
@@ -37,10 +49,14 @@ class Transducer(nn.Module):
         self.joiner = Joiner(c)
         if c.ctc_head:
             self.ctc_out = nn.Dense(c.vocab_size)
+        if c.bias_dim > 0:
+            self.biasing = ContextBiasing(c)
         self.feat_mean = self.variable("norm", "mean", jnp.zeros, (c.n_mels,))
         self.feat_istd = self.variable("norm", "istd", jnp.ones, (c.n_mels,))
 
-    def encode(self, feats, feat_paddings, train: bool = False):
+    def _encode(self, feats, feat_paddings, train: bool, context):
+        """(biased encoder output f32[B, T', d_model], paddings f32[B, T'], biasing attention
+        weights f32[B, H, T', P+1] or None without a biasing network)."""
         c = self.config
         if feats.ndim != 3 or feats.shape[-1] != c.n_mels:
             raise ValueError(f"feats must be [B, T, {c.n_mels}], got {feats.shape}")
@@ -48,7 +64,32 @@ class Transducer(nn.Module):
             raise ValueError(f"feat_paddings must be {feats.shape[:2]}, got {feat_paddings.shape}")
         x = (feats - self.feat_mean.value) * self.feat_istd.value
         enc, paddings = self.encoder(x, feat_paddings, train=train)
+        if c.bias_dim <= 0:
+            return enc, paddings, None
+        if context is not None:
+            tokens, cpads = context
+            if tokens.ndim != 3 or tokens.shape[0] != feats.shape[0]:
+                raise ValueError(
+                    f"context tokens must be [B={feats.shape[0]}, P, Lp], got {tokens.shape}"
+                )
+            if cpads.shape != tokens.shape:
+                raise ValueError(f"context paddings must be {tokens.shape}, got {cpads.shape}")
+        enc, weights = self.biasing(enc, paddings, context, train)
+        return enc, paddings, weights
+
+    def encode(self, feats, feat_paddings, train: bool = False, context=None):
+        """feats f32[B, T, n_mels], feat_paddings f32[B, T] (1.0 = pad), context (see the
+        module docstring) -> (enc_p f32[B, T', joint_dim], enc_paddings f32[B, T'])."""
+        enc, paddings, _ = self._encode(feats, feat_paddings, train, context)
         return self.joiner.project_encoder(enc), paddings
+
+    def bias_attention(self, feats, feat_paddings, context=None):
+        """The biasing network's attention weights f32[B, H, T', P+1] (inference mode): for each
+        head and encoder frame, a distribution over the no-bias entry (index 0) and the P
+        phrase slots (absent slots 0; padded frames have weights too, ignore them)."""
+        if self.config.bias_dim <= 0:
+            raise ValueError("bias_attention: this model has no biasing network (bias_dim 0)")
+        return self._encode(feats, feat_paddings, False, context)[2]
 
     def predict(self, labels, train: bool = False):
         return self.joiner.project_predictor(self.predictor(labels, train=train))
@@ -67,9 +108,9 @@ class Transducer(nn.Module):
         """f32[B, T', J] projected encoder output -> f32[B, T', V] CTC logits (needs ctc_head)."""
         return self.ctc_out(nn.tanh(enc_p))
 
-    def __call__(self, feats, feat_paddings, labels, train: bool = False):
+    def __call__(self, feats, feat_paddings, labels, train: bool = False, context=None):
         """Full forward for initialization: logits f32[B, T', U+1, V]."""
-        enc_p, _ = self.encode(feats, feat_paddings, train)
+        enc_p, _ = self.encode(feats, feat_paddings, train, context)
         if self.config.ctc_head:
             self.ctc_logits(enc_p)  # creates its parameters
         pred_p = self.predict(labels, train)
@@ -79,16 +120,33 @@ class Transducer(nn.Module):
 def build_model(config: ModelConfig) -> Transducer:
     if config.predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, got {config.predictor!r}")
+    if config.bias_dim < 0:
+        raise ValueError(f"bias_dim must be >= 0 (0: no biasing), got {config.bias_dim}")
+    if config.bias_dim > 0:
+        if config.bias_encoder not in BIAS_ENCODERS:
+            raise ValueError(
+                f"bias_encoder must be one of {list(BIAS_ENCODERS)}, got {config.bias_encoder!r}"
+            )
+        assert set(BIAS_ENCODERS) == set(PHRASE_ENCODERS), PHRASE_ENCODERS
+        if config.bias_heads < 1 or config.bias_dim % config.bias_heads:
+            raise ValueError(
+                f"bias_dim ({config.bias_dim}) must be a multiple of bias_heads "
+                f"({config.bias_heads}), which must be >= 1"
+            )
     return Transducer(config=config, predictor_cls=PREDICTORS[config.predictor])
 
 
 def init_variables(model: Transducer, rng: jax.Array, num_frames: int = 64, num_labels: int = 4):
-    """Initial variables {'params', 'norm'} from dummy shapes."""
+    """Initial variables {'params', 'norm'} from dummy shapes (the biasing network's too, from a
+    one-phrase context, when the config has one)."""
     c = model.config
     feats = jnp.zeros((1, num_frames, c.n_mels))
     pads = jnp.zeros((1, num_frames))
     labels = jnp.zeros((1, num_labels + 1), jnp.int32)
-    return model.init({"params": rng, "dropout": rng}, feats, pads, labels)
+    context = None
+    if c.bias_dim > 0:
+        context = (jnp.zeros((1, 1, 1), jnp.int32), jnp.zeros((1, 1, 1), jnp.float32))
+    return model.init({"params": rng, "dropout": rng}, feats, pads, labels, context=context)
 
 
 def count_params(params) -> int:
