@@ -332,3 +332,67 @@ def test_a_broken_plugin_command_does_not_break_the_others(monkeypatch, capsys):
     cap = capsys.readouterr()
     assert "usage: asr transcribe" in cap.out
     assert "asr: warning: subcommand 'shiny' (shiny.cli:add) not available: ImportError" in cap.err
+
+
+def test_context_flags(model_dir, audio, tmp_path, capsys):
+    names = tmp_path / "names.txt"
+    names.write_text("call mom\nthe lights\t2\n")
+    args = ["transcribe", "--model", str(model_dir), "--json", str(audio[0])]
+    assert main([*args, "--context", str(names), "--context-boost", "30"]) == 0
+    boosted = json.loads(capsys.readouterr().out)["text"]
+    assert "call mom" in boosted or "the lights" in boosted, boosted
+    assert main([*args, "--no-context"]) == 0
+    capsys.readouterr()
+    # eval: rows' lists mark the words context_wer scores, with or without biasing
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps({"audio": str(audio[0]), "text": "call mom", "context": ["mom"]}))
+    for extra in ([], ["--no-context"]):
+        assert (
+            main(["eval", "--model", str(model_dir), "--manifest", str(m), "--json", *extra]) == 0
+        )
+        out = json.loads(capsys.readouterr().out)
+        assert out["context_words"] == 1 and out["context_used"] == (not extra)
+    assert main(["eval", "--model", str(model_dir), "--manifest", str(m)]) == 0
+    assert "context WER" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags, msg",
+    [
+        (["--context-boost", "-1"], "argument --context-boost: must be a finite number >= 0.0"),
+        (["--context-boost", "inf"], "argument --context-boost: must be a finite number >= 0.0"),
+        (["--context", "n.txt", "--no-context"], "not allowed with argument"),
+    ],
+)
+def test_context_argument_errors(flags, msg, capsys):
+    assert main(["transcribe", *flags, "x.wav"]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_bad_context_file_and_plot_without_biasing_network(model_dir, audio, tmp_path, capsys):
+    bad = tmp_path / "names.txt"
+    bad.write_text("anna\tmany\n")
+    assert (
+        main(["transcribe", "--model", str(model_dir), "--context", str(bad), str(audio[0])]) == 2
+    )
+    assert "names.txt:1: weight after the tab must be a number" in capsys.readouterr().err
+    good = tmp_path / "good.txt"
+    good.write_text("anna\n")
+    argv = ["plot", "attention", "--model", str(model_dir), "--audio", str(audio[0])]
+    assert main([*argv, "--context", str(good), "-o", str(tmp_path / "a.png")]) == 2
+    assert "has no attention biasing network" in capsys.readouterr().err
+
+
+def test_plot_attention_writes_a_png(audio, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    tok = Tokenizer.train(["turn on the lights", "call mom", "stop", "go"] * 20, vocab_size=24)
+    cfg = get_config("tiny").replace(vocab_size=tok.vocab_size, bias_dim=16, bias_heads=2)
+    variables = init_variables(build_model(cfg), jax.random.PRNGKey(0))
+    mdir = save_model_folder(tmp_path / "bias", cfg, tok, jax.device_get(variables))
+    names = tmp_path / "names.txt"
+    names.write_text("mom\nthe lights\n")
+    out = tmp_path / "att.png"
+    argv = ["plot", "attention", "--model", str(mdir), "--audio", str(audio[0])]
+    assert main([*argv, "--context", str(names), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
