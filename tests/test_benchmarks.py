@@ -144,3 +144,25 @@ def test_unseen_voices_table_marks_the_held_out_family():
     assert out[0].startswith("| run | espeak_test")
     assert out[2] == "| all | 10.0 | 20.0 | 30.0 | 40.0 | 50.0 | 1.0 |"
     assert out[3] == "| no-real | 10.0 | 20.0 | 30.0 | 40.0* | 50.0* | 2.0 |"
+
+
+def test_biasing_benchmark_lists():
+    from train.benchmarks.biasing import spoken_names, with_lists
+
+    rows = [
+        {"audio": "a", "text": "call anna lee at home", "context": ["Anna Lee", "bob", "home"]},
+        {"audio": "b", "text": "stop", "context": ["anna"]},
+        {"audio": "c", "text": "dial bob"},
+    ]
+    assert spoken_names(rows[0]) == ["anna lee", "home"]
+    assert spoken_names(rows[1]) == [] and spoken_names(rows[2]) == []
+    pool = ["anna lee", "bob", "carl", "dora", "eve", "fred", "gus", "home", "ida", "jo"]
+    listed = with_lists(rows, 5, pool, seed=0, spoken=True)
+    assert [len(r["context"]) for r in listed] == [5, 5, 5]
+    assert {"anna lee", "home"} <= set(listed[0]["context"])
+    assert "bob" not in listed[2]["context"]  # a distractor is never a word of the row
+    for r in listed:
+        assert len(set(r["context"])) == 5
+    assert with_lists(rows, 5, pool, seed=0, spoken=True) == listed  # seeded
+    distract = with_lists(rows, 4, pool, seed=1, spoken=False)
+    assert not set(distract[0]["context"]) & {"anna lee", "home"}
