@@ -148,3 +148,17 @@ def _check_shapes(model: Transducer, variables: dict, folder: Path) -> None:
     got_s = jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), variables)
     if want_s != got_s:
         raise ModelLoadError(f"{folder}: parameters do not match config.json (damaged or mixed)")
+
+
+def strip_biasing(spec: str | Path, out: str | Path) -> Path:
+    """Writes `spec` (anything `load_model` takes) without its attention biasing network to the
+    model folder `out`: the config's biasing fields reset, the `biasing` parameters dropped, the
+    rest unchanged. Without a list the network adds a fixed function of each encoder frame, so
+    the result decodes as the original does only as far as that term is small: measure it (the
+    README's stage 10 did, on every test set). ValueError for a model without one."""
+    loaded = load_model(spec)
+    if loaded.config.bias_dim <= 0:
+        raise ValueError(f"{loaded.source}: has no attention biasing network to strip")
+    params = {k: v for k, v in loaded.variables["params"].items() if k != "biasing"}
+    variables = {**loaded.variables, "params": params}
+    return save_model_folder(out, loaded.config.without_biasing(), loaded.tokenizer, variables)

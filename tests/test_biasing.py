@@ -530,3 +530,27 @@ def test_attention_plot(tmp_path):
     pm, pv = _built(None)
     with pytest.raises(ValueError, match="no biasing network"):
         attention_map(LoadedModel(pm, pv, tok, pm.config, "plain"), audio, ["mom"])
+
+
+def test_strip_biasing_keeps_the_rest_and_loads(tmp_path):
+    from asr.model_io import load_model, save_model_folder, strip_biasing
+    from asr.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["turn on the lights", "call mom", "stop", "go"] * 20, vocab_size=24)
+    cfg = get_config("tiny").replace(vocab_size=tok.vocab_size, bias_dim=16, bias_heads=2)
+    variables = jax.device_get(init_variables(build_model(cfg), jax.random.PRNGKey(0)))
+    src = save_model_folder(tmp_path / "bias", cfg, tok, variables)
+    out = strip_biasing(src, tmp_path / "plain")
+    plain, full = load_model(out), load_model(src)
+    assert plain.config.bias_dim == 0 and "biasing" not in plain.variables["params"]
+    assert plain.config == cfg.without_biasing()
+    for k, v in plain.variables["params"].items():
+        jax.tree_util.tree_map(np.testing.assert_array_equal, v, full.variables["params"][k])
+    # a fresh biasing network adds zero: the stripped model decodes the same features the same
+    feats = np.random.default_rng(0).standard_normal((1, 64, 80)).astype(np.float32)
+    pads = np.zeros((1, 64), np.float32)
+    a = plain.model.apply(plain.variables, feats, pads, method=Transducer.encode)[0]
+    b = full.model.apply(full.variables, feats, pads, method=Transducer.encode)[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="no attention biasing network"):
+        strip_biasing(out, tmp_path / "again")
