@@ -129,7 +129,7 @@ bias-benchmark: $(BIN)/.installed
 	  --noise-dir $(SHARED)/speech_commands/_silence_; done
 	$(BIN)/python -m train.benchmarks.biasing --model $(RUNS)/default_ft10b/model --model default \
 	  --names $(RUNS)/corpus6/test.jsonl $(RUNS)/names_test_s101/test.jsonl $(RUNS)/names_test_s102/test.jsonl \
-	  --real fsdd=$(RUNS)/real/fsdd_test.jsonl --real sc=$(RUNS)/real/sc_test.jsonl --boost 1.0
+	  --real fsdd=$(RUNS)/real/fsdd_test.jsonl --real sc=$(RUNS)/real/sc_test.jsonl --boost 0.5
 
 benchmarks: $(BIN)/.installed
 	$(BIN)/python -m train.benchmarks.train_step

@@ -114,10 +114,10 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--context-boost",
         type=_float_at_least(0.0),
-        default=1.0,
+        default=0.5,
         metavar="B",
         help="shallow fusion: log-score per token of a partly matched phrase, taken back if the "
-        "match fails (default 1.0; 0 turns shallow fusion off, leaving the model's attention "
+        "match fails (default 0.5; 0 turns shallow fusion off, leaving the model's attention "
         "biasing network, if it has one)",
     )
 

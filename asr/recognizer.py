@@ -105,9 +105,9 @@ class DecodeSettings:
     # end right at the last phoneme ("set a timer" -> "set a time"); 0.3 s fixed them
     tail_padding_seconds: float = 0.32
     # shallow fusion: log-score added per token of a partial match of a context phrase (taken
-    # back when the match fails, kept when it completes); 0 turns shallow fusion off. 1.0 chosen
+    # back when the match fails, kept when it completes); 0 turns shallow fusion off. 0.5 chosen
     # on a dev set of held-out-name requests (seed 100): the best WER of 0.5-3 (README)
-    context_boost: float = 1.0
+    context_boost: float = 0.5
     # models with an attention biasing network: feed it the context lists (False: the network
     # sees empty lists, its learned "no-bias" entry only)
     context_attention: bool = True

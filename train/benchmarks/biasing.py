@@ -2,7 +2,7 @@
 on utterances whose names are not listed and on real speech, and the search's speed cost.
 
 Owns `python -m train.benchmarks.biasing --model M [--model M2 ...] --names MANIFEST...
-[--other MANIFEST] [--real NAME=MANIFEST ...] [--sizes 20 100 1000] [--boost 1.0]
+[--other MANIFEST] [--real NAME=MANIFEST ...] [--sizes 20 100 1000] [--boost 0.5]
 [--speed-utterances 16] [--repeats 10] [--speed-only] [--json PATH]`.
 
 - `--names`: test manifests (synthesized, held-out voices and held-out names); the rows whose
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--real", action="append", default=[], metavar="NAME=MANIFEST")
     ap.add_argument("--sizes", type=int, nargs="+", default=[20, 100, 1000])
-    ap.add_argument("--boost", type=float, default=1.0)
+    ap.add_argument("--boost", type=float, default=0.5)
     ap.add_argument("--limit", type=int, default=0, help="name rows at most (0: all)")
     ap.add_argument("--speed-utterances", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=10)
