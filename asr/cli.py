@@ -32,35 +32,22 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 
-def _int_at_least(low: int):
-    """argparse type: an int >= `low`; errors read "argument --beam: must be >= 1, got 0"."""
+def _at_least(low, kind: type = int):
+    """argparse type: a finite int (or float) >= `low`; errors read "argument --beam: must be
+    >= 1, got 0"."""
+    what = "an integer" if kind is int else "a number"
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not (value >= low and abs(value) < float("inf")):
+            finite = "" if kind is int else "a finite number "
+            raise argparse.ArgumentTypeError(f"must be {finite}>= {low}, got {text.strip()}")
         return value
 
-    parse.__name__ = f"int >= {low}"
-    return parse
-
-
-def _float_at_least(low: float):
-    """argparse type: a finite float >= `low`."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not (value >= low and value < float("inf")):
-            raise argparse.ArgumentTypeError(f"must be a finite number >= {low}, got {text}")
-        return value
-
-    parse.__name__ = f"number >= {low}"
+    parse.__name__ = f"{kind.__name__} >= {low}"
     return parse
 
 
@@ -81,17 +68,17 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         help="'default' (shipped), a model folder, or a training work folder",
     )
     p.add_argument("--method", choices=["beam", "greedy"], default="beam")
-    p.add_argument("--beam", type=_int_at_least(1), default=4, help="beam width (default 4)")
+    p.add_argument("--beam", type=_at_least(1), default=4, help="beam width (default 4)")
     p.add_argument(
         "--beam-symbols",
-        type=_int_at_least(1),
+        type=_at_least(1),
         default=2,
         metavar="N",
         help="beam search: at most N tokens per audio frame (default 2; 1 is modified beam "
         "search, cheaper, but fast speech loses letters)",
     )
     p.add_argument(
-        "--batch-size", type=_int_at_least(1), default=8, help="utterances per batch (default 8)"
+        "--batch-size", type=_at_least(1), default=8, help="utterances per batch (default 8)"
     )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
@@ -113,7 +100,7 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--context-boost",
-        type=_float_at_least(0.0),
+        type=_at_least(0.0, float),
         default=0.5,
         metavar="B",
         help="shallow fusion: log-score per token of a partly matched phrase, taken back if the "
@@ -307,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ...; any rate)")
     p.add_argument(
         "--nbest",
-        type=_int_at_least(1),
+        type=_at_least(1),
         default=1,
         metavar="K",
         help="hypotheses per file, best first (default 1; at most --beam; beam search only)",
@@ -323,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL manifest: audio and text (WER) or keywords (keyword recall)",
     )
     p.add_argument(
-        "--limit", type=_int_at_least(0), default=0, help="first N utterances only (default 0: all)"
+        "--limit", type=_at_least(0), default=0, help="first N utterances only (default 0: all)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(

@@ -245,25 +245,22 @@ class Recognizer:
 
     def _phrases(self, ctx: ContextList):
         """(token lists, context graph or None) of a list, built once (LRU of 256 lists)."""
-        hit = self._graphs.get(ctx)
-        if hit is None:
+
+        def build():
             tokens = tokenize_phrases(self.loaded.tokenizer, ctx)
-            graph = None
-            if self.settings.context_boost > 0:
-                graph = build_context_graph(
-                    tokens,
-                    self.loaded.model.config.vocab_size,
-                    boost=self.settings.context_boost,
-                    weights=ctx.weights,
-                    blank_id=self.loaded.model.config.blank_id,
-                )
-            hit = (tokens, graph)
-            self._graphs[ctx] = hit
-            if len(self._graphs) > 256:
-                self._graphs.popitem(last=False)
-        else:
-            self._graphs.move_to_end(ctx)
-        return hit
+            if self.settings.context_boost <= 0:
+                return tokens, None
+            cfg = self.loaded.model.config
+            graph = build_context_graph(
+                tokens,
+                cfg.vocab_size,
+                boost=self.settings.context_boost,
+                weights=ctx.weights,
+                blank_id=cfg.blank_id,
+            )
+            return tokens, graph
+
+        return _lru(self._graphs, ctx, build, 256)
 
     def recognize(
         self,
@@ -325,16 +322,9 @@ class Recognizer:
     def _context_inputs(self, contexts: list[ContextList | None]):
         """Per batch row's list -> (graph [B, N, V] or None, attention arrays or None), on the
         device; the last 4 batches' arrays are kept."""
-        key = tuple(contexts)
-        hit = self._batches.get(key)
-        if hit is None:
-            hit = jax.device_put(self._stack_context(contexts))
-            self._batches[key] = hit
-            if len(self._batches) > 4:
-                self._batches.popitem(last=False)
-        else:
-            self._batches.move_to_end(key)
-        return hit
+        return _lru(
+            self._batches, tuple(contexts), lambda: jax.device_put(self._stack_context(contexts)), 4
+        )
 
     def _stack_context(self, contexts: list[ContextList | None]):
         lists = [None if c is None else self._phrases(c) for c in contexts]
@@ -427,6 +417,17 @@ class Recognizer:
             results = dict(zip(good, hyps, strict=True))
         for p in paths:
             yield p, results.get(p, errors.get(p))
+
+
+def _lru(cache: OrderedDict, key, make: Callable, size: int):
+    """cache[key], made by make() on a miss; the least recently used beyond `size` dropped."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = make()
+    if len(cache) > size:
+        cache.popitem(last=False)
+    return value
 
 
 def _as_context(c, where: str) -> ContextList | None:
