@@ -7,8 +7,14 @@
                                             unreadable audio is left out and reported, or an
                                             error with --fail-on-unreadable; rows' `context`
                                             lists bias decoding and give context_wer)
+  asr transcribe|eval ... --bits B [--act-bits A]
+                                            run with B-bit weights and A-bit activations
+                                            (post-training quantization; asr.models.quant)
   asr plot attention --model M --audio F --context NAMES.txt -o out.png
                                             the biasing network's attention map (PNG)
+  asr plot sparsity --workdir W -o out.png  share of zero weights per layer over training
+  asr plot weights --before M --after M --bits B -o out.png
+                                            weight histograms in units of the level step
   asr corpus ... / asr train ... / asr demo  contributed by the `train` package
 
 Subcommands of other packages are found through the `asr.commands` entry-point group, so this
@@ -99,6 +105,21 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument(
+        "--bits",
+        type=int,
+        choices=range(2, 17),
+        metavar="B",
+        help="run with B-bit weights: post-training quantization of a float model, one step per "
+        "output channel (a compressed model runs at the bits it was trained for without it)",
+    )
+    p.add_argument(
+        "--act-bits",
+        type=int,
+        choices=[0, *range(2, 17)],
+        metavar="A",
+        help="with --bits: activation bits at every matrix-product input (default 8; 0 float)",
+    )
+    p.add_argument(
         "--context-boost",
         type=_at_least(0.0, float),
         default=0.5,
@@ -135,7 +156,15 @@ def _recognizer(args):
         context_boost=args.context_boost,
         context_attention=not args.no_context,
     )
-    return Recognizer(load_model(args.model), settings)
+    loaded = load_model(args.model)
+    if args.bits is not None or args.act_bits is not None:
+        from asr.model_io import quantized
+        from asr.models.quant import QuantPolicy
+
+        act = 8 if args.act_bits is None else args.act_bits
+        bits = args.bits if args.bits is not None else loaded.model.quant.weight_bits
+        loaded = quantized(loaded, QuantPolicy(bits, act))
+    return Recognizer(loaded, settings)
 
 
 def cmd_transcribe(args) -> int:
@@ -273,6 +302,32 @@ def cmd_plot_attention(args) -> int:
     return 0
 
 
+def cmd_plot_sparsity(args) -> int:
+    from asr.plot import plot_sparsity
+
+    print(plot_sparsity(args.workdir, args.out))
+    return 0
+
+
+def cmd_plot_weights(args) -> int:
+    from asr.model_io import load_model
+    from asr.plot import plot_weight_histograms
+
+    before, after = load_model(args.before), load_model(args.after)
+    labels = (f"before ({Path(args.before).name})", f"after ({Path(args.after).name})")
+    print(
+        plot_weight_histograms(
+            before.variables["params"],
+            after.variables["params"],
+            args.bits,
+            args.out,
+            layers=args.layer or None,
+            labels=labels,
+        )
+    )
+    return 0
+
+
 def _subparsers(parser: argparse.ArgumentParser):
     """Every parser below `parser` (subcommands, and theirs: `asr corpus synth`)."""
     for action in parser._actions:
@@ -345,6 +400,39 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--context", required=True, metavar="FILE", help="names, one a line")
     q.add_argument("-o", "--out", required=True, help="PNG file to write")
     q.set_defaults(func=cmd_plot_attention)
+    q = plots.add_parser(
+        "sparsity",
+        help="a sparsified training run: share of zero weights per layer against step (PNG)",
+    )
+    q.add_argument(
+        "--workdir",
+        required=True,
+        help="a training work folder (trained with --set sparsity=...) or its metrics.jsonl",
+    )
+    q.add_argument("-o", "--out", required=True, help="PNG file to write")
+    q.set_defaults(func=cmd_plot_sparsity)
+    q = plots.add_parser(
+        "weights",
+        help="two models' weights in units of their quantization step, per kernel (PNG)",
+    )
+    q.add_argument("--before", required=True, help="a model (default, a model or work folder)")
+    q.add_argument("--after", required=True, help="a model of the same architecture")
+    q.add_argument(
+        "--bits",
+        type=_at_least(2),
+        default=4,
+        help="quantizer width whose levels are drawn (default 4; at most 16)",
+    )
+    q.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a kernel to show, e.g. joiner/out; repeatable (default: up to 4 representative "
+        "ones: an attention qkv, a feed-forward, a convolution, the joiner out)",
+    )
+    q.add_argument("-o", "--out", required=True, help="PNG file to write")
+    q.set_defaults(func=cmd_plot_weights)
 
     for ep in entry_points(group="asr.commands"):
         try:

@@ -18,6 +18,7 @@ import numpy as np
 from flax import serialization
 
 from asr.models.config import ModelConfig
+from asr.models.quant import FLOAT, QuantPolicy, quantize_params
 from asr.models.transducer import Transducer, build_model
 from asr.tokenizer import Tokenizer
 
@@ -114,7 +115,8 @@ def load_model(spec: str | Path) -> LoadedModel:
         tokenizer = Tokenizer.load(folder / "tokenizer.model")
     except Exception as e:  # sentencepiece raises RuntimeError/OSError on damaged protos
         raise ModelLoadError(f"{folder}/tokenizer.model: missing or damaged ({e})") from None
-    model = build_model(config)
+    policy = _policy(meta.get("quant"), folder)
+    model = build_model(config, policy)
     if (folder / "params.msgpack").exists():
         try:
             raw = serialization.msgpack_restore((folder / "params.msgpack").read_bytes())
@@ -127,6 +129,27 @@ def load_model(spec: str | Path) -> LoadedModel:
     variables = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), raw)
     _check_shapes(model, variables, folder)
     return LoadedModel(model, variables, tokenizer, config, str(folder))
+
+
+def _policy(quant, folder: Path) -> QuantPolicy:
+    """The quantization policy a model folder's "quant" entry asks for (compressed models run
+    as they were trained: `train.trainer.model_quant_meta`); float without one."""
+    if quant is None:
+        return FLOAT
+    try:
+        return QuantPolicy(int(quant.get("weight_bits", 0)), int(quant.get("act_bits", 0)))
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{folder}/config.json: bad quant entry ({e})") from None
+
+
+def quantized(loaded: LoadedModel, policy: QuantPolicy) -> LoadedModel:
+    """`loaded` run with another quantization `policy`: its kernels rounded to
+    `policy.weight_bits` levels (post-training quantization; a no-op for weights on their levels
+    already) and its products fake-quantized (`asr.models.quant`)."""
+    params = quantize_params(loaded.variables["params"], policy.weight_bits)
+    variables = {**loaded.variables, "params": jax.tree_util.tree_map(np.asarray, params)}
+    model = build_model(loaded.config, policy)
+    return LoadedModel(model, variables, loaded.tokenizer, loaded.config, loaded.source)
 
 
 def _restore_orbax(path: Path) -> dict:

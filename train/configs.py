@@ -130,6 +130,41 @@ class TrainConfig:
         0.1, "with biasing: share of batches with no list at all", min=0.0, max=1.0
     )
 
+    # compression-aware training (train.regularizers; Nguyen et al. 2020, Zhu & Gupta 2017)
+    quant_method: str = _f(
+        "none",
+        "weight quantization in training: none, acos (absolute-cosine regularizer), mr-acos "
+        "(non-uniform levels), ste (straight-through fake quantization, the baseline)",
+    )
+    quant_bits: int = _f(4, "with quant_method: weight bits", min=2, max=8)
+    quant_act_bits: int = _f(
+        8, "with quant_method: activation bits at matrix-product inputs (0: float)", min=0, max=16
+    )
+    quant_weight: float = _f(
+        100.0, "acos/mr-acos: weight of the regularizer at the end of its ramp", min=0.0
+    )
+    quant_start: float = _f(
+        0.0, "acos/mr-acos: ramp starts at this share of the steps", min=0.0, max=1.0
+    )
+    quant_end: float = _f(
+        0.5, "acos/mr-acos: ramp reaches full weight at this share", min=0.0, max=1.0
+    )
+    sparsity: float = _f(
+        0.0, "share of kernel weights that are zero at the end (0: none)", min=0.0, below=1.0
+    )
+    sparsity_method: str = _f(
+        "penalty", "penalty (gradual, decoupled shrink) or hard (magnitude pruning, baseline)"
+    )
+    sparsity_scope: str = _f("layer", "the share holds per layer or global (over all layers)")
+    sparsity_start: float = _f(
+        0.0, "sparsification starts at this share of the steps", min=0.0, max=1.0
+    )
+    sparsity_end: float = _f(
+        1.0, "target share reached at this share of the steps", min=0.0, max=1.0
+    )
+    sparsity_every: int = _f(10, "steps between mask updates (and every step at the end)", min=1)
+    sparsity_embeddings: bool = _f(False, "also sparsify embedding tables")
+
     def __post_init__(self):
         problems = []
         for f in dataclasses.fields(self):
@@ -150,6 +185,19 @@ class TrainConfig:
                 problems.append(
                     f"bias_encoder: expected one of {expected}, got {self.bias_encoder!r}"
                 )
+            for name, allowed in (
+                ("quant_method", ("none", "acos", "mr-acos", "ste")),
+                ("sparsity_method", ("penalty", "hard")),
+                ("sparsity_scope", ("layer", "global")),
+            ):
+                if getattr(self, name) not in allowed:
+                    problems.append(
+                        f"{name}: expected one of {list(allowed)}, got {getattr(self, name)!r}"
+                    )
+            if self.quant_end < self.quant_start:
+                problems.append("quant_end: expected >= quant_start")
+            if self.sparsity_end < self.sparsity_start:
+                problems.append("sparsity_end: expected >= sparsity_start")
             if self.bias_dim % self.bias_heads:
                 problems.append(
                     f"bias_dim: expected a multiple of bias_heads ({self.bias_heads}), "

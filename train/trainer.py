@@ -47,6 +47,15 @@ from tqdm import tqdm
 from asr.features import log_mel
 from asr.model_io import load_model, save_model_folder
 from asr.models.config import ModelConfig
+from asr.models.quant import (
+    FLOAT,
+    QuantPolicy,
+    is_kernel,
+    qmax,
+    quantize_params,
+    snap_to_levels,
+    zero_fraction,
+)
 from asr.models.transducer import Transducer, build_model, count_params, init_variables
 from asr.text import normalize_text
 from asr.tokenizer import Tokenizer
@@ -54,6 +63,18 @@ from train.configs import TrainConfig, canonical_model_spec, resume_config
 from train.data import check_training_rows, training_dataset
 from train.distill import collapsed_log_probs, distill_loss, rnnt_loss_from_collapsed
 from train.loss import rnnt_loss
+from train.regularizers import (
+    acos_penalty,
+    eligible_mask,
+    find_sparsify_state,
+    fit_levels,
+    mr_acos_penalty,
+    ramp,
+    sparsify,
+    sparsity_penalty,
+    sparsity_target,
+    zero_shares,
+)
 from train.specaugment import spec_augment
 
 
@@ -63,17 +84,93 @@ class TrainState:
     params: Any  # model parameters
     opt_state: Any  # optax state
     norm: Any  # {'mean': f32[80], 'istd': f32[80]} feature normalization (not trained)
+    # state of the loss terms that is neither a parameter nor the optimizer's: {} for plain
+    # recipes (their checkpoints are what they were), {'levels': f32[K, L]} with mr-acos
+    extras: Any = flax.struct.field(default_factory=dict)
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and cosine decay; global-norm clipping; no decay on biases
-    and normalization scales."""
+    """The recipe's chain of optax transforms: global-norm clipping; AdamW with linear warm-up
+    and cosine decay, no decay on biases and normalization scales; then, with `sparsity` > 0,
+    gradual sparsification (`train.regularizers.sparsify`). A recipe without sparsity has the
+    chain (and the optimizer state) it always had."""
     sched = make_lr(cfg)
     mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim > 1, p)  # noqa: E731
-    return optax.chain(
+    chain = [
         optax.clip_by_global_norm(cfg.clip_norm),
         optax.adamw(sched, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay, mask=mask),
-    )
+    ]
+    if cfg.sparsity > 0:
+        start, end = sparsity_steps(cfg)
+        chain.append(
+            sparsify(
+                cfg.sparsity,
+                start,
+                end,
+                every=cfg.sparsity_every,
+                method=cfg.sparsity_method,
+                scope=cfg.sparsity_scope,
+                embeddings=cfg.sparsity_embeddings,
+            )
+        )
+    return optax.chain(*chain)
+
+
+def sparsity_steps(cfg: TrainConfig) -> tuple[int, int]:
+    """(first, last) step of the sparsity schedule."""
+    return round(cfg.sparsity_start * cfg.steps), round(cfg.sparsity_end * cfg.steps)
+
+
+def quant_steps(cfg: TrainConfig) -> tuple[int, int]:
+    """(start, end) step of the regularizer's ramp."""
+    return round(cfg.quant_start * cfg.steps), round(cfg.quant_end * cfg.steps)
+
+
+def training_policy(cfg: TrainConfig) -> QuantPolicy:
+    """How the trained model's products run in training: fake-quantized (STE) with
+    quant_method ste, float otherwise (the regularizers act through the loss)."""
+    if cfg.quant_method == "ste":
+        return QuantPolicy(cfg.quant_bits, cfg.quant_act_bits)
+    return FLOAT
+
+
+def deployed_policy(cfg: TrainConfig) -> QuantPolicy:
+    """How the trained model runs once compressed: `quant_bits` weights (uniform levels; the
+    non-uniform ones of mr-acos are put in place by `compress_params`) and `quant_act_bits`
+    activations; float without quant_method."""
+    if cfg.quant_method == "none":
+        return FLOAT
+    return QuantPolicy(cfg.quant_bits if cfg.quant_method != "mr-acos" else 0, cfg.quant_act_bits)
+
+
+def compress_params(cfg: TrainConfig, params, extras):
+    """The parameters as deployed: weights on their levels (uniform, or mr-acos's), the
+    sparsifier's zeros exact already. Float recipes: unchanged."""
+    if cfg.quant_method == "mr-acos":
+        return snap_to_levels(params, extras["levels"])
+    if cfg.quant_method in ("acos", "ste"):
+        return quantize_params(params, cfg.quant_bits)
+    return params
+
+
+def initial_extras(cfg: TrainConfig, params) -> dict:
+    """The extras of a run starting from `params`: mr-acos's levels fitted to them."""
+    if cfg.quant_method == "mr-acos":
+        return {"levels": jnp.asarray(fit_levels(jax.device_get(params), cfg.quant_bits))}
+    return {}
+
+
+def regularizer_terms(cfg: TrainConfig, params, step, extras) -> tuple[jax.Array, dict]:
+    """(weighted sum of the compression loss terms, their metrics) at `step`: the
+    absolute-cosine regularizer (uniform or multi-regional) with its ramp."""
+    if cfg.quant_method not in ("acos", "mr-acos"):
+        return jnp.float32(0.0), {}
+    if cfg.quant_method == "acos":
+        reg, near = acos_penalty(params, cfg.quant_bits)
+    else:
+        reg, near = mr_acos_penalty(params, extras["levels"])
+    weight = cfg.quant_weight * ramp(step, *quant_steps(cfg))
+    return weight * reg, {"quant_reg": reg, "quant_near": near, "quant_weight": weight}
 
 
 def ctc_feasible(enc_paddings: jax.Array, labels: jax.Array, label_paddings: jax.Array):
@@ -220,14 +317,25 @@ def loss_fn(
     return loss, metrics
 
 
-def init_state(model: Transducer, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
-    """Step 0: freshly initialized parameters and optimizer state."""
+def init_state(
+    model: Transducer,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    cfg: TrainConfig | None = None,
+) -> TrainState:
+    """Step 0: freshly initialized parameters and optimizer state; the recipe's extras with
+    placeholder values (shapes for restoring; `_initial_state` fits them)."""
     variables = init_variables(model, key)
+    extras = {}
+    if cfg is not None and cfg.quant_method == "mr-acos":
+        n_kernels = sum(is_kernel(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables))
+        extras = {"levels": jnp.zeros((n_kernels, 2 * qmax(cfg.quant_bits) + 1), jnp.float32)}
     return TrainState(
         step=jnp.array(0, jnp.int32),
         params=variables["params"],
         opt_state=tx.init(variables["params"]),
         norm=variables["norm"],
+        extras=extras,
     )
 
 
@@ -257,24 +365,50 @@ def make_train_step(
         use_spec = state.step >= cfg.spec_start_step
         lattice = None if teacher is None else teacher_collapsed(teacher, teacher_vars, batch)
         batch = dict(batch, feats=jnp.where(use_spec, feats, batch["feats"]))
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(
-            state.params,
-            state.norm,
-            model,
-            batch,
-            k_drop,
-            True,
-            cfg.ctc_weight,
-            lattice,
-            cfg.distill_weight,
-            cfg.distill_temperature,
-        )
+
+        def objective(params):  # the loss is a sum of named terms
+            loss, metrics = loss_fn(
+                params,
+                state.norm,
+                model,
+                batch,
+                k_drop,
+                True,
+                cfg.ctc_weight,
+                lattice,
+                cfg.distill_weight,
+                cfg.distill_temperature,
+            )
+            reg, reg_metrics = regularizer_terms(cfg, params, state.step, state.extras)
+            if reg_metrics:
+                metrics = dict(metrics, **reg_metrics, task_loss=loss)
+                loss = loss + reg
+                metrics["loss"] = loss
+            return loss, metrics
+
+        grads, metrics = jax.grad(objective, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.tree_utils.tree_norm(grads)
+        if cfg.sparsity > 0:
+            metrics.update(sparsity_metrics(cfg, params, opt_state, state.step + 1))
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return jax.jit(train_step, donate_argnums=(0,))
+
+
+def sparsity_metrics(cfg: TrainConfig, params, opt_state, step) -> dict:
+    """Per step: the schedule's target share, the share of exact zeros (all eligible weights
+    and per layer, `zeros/<layer>`) and the sparsifier's remaining penalty."""
+    eligible = eligible_mask(params, cfg.sparsity_embeddings)
+    shares = zero_shares(params, eligible)
+    out = {f"zeros/{k}": v for k, v in shares.items() if k != "all"}
+    out["zeros"] = shares["all"]
+    out["sparsity_target"] = sparsity_target(step, cfg.sparsity, *sparsity_steps(cfg))
+    st = find_sparsify_state(opt_state)
+    if st is not None:
+        out["sparsity_pen"] = sparsity_penalty(params, st.masks)
+    return out
 
 
 def precompile(
@@ -460,7 +594,7 @@ def _initial_state(mngr, start, model, tx, cfg: TrainConfig, init, train_rows) -
     with the starting model's weights and norm (fine-tuning, `init`; parameters it lacks, those
     of a biasing network added to it, stay fresh) or the feature statistics of the training
     rows."""
-    make_state = functools.partial(init_state, model, tx)
+    make_state = functools.partial(init_state, model, tx, cfg=cfg)
     key = jax.random.PRNGKey(cfg.seed)
     if start is not None:
         tqdm.write(f"resumed from step {start}")
@@ -470,19 +604,24 @@ def _initial_state(mngr, start, model, tx, cfg: TrainConfig, init, train_rows) -
         tqdm.write(f"initialized from {init.source}")
         v = jax.tree_util.tree_map(jnp.asarray, init.variables)
         params = merge_params(state.params, v["params"])
-        return state.replace(params=params, opt_state=tx.init(params), norm=v["norm"])
-    norm = feature_stats(train_rows, seed=cfg.seed)
-    return state.replace(norm=jax.tree_util.tree_map(jnp.asarray, norm))
+        state = state.replace(params=params, opt_state=tx.init(params), norm=v["norm"])
+    else:
+        norm = feature_stats(train_rows, seed=cfg.seed)
+        state = state.replace(norm=jax.tree_util.tree_map(jnp.asarray, norm))
+    return state.replace(extras=initial_extras(cfg, state.params))
 
 
 def _save(mngr: ocp.CheckpointManager, step: int, state: TrainState) -> None:
     """Checkpoint `step` (asynchronous): {'model': params and norm (what `asr.model_io` loads),
-    'train': step and optimizer state}."""
+    'train': step, optimizer state and, when the recipe has any, the extras}."""
+    train_item = {"step": state.step, "opt_state": state.opt_state}
+    if state.extras:
+        train_item["extras"] = state.extras
     mngr.save(
         step,
         args=ocp.args.Composite(
             model=ocp.args.StandardSave({"params": state.params, "norm": state.norm}),
-            train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}),
+            train=ocp.args.StandardSave(train_item),
         ),
     )
 
@@ -507,13 +646,14 @@ def _note_resume(meta: dict, step: int, changes: dict, data: dict) -> None:
 def _restore(mngr: ocp.CheckpointManager, step: int, abstract: TrainState) -> TrainState:
     """The train state of checkpoint `step`; `abstract` gives its structure, shapes and dtypes
     (`jax.ShapeDtypeStruct` leaves)."""
+    train_item = {"step": abstract.step, "opt_state": abstract.opt_state}
+    if abstract.extras:
+        train_item["extras"] = abstract.extras
     r = mngr.restore(
         step,
         args=ocp.args.Composite(
             model=ocp.args.StandardRestore({"params": abstract.params, "norm": abstract.norm}),
-            train=ocp.args.StandardRestore(
-                {"step": abstract.step, "opt_state": abstract.opt_state}
-            ),
+            train=ocp.args.StandardRestore(train_item),
         ),
     )
     return TrainState(
@@ -521,6 +661,7 @@ def _restore(mngr: ocp.CheckpointManager, step: int, abstract: TrainState) -> Tr
         params=r["model"]["params"],
         opt_state=r["train"]["opt_state"],
         norm=r["model"]["norm"],
+        extras=r["train"].get("extras", {}),
     )
 
 
@@ -615,7 +756,8 @@ def train(
         _note_resume(meta, start, changes, data)
         meta["train"] = cfg.to_dict()
     _atomic_write(wd.config, json.dumps(meta, indent=2).encode())
-    model = build_model(mcfg)
+    model = build_model(mcfg, training_policy(cfg))
+    eval_model = build_model(mcfg, deployed_policy(cfg))  # what evaluation and model/ run
     tx = make_optimizer(cfg)
     key = jax.random.PRNGKey(cfg.seed)
     # metric lines past the checkpoint (or of a run killed before its first) come again
@@ -686,7 +828,7 @@ def train(
             window.append(m)
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                m = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
+                m = _window_metrics(window)
                 dt = time.perf_counter() - t0
                 m.update(step=done, audio_s_per_s=frames * 0.01 / dt, lr=float(make_lr(cfg)(done)))
                 window, t0, frames = [], time.perf_counter(), 0
@@ -696,8 +838,10 @@ def train(
                 bar.set_postfix(loss=f"{m['loss']:.3f}", audio_x=f"{m['audio_s_per_s']:.1f}")
                 last = m
             if done % cfg.eval_every == 0 or done == cfg.steps:
-                variables = {"params": state.params, "norm": state.norm}
-                ev = evaluate(model, variables, tokenizer, dev_rows)
+                params = compress_params(cfg, state.params, state.extras)
+                ev = evaluate(
+                    eval_model, {"params": params, "norm": state.norm}, tokenizer, dev_rows
+                )
                 log.write({"step": done, "dev_wer": ev["wer"]})
                 tqdm.write(f"step {done}: dev WER {100 * ev['wer']:.2f}% on {ev['utterances']}")
                 last["dev_wer"] = ev["wer"]
@@ -726,15 +870,28 @@ def train(
         last["bad_rows_skipped"] = n_bad
     if reached < cfg.steps and not out_of_time:
         return last
-    variables = {"params": state.params, "norm": state.norm}
-    save_model_folder(
-        wd.root / "model",
-        mcfg,
-        tokenizer,
-        jax.device_get(variables),
-        extra={"train": cfg.to_dict(), "steps": reached, "complete": reached >= cfg.steps},
-    )
+    params = compress_params(cfg, state.params, state.extras)
+    variables = {"params": params, "norm": state.norm}
+    extra = {"train": cfg.to_dict(), "steps": reached, "complete": reached >= cfg.steps}
+    if cfg.quant_method != "none" or cfg.sparsity > 0:
+        extra["quant"] = model_quant_meta(cfg, jax.device_get(params))
+    save_model_folder(wd.root / "model", mcfg, tokenizer, jax.device_get(variables), extra=extra)
     return dict(last, steps=reached)
+
+
+def model_quant_meta(cfg: TrainConfig, params) -> dict:
+    """The model folder's "quant" entry: how the compressed model runs (`asr.model_io` builds
+    its policy from it) and what it is."""
+    pol = deployed_policy(cfg)
+    return {
+        "weight_bits": pol.weight_bits,
+        "act_bits": pol.act_bits,
+        "bits": cfg.quant_bits if cfg.quant_method != "none" else 0,
+        "levels": "nonuniform" if cfg.quant_method == "mr-acos" else "uniform",
+        "method": cfg.quant_method,
+        "sparsity": cfg.sparsity,
+        "zero_fraction": zero_fraction(params),
+    }
 
 
 def make_lr(cfg: TrainConfig) -> optax.Schedule:
@@ -770,6 +927,22 @@ class MetricsLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+# metrics that describe the state reached, not a step's sample: logged at the window's end
+_STATE_METRICS = ("zeros", "sparsity_target", "quant_weight")
+
+
+def _window_metrics(window: list[dict]) -> dict:
+    """One metric line from a logging window: the mean of each metric over its steps, the last
+    value of the state metrics (share of zeros, schedule targets)."""
+    out = {}
+    for k in window[0]:
+        if k.startswith(_STATE_METRICS):
+            out[k] = float(window[-1][k])
+        else:
+            out[k] = float(np.mean([float(w[k]) for w in window]))
+    return out
 
 
 def _plot(wd: Workdir) -> None:

@@ -40,6 +40,7 @@ import numpy as np
 
 from asr.models.config import ModelConfig
 from asr.models.encoder import NEG_INF, SelfAttention
+from asr.models.quant import FLOAT, LstmCell, QuantPolicy
 
 # Padded sizes of a context list: phrases per utterance P, and tokens per phrase Lp. A list is
 # padded up to the smallest bucket that holds it, so lists of other lengths reuse compiled code.
@@ -118,6 +119,7 @@ class LstmPhraseEncoder(nn.Module):
     concatenated."""
 
     config: ModelConfig
+    quant: QuantPolicy = FLOAT
 
     @nn.compact
     def __call__(self, x: jax.Array, paddings: jax.Array) -> jax.Array:
@@ -125,9 +127,9 @@ class LstmPhraseEncoder(nn.Module):
         lengths = jnp.sum(paddings < 0.5, axis=1).astype(jnp.int32)  # -> [N]
         # an absent phrase (length 0) reads one padding token: finite, and masked downstream
         lengths = jnp.maximum(lengths, 1)
-        fwd = nn.RNN(nn.OptimizedLSTMCell(e // 2, name="fwd_cell"), return_carry=True)
+        fwd = nn.RNN(LstmCell(e // 2, self.quant, name="fwd_cell"), return_carry=True)
         bwd = nn.RNN(
-            nn.OptimizedLSTMCell(e - e // 2, name="bwd_cell"),
+            LstmCell(e - e // 2, self.quant, name="bwd_cell"),
             return_carry=True,
             reverse=True,
             keep_order=True,
@@ -143,15 +145,17 @@ class TransformerPhraseEncoder(nn.Module):
     self-attention layer (rotary positions) and feed-forward, mean-pooled over the tokens."""
 
     config: ModelConfig
+    quant: QuantPolicy = FLOAT
 
     @nn.compact
     def __call__(self, x: jax.Array, paddings: jax.Array) -> jax.Array:
         c = self.config
         valid = paddings < 0.5  # -> [N, Lp]
         mask = valid[:, None, None, :]  # keys that are tokens -> [N, 1, 1, Lp]
-        x = x + SelfAttention(c.bias_heads, c.bias_dim)(nn.LayerNorm()(x), mask)
-        h = nn.swish(nn.Dense(2 * c.bias_dim)(nn.LayerNorm()(x)))
-        x = x + nn.Dense(c.bias_dim)(h)
+        q = self.quant
+        x = x + SelfAttention(c.bias_heads, c.bias_dim, q)(nn.LayerNorm()(x), mask)
+        h = nn.swish(q.dense(2 * c.bias_dim)(nn.LayerNorm()(x)))
+        x = x + q.dense(c.bias_dim)(h)
         w = valid.astype(x.dtype)[..., None]
         return jnp.sum(x * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
 
@@ -159,13 +163,15 @@ class TransformerPhraseEncoder(nn.Module):
 PHRASE_ENCODERS = {"lstm": LstmPhraseEncoder, "transformer": TransformerPhraseEncoder}
 
 
-def attention_weights(q: jax.Array, k: jax.Array, entry_paddings: jax.Array) -> jax.Array:
+def attention_weights(
+    q: jax.Array, k: jax.Array, entry_paddings: jax.Array, quant: QuantPolicy = FLOAT
+) -> jax.Array:
     """Scaled dot-product weights over the list entries.
 
     q: f32[B, T, H, Dh] queries; k: f32[B, P+1, H, Dh] keys; entry_paddings: f32[B, P+1],
     1.0 = absent -> f32[B, H, T, P+1]; absent entries get weight exactly 0."""
     valid = (entry_paddings < 0.5)[:, None, None, :]  # -> [B, 1, 1, P+1]
-    logits = jnp.einsum("bthd,bphd->bhtp", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    logits = quant.einsum("bthd,bphd->bhtp", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
     w = jax.nn.softmax(jnp.where(valid, logits, NEG_INF), axis=-1)
     return jnp.where(valid, w, 0.0)
 
@@ -175,21 +181,22 @@ class ContextBiasing(nn.Module):
     module docstring)."""
 
     config: ModelConfig
+    quant: QuantPolicy = FLOAT
 
     def setup(self):
-        c = self.config
+        c, q = self.config, self.quant
         dh = c.bias_dim // c.bias_heads
         self.embed = nn.Embed(c.vocab_size, c.bias_dim)
-        self.phrase_encoder = PHRASE_ENCODERS[c.bias_encoder](c)
+        self.phrase_encoder = PHRASE_ENCODERS[c.bias_encoder](c, q)
         self.phrase_norm = nn.LayerNorm()
         self.no_bias = self.param("no_bias", nn.initializers.normal(1.0), (c.bias_dim,))
-        self.query = nn.DenseGeneral((c.bias_heads, dh))
-        self.key = nn.DenseGeneral((c.bias_heads, dh))
-        self.value = nn.DenseGeneral((c.bias_heads, dh))
-        self.out = nn.DenseGeneral(c.bias_dim, axis=(-2, -1))
+        self.query = q.dense_general((c.bias_heads, dh))
+        self.key = q.dense_general((c.bias_heads, dh))
+        self.value = q.dense_general((c.bias_heads, dh))
+        self.out = q.dense_general(c.bias_dim, axis=(-2, -1))
         self.combine_norm = nn.LayerNorm()
         zeros = nn.initializers.zeros
-        self.combine = nn.Dense(c.d_model, kernel_init=zeros, bias_init=zeros)
+        self.combine = q.dense(c.d_model, kernel_init=zeros, bias_init=zeros)
         self.dropout = nn.Dropout(c.dropout)
 
     def entries(self, context, batch: int) -> tuple[jax.Array, jax.Array]:
@@ -228,8 +235,8 @@ class ContextBiasing(nn.Module):
         entries, entry_paddings = self.entries(context, enc.shape[0])
         q = self.query(enc)  # -> [B, T, H, Dh]
         k, v = self.key(entries), self.value(entries)  # -> [B, P+1, H, Dh]
-        w = attention_weights(q, k, entry_paddings)
-        attended = self.out(jnp.einsum("bhtp,bphd->bthd", w, v))  # -> [B, T, bias_dim]
+        w = attention_weights(q, k, entry_paddings, self.quant)
+        attended = self.out(self.quant.einsum("bhtp,bphd->bthd", w, v))  # -> [B, T, bias_dim]
         attended = self.dropout(attended, deterministic=not train)
         mixed = self.combine(self.combine_norm(jnp.concatenate([enc, attended], axis=-1)))
         return (enc + mixed) * (1.0 - enc_paddings)[..., None], w

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from asr.models.config import ModelConfig
+from asr.models.quant import FLOAT, QuantPolicy
 
 NEG_INF = -1e9
 
@@ -57,6 +58,7 @@ class ConvSubsampling(nn.Module):
 
     channels: int
     d_model: int
+    quant: QuantPolicy = FLOAT
 
     @nn.compact
     def __call__(self, feats: jax.Array) -> jax.Array:
@@ -64,31 +66,34 @@ class ConvSubsampling(nn.Module):
         x = feats[..., None]  # -> [B, T, F, 1]
         for _ in range(2):
             x = jnp.pad(x, ((0, 0), (2, 0), (1, 1), (0, 0)))  # causal in time, same in freq
-            x = nn.Conv(self.channels, (3, 3), strides=(2, 2), padding="VALID")(x)
+            x = self.quant.conv_module(self.channels, (3, 3), strides=(2, 2), padding="VALID")(x)
             x = nn.relu(x)
         b, t, f, c = x.shape
-        return nn.Dense(self.d_model)(x.reshape(b, t, f * c))
+        return self.quant.dense(self.d_model)(x.reshape(b, t, f * c))
 
 
 class SelfAttention(nn.Module):
     num_heads: int
     d_model: int
+    quant: QuantPolicy = FLOAT
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         """x: f32[B, T, D]; mask: bool[B, 1, T, T] -> f32[B, T, D]."""
         b, t, _ = x.shape
         dh = self.d_model // self.num_heads
-        qkv = nn.DenseGeneral((3, self.num_heads, dh), name="qkv")(x)  # -> [B, T, 3, H, Dh]
+        qkv = self.quant.dense_general((3, self.num_heads, dh), name="qkv")(
+            x
+        )  # -> [B, T, 3, H, Dh]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         pos = jnp.arange(t)
         q, k = rotary(q, pos), rotary(k, pos)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(dh).astype(x.dtype)
+        logits = self.quant.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(dh).astype(x.dtype)
         logits = jnp.where(mask, logits, NEG_INF)
         w = jax.nn.softmax(logits, axis=-1)
         w = jnp.where(mask, w, 0.0)  # fully masked rows (padded queries) give zeros, not NaN
-        out = jnp.einsum("bhqk,bkhd->bqhd", w, v)
-        return nn.DenseGeneral(self.d_model, axis=(-2, -1), name="out")(out)
+        out = self.quant.einsum("bhqk,bkhd->bqhd", w, v)
+        return self.quant.dense_general(self.d_model, axis=(-2, -1), name="out")(out)
 
 
 class CausalConvModule(nn.Module):
@@ -96,34 +101,37 @@ class CausalConvModule(nn.Module):
 
     d_model: int
     kernel: int
+    quant: QuantPolicy = FLOAT
 
     @nn.compact
     def __call__(self, x: jax.Array, paddings: jax.Array) -> jax.Array:
         x = x * (1.0 - paddings)[..., None]
-        x = nn.Dense(2 * self.d_model)(x)
+        q = self.quant
+        x = q.dense(2 * self.d_model)(x)
         x = nn.glu(x, axis=-1)
         x = jnp.pad(x, ((0, 0), (self.kernel - 1, 0), (0, 0)))
-        x = nn.Conv(
+        x = q.conv_module(
             self.d_model, (self.kernel,), feature_group_count=self.d_model, padding="VALID"
         )(x)
         x = nn.LayerNorm()(x)
         x = nn.swish(x)
-        return nn.Dense(self.d_model)(x)
+        return q.dense(self.d_model)(x)
 
 
 class EncoderLayer(nn.Module):
     config: ModelConfig
+    quant: QuantPolicy = FLOAT
 
     @nn.compact
     def __call__(self, x, paddings, mask, train: bool):
-        c = self.config
+        c, q = self.config, self.quant
         drop = nn.Dropout(c.dropout, deterministic=not train)
-        x = x + drop(SelfAttention(c.num_heads, c.d_model)(nn.LayerNorm()(x), mask))
+        x = x + drop(SelfAttention(c.num_heads, c.d_model, q)(nn.LayerNorm()(x), mask))
         if c.conv_kernel > 0:
-            x = x + drop(CausalConvModule(c.d_model, c.conv_kernel)(nn.LayerNorm()(x), paddings))
-        h = nn.Dense(c.ff_dim)(nn.LayerNorm()(x))
+            x = x + drop(CausalConvModule(c.d_model, c.conv_kernel, q)(nn.LayerNorm()(x), paddings))
+        h = q.dense(c.ff_dim)(nn.LayerNorm()(x))
         h = drop(nn.swish(h))
-        x = x + drop(nn.Dense(c.d_model)(h))
+        x = x + drop(q.dense(c.d_model)(h))
         return x
 
 
@@ -132,16 +140,17 @@ class Encoder(nn.Module):
     -> (f32[B, T', d_model], f32[B, T'] paddings), T' = ceil(T / 4)."""
 
     config: ModelConfig
+    quant: QuantPolicy = FLOAT
 
     @nn.compact
     def __call__(self, feats, feat_paddings, train: bool = False):
         c = self.config
-        x = ConvSubsampling(c.subsample_channels, c.d_model)(feats)
+        x = ConvSubsampling(c.subsample_channels, c.d_model, self.quant)(feats)
         paddings = subsample_paddings(feat_paddings)
         assert x.shape[1] == paddings.shape[1], (x.shape, paddings.shape)
         x = nn.Dropout(c.dropout, deterministic=not train)(x)
         mask = chunk_attention_mask(paddings, c.chunk_size, c.left_chunks)
         for i in range(c.num_layers):
-            x = EncoderLayer(c, name=f"layer_{i}")(x, paddings, mask, train)
+            x = EncoderLayer(c, self.quant, name=f"layer_{i}")(x, paddings, mask, train)
         x = nn.LayerNorm()(x)
         return x * (1.0 - paddings)[..., None], paddings

@@ -11,16 +11,18 @@ import flax.linen as nn
 import jax
 
 from asr.models.config import ModelConfig
+from asr.models.quant import FLOAT, QuantPolicy
 
 
 class Joiner(nn.Module):
     config: ModelConfig
+    quant: QuantPolicy = FLOAT
 
     def setup(self):
-        c = self.config
-        self.enc_proj = nn.Dense(c.joint_dim)
-        self.pred_proj = nn.Dense(c.joint_dim, use_bias=False)
-        self.out = nn.Dense(c.vocab_size)
+        c, q = self.config, self.quant
+        self.enc_proj = q.dense(c.joint_dim)
+        self.pred_proj = q.dense(c.joint_dim, use_bias=False)
+        self.out = q.dense(c.vocab_size)
 
     def project_encoder(self, enc: jax.Array) -> jax.Array:
         """f32[..., d_model] -> f32[..., joint_dim]."""

@@ -16,16 +16,18 @@ import jax
 import jax.numpy as jnp
 
 from asr.models.config import ModelConfig
+from asr.models.quant import FLOAT, LstmCell, QuantPolicy
 
 
 class LstmPredictor(nn.Module):
     config: ModelConfig
+    quant: QuantPolicy = FLOAT
 
     def setup(self):
         c = self.config
         self.embed = nn.Embed(c.vocab_size, c.pred_dim)
         self.cells = [
-            nn.OptimizedLSTMCell(c.pred_dim, name=f"lstm_{i}") for i in range(c.pred_layers)
+            LstmCell(c.pred_dim, self.quant, name=f"lstm_{i}") for i in range(c.pred_layers)
         ]
         self.norm = nn.LayerNorm()
 
@@ -60,11 +62,12 @@ class StatelessPredictor(nn.Module):
     """Embeds the last `context_size` tokens, mixes them with a small depthwise conv."""
 
     config: ModelConfig
+    quant: QuantPolicy = FLOAT
 
     def setup(self):
         c = self.config
         self.embed = nn.Embed(c.vocab_size, c.pred_dim)
-        self.mix = nn.Dense(c.pred_dim)
+        self.mix = self.quant.dense(c.pred_dim)
         self.norm = nn.LayerNorm()
 
     def initial_state(self, batch: int):

@@ -36,21 +36,23 @@ from asr.models.config import BIAS_ENCODERS, ModelConfig
 from asr.models.encoder import Encoder
 from asr.models.joiner import Joiner
 from asr.models.predictor import PREDICTORS
+from asr.models.quant import FLOAT, QuantPolicy
 
 
 class Transducer(nn.Module):
     config: ModelConfig
     predictor_cls: type[nn.Module]
+    quant: QuantPolicy = FLOAT  # how every matrix product runs (asr.models.quant)
 
     def setup(self):
-        c = self.config
-        self.encoder = Encoder(c)
-        self.predictor = self.predictor_cls(c)
-        self.joiner = Joiner(c)
+        c, q = self.config, self.quant
+        self.encoder = Encoder(c, q)
+        self.predictor = self.predictor_cls(c, q)
+        self.joiner = Joiner(c, q)
         if c.ctc_head:
-            self.ctc_out = nn.Dense(c.vocab_size)
+            self.ctc_out = q.dense(c.vocab_size)
         if c.bias_dim > 0:
-            self.biasing = ContextBiasing(c)
+            self.biasing = ContextBiasing(c, q)
         self.feat_mean = self.variable("norm", "mean", jnp.zeros, (c.n_mels,))
         self.feat_istd = self.variable("norm", "istd", jnp.ones, (c.n_mels,))
 
@@ -117,7 +119,9 @@ class Transducer(nn.Module):
         return self.joint(enc_p[:, :, None], pred_p[:, None])
 
 
-def build_model(config: ModelConfig) -> Transducer:
+def build_model(config: ModelConfig, quant: QuantPolicy = FLOAT) -> Transducer:
+    """The transducer of `config`; `quant` sets how its matrix products run (float, or fake-
+    quantized weights and activations: `asr.models.quant`). The parameters are the same."""
     if config.predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, got {config.predictor!r}")
     if config.bias_dim < 0:
@@ -133,7 +137,7 @@ def build_model(config: ModelConfig) -> Transducer:
                 f"bias_dim ({config.bias_dim}) must be a multiple of bias_heads "
                 f"({config.bias_heads}), which must be >= 1"
             )
-    return Transducer(config=config, predictor_cls=PREDICTORS[config.predictor])
+    return Transducer(config=config, predictor_cls=PREDICTORS[config.predictor], quant=quant)
 
 
 def init_variables(model: Transducer, rng: jax.Array, num_frames: int = 64, num_labels: int = 4):

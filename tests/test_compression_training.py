@@ -1,0 +1,140 @@
+"""Compression-aware training in the trainer: the regularizer and the sparsifier in the jitted
+step, their state in checkpoints (a resumed run is the run that never stopped), the compressed
+model folder and how it loads."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_recipe
+
+from asr.manifest import read_manifest
+from asr.model_io import load_model, quantized
+from asr.models.quant import QuantPolicy, contracting_axes, is_kernel, quant_step, zero_fraction
+from train.configs import TrainConfig
+from train.trainer import make_optimizer, train
+
+
+def _leaves(workdir):
+    return jax.tree_util.tree_leaves(load_model(workdir / "model").variables)
+
+
+def _metrics(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(ln) for ln in lines if "loss" in ln]
+
+
+def _on_levels(params, bits: int) -> bool:
+    for path, w in jax.tree_util.tree_leaves_with_path(params):
+        if not is_kernel(path):
+            continue
+        w = np.asarray(w, np.float64)
+        step = np.asarray(quant_step(w, bits, contracting_axes(path, w.shape)), np.float64)
+        x = w / step
+        if np.max(np.abs(x - np.round(x))) > 2e-2:  # float16 storage rounds a level a little
+            return False
+    return True
+
+
+def test_regularizer_and_sparsifier_resume_to_the_same_compressed_model(corpus, tmp_path):
+    rows = read_manifest(corpus)
+    cfg = tiny_recipe(
+        quant_method="acos", quant_bits=4, quant_weight=10.0, quant_end=0.5, sparsity=0.5,
+        sparsity_every=2,
+    )  # fmt: skip
+    train(cfg, rows, tmp_path / "a", progress=False)
+    train(cfg, rows, tmp_path / "b", progress=False, stop_after=4)  # "killed" at step 4
+    train(cfg, rows, tmp_path / "b", progress=False)
+    for x, y in zip(_leaves(tmp_path / "a"), _leaves(tmp_path / "b"), strict=True):
+        np.testing.assert_array_equal(x, y)
+    m = _metrics(tmp_path / "a")
+    # the schedules, logged per step: regularizer ramp and value, share near a level, zeros
+    assert [r["quant_weight"] for r in m] == pytest.approx([2.5, 7.5, 10.0, 10.0])  # step 1, 3, ..
+    assert all(0 <= r["quant_near"] <= 1 and r["quant_reg"] > 0 for r in m)
+    assert m[-1]["zeros"] == pytest.approx(0.5, abs=1e-3) == m[-1]["sparsity_target"]
+    assert any(k.startswith("zeros/encoder/layer_0/") for k in m[-1])
+    np.testing.assert_allclose(
+        [r["loss"] for r in m], [r["loss"] for r in _metrics(tmp_path / "b")], rtol=1e-6
+    )
+    # the model folder: weights on 4-bit levels, half of every kernel zero, and it runs as it
+    # was trained (4-bit weights, 8-bit activations)
+    loaded = load_model(tmp_path / "a" / "model")
+    meta = json.loads((tmp_path / "a" / "model" / "config.json").read_text())["quant"]
+    assert meta["bits"] == 4 and meta["method"] == "acos"
+    assert meta["zero_fraction"] == pytest.approx(0.5, abs=1e-3)
+    assert loaded.model.quant == QuantPolicy(4, 8)
+    assert _on_levels(loaded.variables["params"], 4)
+    assert zero_fraction(loaded.variables["params"]) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_nonuniform_levels_are_fitted_once_and_checkpointed(corpus, tmp_path):
+    rows = read_manifest(corpus)
+    cfg = tiny_recipe(quant_method="mr-acos", quant_bits=3, steps=4, ckpt_every=2)
+    train(cfg, rows, tmp_path / "a", progress=False)
+    train(cfg, rows, tmp_path / "b", progress=False, stop_after=2)
+    train(cfg, rows, tmp_path / "b", progress=False)
+    for x, y in zip(_leaves(tmp_path / "a"), _leaves(tmp_path / "b"), strict=True):
+        np.testing.assert_array_equal(x, y)
+    loaded = load_model(tmp_path / "a" / "model")
+    assert loaded.model.quant == QuantPolicy(0, 8)  # levels in the weights, not the hook
+    # each output channel holds at most 7 distinct values (3-bit levels) times its scale
+    for path, w in jax.tree_util.tree_leaves_with_path(loaded.variables["params"]):
+        if is_kernel(path) and w.ndim == 2:
+            assert max(len(np.unique(w[:, j])) for j in range(w.shape[1])) <= 7
+
+
+def test_straight_through_training_runs_the_model_fake_quantized(corpus, tmp_path):
+    rows = read_manifest(corpus)
+    cfg = tiny_recipe(
+        quant_method="ste", quant_bits=4, steps=4, sparsity=0.5, sparsity_method="hard"
+    )
+    train(cfg, rows, tmp_path / "a", progress=False)
+    loaded = load_model(tmp_path / "a" / "model")
+    assert loaded.model.quant == QuantPolicy(4, 8)
+    assert _on_levels(loaded.variables["params"], 4)
+    assert zero_fraction(loaded.variables["params"]) == pytest.approx(0.5, abs=1e-3)
+    assert "quant_reg" not in _metrics(tmp_path / "a")[-1]
+
+
+def test_plain_recipes_keep_their_optimizer_state_and_checkpoints(corpus, tmp_path):
+    # no compression: the optimizer chain (and so every checkpoint's structure) is the one
+    # recipes had before compression existed, and the train state has no extras
+    plain = jax.eval_shape(make_optimizer(TrainConfig()).init, {"kernel": np.zeros((3, 2))})
+    assert len(plain) == 2
+    sparse = make_optimizer(TrainConfig(sparsity=0.5)).init({"kernel": np.zeros((3, 2))})
+    assert len(sparse) == 3
+    rows = read_manifest(corpus)
+    train(tiny_recipe(steps=2, ckpt_every=2), rows, tmp_path / "a", progress=False)
+    meta = json.loads((tmp_path / "a" / "model" / "config.json").read_text())
+    assert "quant" not in meta
+    assert load_model(tmp_path / "a" / "model").model.quant == QuantPolicy()
+
+
+def test_post_training_quantization_of_a_loaded_model():
+    loaded = load_model("default")
+    q = quantized(loaded, QuantPolicy(4, 8))
+    assert q.model.quant == QuantPolicy(4, 8)
+    assert _on_levels(q.variables["params"], 4)
+    # only kernels change; the float model is left as it was
+    for path, w in jax.tree_util.tree_leaves_with_path(loaded.variables["params"]):
+        if not is_kernel(path):
+            v = q.variables["params"]
+            for k in path:
+                v = v[k.key]
+            np.testing.assert_array_equal(w, v)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("quant_method", "int4"),
+        ("sparsity_method", "soft"),
+        ("sparsity_scope", "row"),
+        ("sparsity", 1.0),
+        ("quant_bits", 1),
+    ],
+)
+def test_bad_compression_settings_are_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})

@@ -1,0 +1,221 @@
+"""The compression table: WER of compressed models on named test sets, for post-training
+quantization (PTQ), straight-through fake-quantization training (STE-QAT) and the absolute-
+cosine regularizer, at weight bits x sparsity, all from one float starting point.
+
+Owns `python -m train.benchmarks.compression --float default --runs runs/comp
+--set NAME=MANIFEST ... [--bits 8 6 4] [--limit N] [--out results.jsonl]`.
+
+Cells (each one evaluated here, with 8-bit activations at every matrix-product input):
+- `float`: the float model itself, and every float fine-tune in `--runs` (a control: the same
+  data and steps as the compression runs, no compression);
+- `PTQ` at bits b, sparsity 0: the float model's kernels rounded to b bits per output channel;
+  at sparsity s: the run in `--runs` trained with hard gradual magnitude pruning to s
+  (`sparsity_method=hard`, no quantization: the pruning baseline given the same budget), then
+  rounded; `PTQ one-shot` prunes the float model by magnitude (per layer) without training;
+- `STE-QAT`, `regularizer` (acos) and `regularizer-mr` (mr-acos): each run of that method in
+  `--runs` at the bits and sparsity it was trained for, its model folder as written (weights on
+  their levels, zeros exact).
+
+A run is a work folder with `model/config.json`; its recipe (`train` entry) says its method,
+bits and sparsity. Results are appended to `--out` as JSON lines (one per cell and set) and
+reused when the script runs again (delete the file to measure again); the table is printed as
+Markdown with the machine, the set sizes and the decoding used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+def _named(items: list[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        name, sep, path = it.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--set: expected NAME=MANIFEST, got {it!r}")
+        out[name] = path
+    return out
+
+
+def one_shot_prune(params, share: float):
+    """The float model with the `share` smallest-magnitude weights of every kernel zeroed."""
+    from train.regularizers import eligible_mask, prune_masks
+
+    masks = prune_masks(params, eligible_mask(params), share, "layer")
+    return jax.tree_util.tree_map(lambda w, m: np.where(np.asarray(m), 0.0, w), params, masks)
+
+
+def discover_runs(root: Path) -> list[dict]:
+    """[{name, path, method, bits, sparsity, sparsity_method}] of the finished runs in root."""
+    runs = []
+    for cfg in sorted(root.glob("*/model/config.json")):
+        meta = json.loads(cfg.read_text())
+        t = meta.get("train", {})
+        runs.append(
+            {
+                "name": cfg.parent.parent.name,
+                "path": str(cfg.parent),
+                "method": t.get("quant_method", "none"),
+                "bits": t.get("quant_bits", 0) if t.get("quant_method", "none") != "none" else 0,
+                "sparsity": float(t.get("sparsity", 0.0)),
+                "sparsity_method": t.get("sparsity_method", "penalty"),
+                "steps": meta.get("steps"),
+            }
+        )
+    return runs
+
+
+LABELS = {"acos": "regularizer", "mr-acos": "regularizer-mr", "ste": "STE-QAT"}
+
+
+def cells(float_spec: str, runs: list[dict], bits: list[int], one_shot: list[float]):
+    """[(method label, bits, sparsity, source, how to build the loaded model)]."""
+    from asr.model_io import load_model, quantized
+    from asr.models.quant import QuantPolicy
+
+    out = [("float", 0, 0.0, float_spec, lambda: load_model(float_spec))]
+    for b in bits:
+        out.append(
+            (
+                "PTQ",
+                b,
+                0.0,
+                float_spec,
+                lambda b=b: quantized(load_model(float_spec), QuantPolicy(b, 8)),
+            )
+        )
+    for s in one_shot:
+        for b in bits:
+
+            def build(b=b, s=s):
+                m = load_model(float_spec)
+                params = one_shot_prune(m.variables["params"], s)
+                m.variables = {**m.variables, "params": params}
+                return quantized(m, QuantPolicy(b, 8))
+
+            out.append(("PTQ one-shot", b, s, float_spec, build))
+    for r in runs:
+        if r["method"] == "none" and r["sparsity"] == 0:
+            out.append(("float fine-tune", 0, 0.0, r["path"], lambda p=r["path"]: load_model(p)))
+        elif r["method"] == "none" and r["sparsity_method"] == "hard":
+            for b in bits:
+                out.append(
+                    (
+                        "PTQ",
+                        b,
+                        r["sparsity"],
+                        r["path"],
+                        lambda p=r["path"], b=b: quantized(load_model(p), QuantPolicy(b, 8)),
+                    )
+                )
+        elif r["method"] in LABELS:
+            out.append(
+                (LABELS[r["method"]], r["bits"], r["sparsity"], r["path"],
+                 lambda p=r["path"]: load_model(p))
+            )  # fmt: skip
+    return out
+
+
+def measure(loaded, rows: list[dict]) -> dict:
+    from asr.models.quant import zero_fraction
+    from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
+
+    t = time.perf_counter()
+    res = evaluate_manifest(Recognizer(loaded, DecodeSettings()), rows, pairs=0, unreadable="fail")
+    return {
+        "wer": res["wer"],
+        "words": res["words"],
+        "utterances": res["utterances"],
+        "errors": res["substitutions"] + res["deletions"] + res["insertions"],
+        "seconds": time.perf_counter() - t,
+        "zero_fraction": zero_fraction(loaded.variables["params"]),
+        "policy": loaded.model.quant.describe(),
+    }
+
+
+def table(results: list[dict], sets: list[str]) -> str:
+    """Markdown: one row per (method, bits), one column per (sparsity, set)."""
+    sps = sorted({r["sparsity"] for r in results})
+    keyed = {(r["method"], r["bits"], r["sparsity"], r["set"]): r for r in results}
+    order = ["float", "float fine-tune", "PTQ", "PTQ one-shot", "STE-QAT", "regularizer",
+             "regularizer-mr"]  # fmt: skip
+    rows = sorted(
+        {(r["method"], r["bits"]) for r in results},
+        key=lambda mb: (order.index(mb[0]) if mb[0] in order else 99, -mb[1]),
+    )
+    head = ["method", "bits"] + [f"s={int(100 * s)}% {n}" for s in sps for n in sets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, b in rows:
+        cellv = []
+        for s in sps:
+            for n in sets:
+                r = keyed.get((m, b, s, n))
+                cellv.append("" if r is None else f"{100 * r['wer']:.2f}")
+        lines.append(f"| {m} | {b or 'float'} | " + " | ".join(cellv) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--float", default="default", help="the float starting model")
+    ap.add_argument("--runs", type=Path, required=True, help="folder of compression work folders")
+    ap.add_argument("--set", action="append", required=True, metavar="NAME=MANIFEST")
+    ap.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4])
+    ap.add_argument("--one-shot", type=float, nargs="*", default=[0.5])
+    ap.add_argument("--limit", type=int, default=0, help="first N rows of each set (0: all)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON lines (default RUNS/table.jsonl)")
+    ap.add_argument("--only", default="", help="evaluate only cells whose method contains this")
+    args = ap.parse_args(argv)
+
+    from asr.manifest import read_manifest
+
+    sets = _named(args.set)
+    rows = {n: read_manifest(p) for n, p in sets.items()}
+    if args.limit:
+        rows = {n: r[: args.limit] for n, r in rows.items()}
+    out = args.out or args.runs / "table.jsonl"
+    done = []
+    if out.exists():
+        done = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()]
+    have = {(d["method"], d["bits"], d["sparsity"], d["source"], d["set"]) for d in done}
+    runs = discover_runs(args.runs)
+    print(
+        f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; beam search, beam 4; "
+        f"8-bit activations in every quantized cell; sets: "
+        + ", ".join(f"{n} ({len(r)} utterances)" for n, r in rows.items())
+        + f"; {len(runs)} runs in {args.runs}"
+    )
+    for method, bits, sparsity, source, build in cells(args.float, runs, args.bits, args.one_shot):
+        if args.only and args.only not in method:
+            continue
+        todo = [n for n in sets if (method, bits, sparsity, source, n) not in have]
+        if not todo:
+            continue
+        loaded = build()
+        for n in todo:
+            res = measure(loaded, rows[n])
+            rec = {"method": method, "bits": bits, "sparsity": sparsity, "source": source,
+                   "set": n, **res}  # fmt: skip
+            done.append(rec)
+            with open(out, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(
+                f"{method:>15} bits {bits or 'float':>5} sparsity {sparsity:.0%} {n}: "
+                f"WER {100 * res['wer']:.2f}% ({res['errors']}/{res['words']}), zeros "
+                f"{res['zero_fraction']:.1%}, {res['seconds']:.0f} s  [{source}]",
+                flush=True,
+            )
+    print()
+    print(table(done, list(sets)))
+
+
+if __name__ == "__main__":
+    main()
