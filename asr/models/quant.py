@@ -198,7 +198,10 @@ def is_kernel(path) -> bool:
 def contracting_axes(path, shape) -> tuple[int, ...]:
     """The axes of kernel `path` (shape `shape`) that its product contracts: axis 0 for the
     attention projections that output (heads, head width), every axis but the last otherwise
-    (Dense, the attention output projection, convolutions: window and input features)."""
+    (Dense, the attention output projection, convolutions: window and input features). The
+    rule goes by module name: a new DenseGeneral with several output axes must be named like
+    the projections in `_HEAD_PROJECTIONS` (tests/test_quant.py traces every product and fails
+    when this disagrees with what the hook sees)."""
     names = _path_names(path)
     if len(names) >= 2 and names[-2] in _HEAD_PROJECTIONS:
         return (0,)
@@ -230,6 +233,11 @@ def snap_to_levels(params, levels):
     `levels[k]` (f32[K, L] sorted levels in units of the channel's max |w|, as
     `train.regularizers.fit_levels` gives) times that maximum, per output channel."""
     levels = jnp.asarray(levels)
+    n_kernels = sum(is_kernel(p) for p, _ in jax.tree_util.tree_leaves_with_path(params))
+    if levels.ndim != 2 or levels.shape[0] != n_kernels:
+        raise ValueError(
+            f"levels must be [K={n_kernels} kernels, L], one row per kernel; got {levels.shape}"
+        )
     counter = iter(range(levels.shape[0]))
 
     def one(_, w, axes):
@@ -240,10 +248,7 @@ def snap_to_levels(params, levels):
         idx = jnp.argmin(jnp.abs((w / scale)[..., None] - lv), axis=-1)
         return lv[idx] * scale
 
-    out = map_kernels(one, params)
-    if next(counter, None) is not None:
-        raise ValueError(f"levels has {levels.shape[0]} rows, more than the kernels of params")
-    return out
+    return map_kernels(one, params)
 
 
 def zero_fraction(params) -> float:
