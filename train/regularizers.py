@@ -20,7 +20,9 @@ Both are pure functions of the parameter tree and the step, configured by the re
   from `sparsity_start` to `sparsity_end`; every `sparsity_every` steps the s(t) smallest-
   magnitude weights (per layer or over all layers) are selected, and their update becomes
   (1 - rho) u - rho w: a decoupled penalty that shrinks them toward zero with strength rho =
-  p^2, reaching 1 at the end, when exactly the target share is zero (and stays zero). With
+  p^2, reaching 1 at the end, when exactly the target share is zero (and stays zero); on the
+  way, a selected weight that falls below half an 8-bit step of its layer's largest magnitude
+  (`ZERO_FLOOR`) is set to exactly zero, so zeros grow over the run as the schedule does. With
   `sparsity_method=hard`, rho is 1 from the start: gradual magnitude pruning with hard masks,
   the baseline. Embeddings, biases and norm scales are never selected unless
   `sparsity_embeddings` (embedding tables) is set.
@@ -58,6 +60,9 @@ QUANT_METHODS = ("none", "acos", "mr-acos", "ste")
 SPARSITY_METHODS = ("penalty", "hard")
 SPARSITY_SCOPES = ("layer", "global")
 NEAR = 0.1  # a weight within this share of a step of a level counts as on it
+# a weight being sparsified is set to exactly zero once its magnitude is below this share of its
+# layer's largest: half an 8-bit step, so it would round to zero at any bit width used here
+ZERO_FLOOR = 0.5 / 127
 
 
 def ramp(step, start: int, end: int) -> jax.Array:
@@ -235,7 +240,8 @@ def sparsify(
     optimizer. At update t (0-based) the masks select sparsity_target(t + 1) of the weights
     (recomputed when t % every == 0 and at every update from end - 1 on), and selected weights
     get the update (1 - rho) u - rho w, rho = 1 for `method` 'hard' and for t >= end - 1, else
-    ramp(t + 1)^2."""
+    ramp(t + 1)^2; one that this leaves below ZERO_FLOOR times its leaf's largest magnitude
+    gets -w instead (exactly zero)."""
     if method not in SPARSITY_METHODS:
         raise ValueError(f"sparsity method must be one of {SPARSITY_METHODS}, got {method!r}")
     if scope not in SPARSITY_SCOPES:
@@ -263,7 +269,11 @@ def sparsify(
             rho = jnp.where(t >= end - 1, 1.0, ramp(t + 1, start, end) ** 2)
 
         def one(u, w, m):
-            return jnp.where(m, (1.0 - rho) * u - rho * w, u).astype(u.dtype)
+            shrunk = (1.0 - rho) * u - rho * w
+            # a selected weight shrunk below ZERO_FLOOR of its layer's largest becomes exactly 0
+            floor = ZERO_FLOOR * jnp.max(jnp.abs(w))
+            shrunk = jnp.where(jnp.abs(w + shrunk) < floor, -w, shrunk)
+            return jnp.where(m, shrunk, u).astype(u.dtype)
 
         new = jax.tree_util.tree_map(one, updates, params, masks)
         return new, SparsifyState(t + 1, masks)
