@@ -26,7 +26,7 @@ BIAS_SET = spec_start_step=0 real_phrases=0.3 noise_pad_prob=0.3 noise_only=0.03
 TRAIN_DATA9 = $(RUNS)/corpus6/train.jsonl $(RUNS)/corpus6/dev.jsonl $(RUNS)/corpus9/train.jsonl $(RUNS)/corpus9/dev.jsonl \
   $(RUNS)/kokoro9/train.jsonl $(RUNS)/kokoro9/dev.jsonl $(RUNS)/world9_fsdd/train.jsonl $(RUNS)/world9_sc/train.jsonl $(REAL_DATA)
 
-.PHONY: demo test lint default-model bias-benchmark benchmarks
+.PHONY: demo test lint default-model bias-benchmark compression-table benchmarks
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -130,6 +130,27 @@ bias-benchmark: $(BIN)/.installed
 	$(BIN)/python -m train.benchmarks.biasing --model $(RUNS)/default_ft10b/model --model default \
 	  --names $(RUNS)/corpus6/test.jsonl $(RUNS)/names_test_s101/test.jsonl $(RUNS)/names_test_s102/test.jsonl \
 	  --real fsdd=$(RUNS)/real/fsdd_test.jsonl --real sc=$(RUNS)/real/sc_test.jsonl --boost 0.5
+
+# The compression table of the README: fine-tunes of the shipped float model, each 250 steps on
+# the same data (corpus6 + FSDD + Speech Commands training parts), compressed in training by the
+# absolute-cosine regularizer (acos), by straight-through fake quantization (ste), or only
+# pruned (hard gradual magnitude pruning, the PTQ baseline's starting point), then every cell
+# evaluated with 8-bit activations (train/benchmarks/compression.py). COMP_RUNS picks the cells.
+COMP_DATA = $(RUNS)/corpus6/train.jsonl $(RUNS)/corpus6/dev.jsonl $(RUNS)/real/fsdd_train.jsonl $(RUNS)/real/sc_train.jsonl
+COMP_SET = init_from=default steps=250 frames_per_batch=5000 peak_lr=3e-4 warmup_steps=20 spec_start_step=0 eval_every=250 \
+  eval_utterances=100 ckpt_every=50 log_every=10 real_phrases=0.3 noise_pad_prob=0.3 noise_only=0.03
+COMP_RUNS ?= acos4_s50:quant_method=acos,quant_bits=4,sparsity=0.5 ste4_s50:quant_method=ste,quant_bits=4,sparsity=0.5,sparsity_method=hard \
+  gmp_s50:sparsity=0.5,sparsity_method=hard float:quant_method=none
+compression-table: $(BIN)/.installed
+	$(BIN)/asr corpus synth --out $(RUNS)/corpus6 --hours 6 --seed 0 --noise-dir $(SHARED)/speech_commands/_silence_
+	$(BIN)/asr corpus import fsdd $(SHARED)/fsdd --out $(RUNS)/real/fsdd_train.jsonl --split train
+	$(BIN)/asr corpus import fsdd $(SHARED)/fsdd --out $(RUNS)/real/fsdd_test.jsonl --split test
+	for s in train test; do $(BIN)/asr corpus import speech_commands $(SHARED)/speech_commands --out $(RUNS)/real/sc_$$s.jsonl --split $$s; done
+	for r in $(COMP_RUNS); do name=$${r%%:*}; set=$$(echo $${r#*:} | tr , ' '); \
+	  $(BIN)/asr train --config small --workdir $(RUNS)/comp/$$name --noise-dir $(SHARED)/speech_commands/_silence_ \
+	  --data $(COMP_DATA) --set $(COMP_SET) $$set || exit 1; done
+	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp --limit 400 \
+	  --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
 
 benchmarks: $(BIN)/.installed
 	$(BIN)/python -m train.benchmarks.train_step
