@@ -218,8 +218,9 @@ def cmd_eval(args) -> int:
             raise ValueError(f"--by {field}: no row of {args.manifest} has that field")
     details = _details_path(args.details) if args.details else None
     context = _context_list(args)
+    recognizer = _recognizer(args)
     res = evaluate_manifest(
-        _recognizer(args),
+        recognizer,
         rows,
         progress=sys.stderr.isatty(),
         by=tuple(args.by),
@@ -229,6 +230,7 @@ def cmd_eval(args) -> int:
         context=context,
     )
     res["manifest"] = str(args.manifest)
+    res["quant"] = recognizer.loaded.model.quant.describe()  # "float", "w4a8", ...
     if details is not None:
         with open(details, "w") as f:
             for row in res.pop("utterances_detail"):
@@ -268,6 +270,8 @@ def cmd_eval(args) -> int:
     if not lines:
         lines.append(f"nothing scored over {res['utterances']} utterances")
     lines[-1] += f", RTF {res['rtf']:.3f} on {res['device']}"
+    if res["quant"] != "float":
+        lines[-1] += f" ({res['quant']}: fake-quantized weights and activations)"
     print("\n".join(lines))
     for field, groups in res.get("by", {}).items():
         print(f"\nWER by {field} (worst first):")

@@ -138,3 +138,22 @@ def test_post_training_quantization_of_a_loaded_model():
 def test_bad_compression_settings_are_refused_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_asr_eval_runs_a_model_post_training_quantized(corpus, capsys):
+    from asr.cli import main
+
+    rows = [r for r in read_manifest(corpus)][:4]
+    from asr.manifest import write_manifest
+
+    m = write_manifest(rows, corpus.parent / "four.jsonl")
+    assert main(["eval", "--model", "default", "--manifest", str(m), "--bits", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quant"] == "w4a8"
+    assert main(["eval", "--model", "default", "--manifest", str(m), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quant"] == "float"
+    try:
+        code = main(["eval", "--model", "default", "--manifest", str(m), "--bits", "1"])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    assert "--bits: invalid choice: 1" in capsys.readouterr().err
