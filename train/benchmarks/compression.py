@@ -12,6 +12,8 @@ Cells (each one evaluated here, with 8-bit activations at every matrix-product i
   at sparsity s: the run in `--runs` trained with hard gradual magnitude pruning to s
   (`sparsity_method=hard`, no quantization: the pruning baseline given the same budget), then
   rounded; `PTQ one-shot` prunes the float model by magnitude (per layer) without training;
+  `sparsifier + PTQ`: the run trained with the gradual sparsification penalty (no
+  quantization), then rounded;
 - `STE-QAT`, `regularizer` (acos) and `regularizer-mr` (mr-acos): each run of that method in
   `--runs` at the bits and sparsity it was trained for, its model folder as written (weights on
   their levels, zeros exact).
@@ -104,11 +106,12 @@ def cells(float_spec: str, runs: list[dict], bits: list[int], one_shot: list[flo
     for r in runs:
         if r["method"] == "none" and r["sparsity"] == 0:
             out.append(("float fine-tune", 0, 0.0, r["path"], lambda p=r["path"]: load_model(p)))
-        elif r["method"] == "none" and r["sparsity_method"] == "hard":
+        elif r["method"] == "none":  # pruned in training only: quantized afterwards
+            label = "PTQ" if r["sparsity_method"] == "hard" else "sparsifier + PTQ"
             for b in bits:
                 out.append(
                     (
-                        "PTQ",
+                        label,
                         b,
                         r["sparsity"],
                         r["path"],
@@ -144,8 +147,8 @@ def table(results: list[dict], sets: list[str]) -> str:
     """Markdown: one row per (method, bits), one column per (sparsity, set)."""
     sps = sorted({r["sparsity"] for r in results})
     keyed = {(r["method"], r["bits"], r["sparsity"], r["set"]): r for r in results}
-    order = ["float", "float fine-tune", "PTQ", "PTQ one-shot", "STE-QAT", "regularizer",
-             "regularizer-mr"]  # fmt: skip
+    order = ["float", "float fine-tune", "PTQ", "PTQ one-shot", "sparsifier + PTQ", "STE-QAT",
+             "regularizer", "regularizer-mr"]  # fmt: skip
     rows = sorted(
         {(r["method"], r["bits"]) for r in results},
         key=lambda mb: (order.index(mb[0]) if mb[0] in order else 99, -mb[1]),
