@@ -166,3 +166,38 @@ def test_biasing_benchmark_lists():
     assert with_lists(rows, 5, pool, seed=0, spoken=True) == listed  # seeded
     distract = with_lists(rows, 4, pool, seed=1, spoken=False)
     assert not set(distract[0]["context"]) & {"anna lee", "home"}
+
+
+def test_compression_benchmark_one_shot_pruning_and_table(tmp_path):
+    import json
+
+    from train.benchmarks.compression import discover_runs, one_shot_prune, table
+
+    rng = np.random.default_rng(0)
+    params = {
+        "Dense_0": {"kernel": rng.normal(size=(8, 6)), "bias": rng.normal(size=6)},
+        "embed": {"embedding": rng.normal(size=(5, 4))},
+    }
+    pruned = one_shot_prune(params, 0.5)
+    k = np.asarray(pruned["Dense_0"]["kernel"])
+    assert (k == 0).sum() == 24  # half of the kernel: its 24 smallest magnitudes
+    small = np.argsort(np.abs(params["Dense_0"]["kernel"]).ravel())[:24]
+    assert np.all(k.ravel()[small] == 0)
+    np.testing.assert_array_equal(pruned["Dense_0"]["bias"], params["Dense_0"]["bias"])
+    np.testing.assert_array_equal(pruned["embed"]["embedding"], params["embed"]["embedding"])
+    # runs are read from their recipes; one row per method and bits, one column per set
+    for name, t in [
+        ("a", {"quant_method": "acos", "quant_bits": 4, "sparsity": 0.5, "quant_weight": 30.0}),
+        ("b", {"quant_method": "none", "sparsity": 0.5, "sparsity_method": "hard"}),
+    ]:
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "model" / "config.json").write_text(json.dumps({"train": t}))
+    runs = {r["name"]: r for r in discover_runs(tmp_path)}
+    assert runs["a"]["bits"] == 4 and runs["b"]["bits"] == 0 and runs["a"]["quant_weight"] == 30
+    res = [
+        {"method": "float", "bits": 0, "sparsity": 0.0, "set": "x", "wer": 0.05},
+        {"method": "PTQ", "bits": 4, "sparsity": 0.5, "set": "x", "wer": 0.0712},
+    ]
+    out = table(res, ["x"])
+    assert out.splitlines()[0] == "| method | bits | s=0% x | s=50% x |"
+    assert "| float | float | 5.00 |  |" in out and "| PTQ | 4 |  | 7.12 |" in out

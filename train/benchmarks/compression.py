@@ -68,6 +68,7 @@ def discover_runs(root: Path) -> list[dict]:
                 "bits": t.get("quant_bits", 0) if t.get("quant_method", "none") != "none" else 0,
                 "sparsity": float(t.get("sparsity", 0.0)),
                 "sparsity_method": t.get("sparsity_method", "penalty"),
+                "quant_weight": t.get("quant_weight", 100.0),
                 "steps": meta.get("steps"),
             }
         )
@@ -75,6 +76,7 @@ def discover_runs(root: Path) -> list[dict]:
 
 
 LABELS = {"acos": "regularizer", "mr-acos": "regularizer-mr", "ste": "STE-QAT"}
+DEFAULT_QUANT_WEIGHT = 100.0  # TrainConfig.quant_weight
 
 
 def cells(float_spec: str, runs: list[dict], bits: list[int], one_shot: list[float]):
@@ -119,10 +121,13 @@ def cells(float_spec: str, runs: list[dict], bits: list[int], one_shot: list[flo
                     )
                 )
         elif r["method"] in LABELS:
+            label = LABELS[r["method"]]
+            if r["method"] != "ste":  # the regularizer's weight, when not the recipe default
+                w = r["quant_weight"]
+                label += "" if w == DEFAULT_QUANT_WEIGHT else f" (weight {w:g})"
             out.append(
-                (LABELS[r["method"]], r["bits"], r["sparsity"], r["path"],
-                 lambda p=r["path"]: load_model(p))
-            )  # fmt: skip
+                (label, r["bits"], r["sparsity"], r["path"], lambda p=r["path"]: load_model(p))
+            )
     return out
 
 
@@ -149,9 +154,9 @@ def table(results: list[dict], sets: list[str]) -> str:
     keyed = {(r["method"], r["bits"], r["sparsity"], r["set"]): r for r in results}
     order = ["float", "float fine-tune", "PTQ", "PTQ one-shot", "sparsifier + PTQ", "STE-QAT",
              "regularizer", "regularizer-mr"]  # fmt: skip
+    rank = lambda m: next((i for i, o in enumerate(order) if m.startswith(o)), 99)  # noqa: E731
     rows = sorted(
-        {(r["method"], r["bits"]) for r in results},
-        key=lambda mb: (order.index(mb[0]) if mb[0] in order else 99, -mb[1]),
+        {(r["method"], r["bits"]) for r in results}, key=lambda mb: (rank(mb[0]), mb[0], -mb[1])
     )
     head = ["method", "bits"] + [f"s={int(100 * s)}% {n}" for s in sps for n in sets]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
