@@ -39,6 +39,17 @@ from asr.models.quant import MAX_BITS, contracting_axes, kernel_table, qmax, qua
 NO_BIAS_LABEL = "<no-bias>"
 
 
+def _save(fig, out) -> Path:
+    """Writes `fig` to the PNG file `out` (its folder created) and closes it."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
 def attention_map(loaded, audio, phrases: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The numbers `plot_attention` draws.
 
@@ -120,11 +131,7 @@ def plot_attention(model, audio, phrases: list[str], out: str | Path) -> Path:
     ax[1].set_yticks(range(len(labels)), labels)
     ax[1].set(xlabel="time (s)", title="biasing attention (mean over heads)")
     fig.colorbar(im, ax=ax, location="right", shrink=0.6, label="weight")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 # --------------------------------------------------------------------------- sparsification
@@ -267,11 +274,7 @@ def plot_sparsity(workdir_or_metrics: str | Path, out: str | Path) -> Path:
         title=f"sparsification, per layer ({len(c['layers'])} layers)",
     )
     ax.grid(alpha=0.3)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 # --------------------------------------------------------------------------- weight levels
@@ -427,8 +430,4 @@ def plot_weight_histograms(
         fontsize=10,
     )
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return _save(fig, out)

@@ -35,15 +35,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-
-def _named(items: list[str]) -> dict[str, str]:
-    out = {}
-    for it in items:
-        name, sep, path = it.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--set: expected NAME=MANIFEST, got {it!r}")
-        out[name] = path
-    return out
+from train.benchmarks.heldout import _named
 
 
 def one_shot_prune(params, share: float):
@@ -184,7 +176,7 @@ def main(argv=None) -> None:
 
     from asr.manifest import read_manifest
 
-    sets = _named(args.set)
+    sets = _named(args.set, "--set")
     rows = {n: read_manifest(p) for n, p in sets.items()}
     if args.limit:
         rows = {n: r[: args.limit] for n, r in rows.items()}
