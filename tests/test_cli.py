@@ -201,7 +201,12 @@ def _fake_eval(monkeypatch, result: dict):
         seen.update(kw, rows=rows)
         return dict(result)
 
-    monkeypatch.setattr(asr.cli, "_recognizer", lambda args: None)
+    from types import SimpleNamespace
+
+    from asr.models.quant import QuantPolicy
+
+    fake = SimpleNamespace(loaded=SimpleNamespace(model=SimpleNamespace(quant=QuantPolicy())))
+    monkeypatch.setattr(asr.cli, "_recognizer", lambda args: fake)
     monkeypatch.setattr(asr.recognizer, "evaluate_manifest", evaluate)
     return seen
 
