@@ -141,7 +141,7 @@ COMP_SET = init_from=default steps=250 frames_per_batch=5000 peak_lr=3e-4 warmup
   eval_utterances=100 ckpt_every=50 log_every=10 real_phrases=0.3 noise_pad_prob=0.3 noise_only=0.03
 COMP_RUNS ?= float:quant_method=none acos4_s0:quant_method=acos,quant_bits=4 ste4_s0:quant_method=ste,quant_bits=4 \
   acos4_s50r:quant_method=acos,quant_bits=4,sparsity=0.5 acos4_s50_w30:quant_method=acos,quant_bits=4,sparsity=0.5,quant_weight=30 \
-  ste4_s50:quant_method=ste,quant_bits=4,sparsity=0.5,sparsity_method=hard gmp_s50:sparsity=0.5,sparsity_method=hard pen_s50:sparsity=0.5
+  ste4_s50:quant_method=ste,quant_bits=4,sparsity=0.5,sparsity_method=hard gmp_s50:sparsity=0.5,sparsity_method=hard pen_s50:sparsity=0.5 mracos4_s0:quant_method=mr-acos,quant_bits=4
 compression-table: $(BIN)/.installed
 	$(BIN)/asr corpus synth --out $(RUNS)/corpus6 --hours 6 --seed 0 --noise-dir $(SHARED)/speech_commands/_silence_
 	$(BIN)/asr corpus import fsdd $(SHARED)/fsdd --out $(RUNS)/real/fsdd_train.jsonl --split train
