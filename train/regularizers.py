@@ -91,16 +91,22 @@ def acos_terms(w: jax.Array, bits: int, axes) -> tuple[jax.Array, jax.Array]:
     return jnp.sum(pen), jnp.sum(near)
 
 
-def acos_penalty(params, bits: int) -> tuple[jax.Array, jax.Array]:
-    """(R, share of weights near a level) over every kernel of `params` (module docstring)."""
+def _mean_over_kernels(params, terms) -> tuple[jax.Array, jax.Array]:
+    """(sum of penalties, count near a level) from terms(k, kernel, axes) over every kernel,
+    each divided by the number of kernel weights."""
     pens, nears, n = [], [], 0
-    for path, w in _kernels(params):
-        p, c = acos_terms(w, bits, contracting_axes(path, w.shape))
+    for k, (path, w) in enumerate(_kernels(params)):
+        p, c = terms(k, w, contracting_axes(path, w.shape))
         pens.append(p)
         nears.append(c)
         n += w.size
     n = max(n, 1)
     return sum(pens) / n, sum(nears) / n
+
+
+def acos_penalty(params, bits: int) -> tuple[jax.Array, jax.Array]:
+    """(R, share of weights near a level) over every kernel of `params` (module docstring)."""
+    return _mean_over_kernels(params, lambda _, w, axes: acos_terms(w, bits, axes))
 
 
 def _normalized(w: jax.Array, axes) -> jax.Array:
@@ -123,14 +129,7 @@ def mr_acos_terms(w: jax.Array, levels: jax.Array, axes) -> tuple[jax.Array, jax
 def mr_acos_penalty(params, levels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(R, share near a level) with per-kernel non-uniform `levels` f32[K, L] (kernels in tree
     order, `fit_levels`)."""
-    pens, nears, n = [], [], 0
-    for k, (path, w) in enumerate(_kernels(params)):
-        p, c = mr_acos_terms(w, levels[k], contracting_axes(path, w.shape))
-        pens.append(p)
-        nears.append(c)
-        n += w.size
-    n = max(n, 1)
-    return sum(pens) / n, sum(nears) / n
+    return _mean_over_kernels(params, lambda k, w, axes: mr_acos_terms(w, levels[k], axes))
 
 
 def fit_levels(params, bits: int, iters: int = 40, sample: int = 200_000, seed: int = 0):

@@ -20,7 +20,7 @@ sits on the largest level.
 
 `contracting_axes(path, shape)` says which axes of a stored kernel its product contracts; it
 agrees with the hook's view of every product in the model (tests/test_quant.py traces them).
-Embedding tables are lookups, not products: they stay float here (the export stores them at 8
+Embedding tables are lookups, not products: they stay float here (how the export stores them is the export issue's choice
 bits).
 """
 
