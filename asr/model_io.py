@@ -3,8 +3,9 @@
 A model folder holds `config.json` (the ModelConfig), `tokenizer.model` (sentencepiece bytes)
 and `params.msgpack` (flax msgpack of {'params', 'norm'}; float16 on disk, float32 in memory).
 A training work folder holds `config.json`, `tokenizer.model` and orbax `checkpoints/`; its
-newest checkpoint is loaded. `default` is the model folder shipped inside the package. Nothing
-is unpickled or executed on load.
+newest checkpoint is loaded. `default` is the model folder shipped inside the package. A file is loaded by the
+loader registered for its suffix in the `asr.model_loaders` entry-point group (`.edge`
+artifacts: `hw.runtime.load_edge`). Nothing is unpickled or executed on load.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def load_model(spec: str | Path) -> LoadedModel:
             raise ModelLoadError(f"the default model is not installed at {folder}")
         raise ModelLoadError(f"{folder}: no such model folder")
     if folder.is_file():
-        raise ModelLoadError(f"{folder}: expected a model folder (artifact files come later)")
+        return _load_file(folder)
     meta = _read_config(folder)
     try:
         config = ModelConfig.from_dict(meta["model"])
@@ -129,6 +130,29 @@ def load_model(spec: str | Path) -> LoadedModel:
     variables = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), raw)
     _check_shapes(model, variables, folder)
     return LoadedModel(model, variables, tokenizer, config, str(folder))
+
+
+LOADER_GROUP = "asr.model_loaders"
+
+
+def file_loaders() -> dict:
+    """{file suffix without the dot: entry point} of the `asr.model_loaders` group: other
+    packages (`hw` registers `edge`) teach `load_model` their file formats without `asr`
+    importing them."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=LOADER_GROUP)}
+
+
+def _load_file(path: Path) -> LoadedModel:
+    loaders = file_loaders()
+    kind = path.suffix.lstrip(".")
+    if kind not in loaders:
+        known = ", ".join(f".{k}" for k in sorted(loaders)) or "none installed"
+        raise ModelLoadError(
+            f"{path}: a file; expected a model folder, a training folder or a model file ({known})"
+        )
+    return loaders[kind].load()(path)
 
 
 def _policy(quant, folder: Path) -> QuantPolicy:

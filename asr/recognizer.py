@@ -171,9 +171,7 @@ def _decoder(model: Transducer, trace_key: tuple) -> _Decoder:
     def run(variables, feats, feat_paddings, graph=None, context=None):
         fns = decoder_fns(model, variables)
         kw = {} if context is None else {"context": context}
-        enc_p, enc_pad = model.apply(
-            variables, feats, feat_paddings, method=Transducer.encode, **kw
-        )
+        enc_p, enc_pad = model.apply(variables, feats, feat_paddings, method="encode", **kw)
         fusion = None if graph is None else context_fusion(graph)
         if method == "greedy":
             toks, tpad, scores = greedy_search(

@@ -127,10 +127,17 @@ class LstmPhraseEncoder(nn.Module):
         lengths = jnp.sum(paddings < 0.5, axis=1).astype(jnp.int32)  # -> [N]
         # an absent phrase (length 0) reads one padding token: finite, and masked downstream
         lengths = jnp.maximum(lengths, 1)
-        fwd = nn.RNN(LstmCell(e // 2, self.quant, name="fwd_cell"), return_carry=True)
+        # every variable collection reaches the cells (the emulated processor's packed weights
+        # live in an `edge` collection beside `params`: hw.runtime)
+        fwd = nn.RNN(
+            LstmCell(e // 2, self.quant, name="fwd_cell"),
+            return_carry=True,
+            variable_broadcast=True,
+        )
         bwd = nn.RNN(
             LstmCell(e - e // 2, self.quant, name="bwd_cell"),
             return_carry=True,
+            variable_broadcast=True,
             reverse=True,
             keep_order=True,
             name="bwd",

@@ -51,8 +51,10 @@ class LstmPredictor(nn.Module):
             carry, y = mdl.step(carry, tok)
             return carry, y
 
+        # every variable collection is broadcast into the scan: the emulated processor keeps its
+        # packed weights in an `edge` collection beside `params` (hw.runtime)
         scan = nn.scan(
-            body, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1
+            body, variable_broadcast=True, split_rngs={"params": False}, in_axes=1, out_axes=1
         )
         _, ys = scan(self, state, labels)
         return ys

@@ -135,6 +135,20 @@ class QuantPolicy:
 FLOAT = QuantPolicy()
 
 
+def lstm_update(zi: jax.Array, zh: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The LSTM's gate arithmetic: input and recurrent products zi, zh f32[..., 4H] (gates i, f,
+    g, o; the recurrent bias inside zh), cell c f32[..., H] -> (new c, new h). Shared by
+    `LstmCell` and the integer runtime (`hw.runtime`), which computes the products itself."""
+    parts = jnp.split(zh + zi, 4, axis=-1)  # the sums of OptimizedLSTMCell, same order
+    i, f = nn.sigmoid(parts[0]), nn.sigmoid(parts[1])
+    g, o = nn.tanh(parts[2]), nn.sigmoid(parts[3])
+    new_c = f * c + i * g
+    return new_c, o * nn.tanh(new_c)
+
+
+LSTM_GATES = ("i", "f", "g", "o")
+
+
 class LstmCell(nn.RNNCellBase):
     """An LSTM cell with flax `OptimizedLSTMCell`'s parameters and arithmetic (the same
     outputs, tested), whose two products (input and recurrent, gates concatenated) go through
@@ -146,7 +160,7 @@ class LstmCell(nn.RNNCellBase):
     @nn.compact
     def __call__(self, carry, inputs):
         c, h = carry
-        gates = ("i", "f", "g", "o")
+        gates = LSTM_GATES
         ki = [DenseParams(self.features, use_bias=False, name=f"i{g}")(inputs)[0] for g in gates]
         hp = [
             DenseParams(
@@ -163,11 +177,7 @@ class LstmCell(nn.RNNCellBase):
         zh = zh + jnp.reshape(
             jnp.concatenate([b for _, b in hp], axis=-1), (1,) * (h.ndim - 1) + (-1,)
         )
-        parts = jnp.split(zh + zi, 4, axis=-1)  # the sums of OptimizedLSTMCell, same order
-        i, f = nn.sigmoid(parts[0]), nn.sigmoid(parts[1])
-        g, o = nn.tanh(parts[2]), nn.sigmoid(parts[3])
-        new_c = f * c + i * g
-        new_h = o * nn.tanh(new_c)
+        new_c, new_h = lstm_update(zi, zh, c)
         return (new_c, new_h), new_h
 
     @nn.nowrap
@@ -277,12 +287,14 @@ def kernel_table(params) -> list[tuple[str, Any]]:
 
 __all__ = [
     "FLOAT",
+    "LSTM_GATES",
     "LstmCell",
     "QuantPolicy",
     "contracting_axes",
     "fake_quant",
     "is_kernel",
     "kernel_table",
+    "lstm_update",
     "map_kernels",
     "qmax",
     "quant_step",

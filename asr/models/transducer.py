@@ -10,7 +10,9 @@
   joint(enc_p[..., J], pred_p[..., J])     -> logits f32[..., V]
   ctc_logits(enc_p)                        -> f32[B, T', V]  (only with config.ctc_head)
 
-Call them with `model.apply(variables, ..., method=Transducer.encode)`. Variables hold
+Call them with `model.apply(variables, ..., method=Transducer.encode)`, or by name
+(`method="encode"`) where the model may be a subclass that overrides them (the emulated
+processor's `hw.runtime.EdgeTransducer`: the recognizer calls them by name). Variables hold
 `params` and `norm` (feature mean and inverse std, set from training data, not trained).
 
 With `config.bias_dim` > 0 the encoder output goes through the learned attention biasing

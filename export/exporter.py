@@ -1,0 +1,307 @@
+"""A trained model -> one edge artifact: kernels quantized per output channel, optionally pruned,
+packed in the smallest encoding; everything else stored plainly; config and tokenizer inside.
+
+What goes in (`export_model`):
+- every kernel (the weight operand of a matrix product: Dense, DenseGeneral, Conv, LSTM gates;
+  `asr.models.quant.is_kernel`) as a matrix [K, N]: K = the product of the axes its product
+  contracts (the leading axes, `asr.models.quant.contracting_axes`), N = the output channels.
+  Codes are `bits`-bit symmetric integers, one step per output channel, computed exactly as the
+  fake-quantization hook computes them (`asr.models.quant.fake_quant`), so the artifact holds
+  what the fake-quant model multiplies by. Codes are packed by `export.encodings.choose` (dense
+  int8 / int4, a bitmap of nonzeros plus the nonzero values, or 4-bit gaps for high sparsity);
+  the steps are a float32[N] record `<name>@scale`;
+- with `sparsity` s: every kernel first pruned by magnitude to at least a share s of exact zeros
+  (one-shot, per kernel; a model trained sparse already has them and is left as it is);
+- embedding tables, biases, normalization parameters and the feature statistics as float16
+  (the shipped model folder stores them as float16 too, so it loses nothing);
+- the tokenizer's sentencepiece model as a blob (without the NFKC table it never needs:
+  `compact_tokenizer`), the model config and quantization policy in the header.
+
+`artifact_variables` reverses it in NumPy: float variables whose kernels are codes x steps, i.e.
+the fake-quant model of the artifact (`asr.models.quant.QuantPolicy(bits, act_bits)` over these
+weights), the reference the emulated processor (`hw.runtime`) is measured against.
+`size_report` says what the bytes are spent on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asr.model_io import LoadedModel
+from asr.models.config import ModelConfig, get_config
+from asr.models.quant import QuantPolicy, contracting_axes, is_kernel, qmax
+from asr.models.transducer import build_model, init_variables
+from asr.tokenizer import Tokenizer
+from export.artifact import Artifact, TensorRecord
+from export.encodings import choose, decode
+
+EXPORTER_VERSION = 1
+SCALE_SUFFIX = "@scale"
+TOKENIZER_BLOB = "tokenizer.model"
+ACT_BITS = 8
+
+
+def _names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", k)) for k in path)
+
+
+def compact_tokenizer(proto: bytes) -> bytes:
+    """The sentencepiece model without its NFKC normalization table (240 KB of the 243 KB
+    file): text reaches the tokenizer already normalized by `asr.text.normalize_text` (only
+    a-z, 0-9, apostrophes and single spaces), on which NFKC is the identity, so the ids are
+    the same (tested on the corpus). Pieces, scores and whitespace rules are kept."""
+    from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+
+    m = spm_pb2.ModelProto()
+    m.ParseFromString(bytes(proto))
+    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.precompiled_charsmap = b""
+    return m.SerializeToString()
+
+
+def matrix_shape(path, shape) -> tuple[int, int]:
+    """(K, N) of kernel `path` with `shape`: contracted (leading) axes, then output channels."""
+    axes = contracting_axes(path, shape)
+    assert tuple(axes) == tuple(range(len(axes))), (path, shape, axes)  # leading axes
+    k = int(np.prod(shape[: len(axes)]))
+    return k, int(np.prod(shape)) // max(k, 1)
+
+
+def quantize_kernel(w: np.ndarray, bits: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """f32 kernel -> (codes int8[K, N], steps f32[N]): the levels and steps `fake_quant` uses
+    (step = max|w| / qmax over K, 1 / qmax for an all-zero channel; round half to even)."""
+    m = jnp.asarray(w, jnp.float32).reshape(k, -1)
+    amax = jnp.max(jnp.abs(m), axis=0, keepdims=True)
+    step = jnp.where(amax > 0, amax, 1.0) / qmax(bits)
+    codes = jnp.clip(jnp.round(m / step), -qmax(bits), qmax(bits))
+    return np.asarray(codes, np.int8), np.asarray(step[0], np.float32)
+
+
+def prune_kernel(w: np.ndarray, share: float) -> np.ndarray:
+    """`w` with its smallest-magnitude weights zeroed until at least a `share` of it is zero."""
+    w = np.asarray(w, np.float32)
+    want = int(np.ceil(share * w.size))
+    have = int(np.sum(w == 0))
+    if want <= have:
+        return w
+    order = np.argsort(np.abs(w).ravel(), kind="stable")
+    out = w.ravel().copy()
+    out[order[:want]] = 0.0
+    return out.reshape(w.shape)
+
+
+def export_model(
+    loaded: LoadedModel, bits: int, sparsity: float | None = None, act_bits: int = ACT_BITS
+) -> Artifact:
+    """The artifact of `loaded` (see module docstring) at `bits` (2..8) weight bits."""
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an integer in [2, 8], got {bits!r}")
+    if sparsity is not None and not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
+    tensors: dict[str, TensorRecord] = {}
+    leaves = jax.tree_util.tree_leaves_with_path(loaded.variables)
+    for path, value in leaves:
+        names = _names(path)
+        name = "/".join(names)
+        w = np.asarray(value, np.float32)
+        if not is_kernel(path):
+            meta = {"shape": list(w.shape), "role": "param"}
+            tensors[name] = TensorRecord.raw(name, meta, w.astype(np.float16))
+            continue
+        if sparsity:
+            w = prune_kernel(w, sparsity)
+        k, n = matrix_shape(path[1:], w.shape)  # path without the collection
+        codes, step = quantize_kernel(w, bits, k)
+        enc = choose(codes, bits)
+        meta = {"shape": list(w.shape), "role": "kernel", "K": k, "N": n}
+        tensors[name] = TensorRecord.from_encoded(name, meta, enc)
+        sname = name + SCALE_SUFFIX
+        tensors[sname] = TensorRecord.raw(sname, {"shape": [n], "role": "scale"}, step)
+    header = {
+        "model": loaded.config.to_dict(),
+        "quant": {"weight_bits": bits, "act_bits": act_bits},
+        "sparsity_requested": sparsity,
+        "source": str(loaded.source),
+        "exporter_version": EXPORTER_VERSION,
+    }
+    blobs = {TOKENIZER_BLOB: compact_tokenizer(loaded.tokenizer.model_proto)}
+    return Artifact(header=header, tensors=tensors, blobs=blobs)
+
+
+def artifact_config(artifact: Artifact) -> ModelConfig:
+    return ModelConfig.from_dict(artifact.header["model"])
+
+
+def artifact_tokenizer(artifact: Artifact) -> Tokenizer:
+    return Tokenizer(bytes(artifact.blobs[TOKENIZER_BLOB]))
+
+
+def kernel_codes(artifact: Artifact, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes int8[K, N], steps f32[N]) of kernel record `name`, decoded in NumPy."""
+    rec = artifact.tensors[name]
+    codes = decode(rec.to_encoded()).reshape(rec.meta["K"], rec.meta["N"])
+    return codes, np.asarray(artifact.tensors[name + SCALE_SUFFIX].fields["data"], np.float32)
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def artifact_variables(artifact: Artifact) -> dict:
+    """Float variables {'params', 'norm'} of the artifact: kernels = codes x steps (float32),
+    the rest widened from float16. With `QuantPolicy(bits, act_bits)` these are the artifact's
+    fake-quant model."""
+    flat = {}
+    for name, rec in artifact.tensors.items():
+        role = rec.meta.get("role")
+        if role == "scale":
+            continue
+        if role == "kernel":
+            codes, step = kernel_codes(artifact, name)
+            w = codes.astype(np.float32) * step[None, :]
+            flat[name] = w.reshape(rec.meta["shape"])
+        else:
+            flat[name] = np.asarray(rec.fields["data"], np.float32).reshape(rec.meta["shape"])
+    return _unflatten(flat)
+
+
+def reference_model(artifact: Artifact, source: str = "artifact (fake-quant)") -> LoadedModel:
+    """The artifact's fake-quant model in plain JAX: its decoded weights under
+    `QuantPolicy(bits, act_bits)`; what the emulated processor (`hw.runtime`) must recognize
+    alike."""
+    q = artifact.header["quant"]
+    config = artifact_config(artifact)
+    model = build_model(config, QuantPolicy(q["weight_bits"], q["act_bits"]))
+    tok = artifact_tokenizer(artifact)
+    return LoadedModel(model, artifact_variables(artifact), tok, config, source)
+
+
+def float32_params(config: ModelConfig) -> int:
+    """Number of parameters (all variables) of a model of `config`."""
+    shapes = jax.eval_shape(
+        lambda: init_variables(build_model(config), jax.random.PRNGKey(0))["params"]
+    )
+    return int(sum(np.prod(s.shape) for s in jax.tree_util.tree_leaves(shapes)))
+
+
+def size_report(artifact: Artifact, file_bytes: int | None = None) -> dict:
+    """Bytes per tensor and in total, against float32 and the `large` model's float32 size.
+
+    Keys: bytes (the file, or the tensors plus blobs without one), tensor_bytes,
+    float32_bytes (every variable of this model as float32), large_float32_bytes,
+    share_of_large, bits, zero_fraction (share of zero codes in the packed kernels),
+    kernel_bytes, other_bytes, encodings (count per encoding), tensors (per tensor rows).
+    """
+    rows, zeros, total_w = [], 0, 0
+    float32 = kernel_bytes = other_bytes = 0
+    encodings: dict[str, int] = {}
+    for name, rec in artifact.tensors.items():
+        role = rec.meta.get("role")
+        nbytes = rec.nbytes
+        if role == "kernel":
+            codes, _ = kernel_codes(artifact, name)
+            z = int(np.sum(codes == 0))
+            zeros += z
+            total_w += codes.size
+            nbytes += artifact.tensors[name + SCALE_SUFFIX].nbytes
+            kernel_bytes += nbytes
+            encodings[rec.encoding] = encodings.get(rec.encoding, 0) + 1
+            row_zero = z / codes.size
+        elif role == "scale":
+            continue
+        else:
+            other_bytes += nbytes
+            row_zero = None
+        n = int(np.prod(rec.meta["shape"]))
+        float32 += 4 * n
+        rows.append(
+            {
+                "name": name,
+                "shape": rec.meta["shape"],
+                "encoding": rec.encoding,
+                "bytes": nbytes,
+                "float32_bytes": 4 * n,
+                "zero_fraction": row_zero,
+            }
+        )
+    tensor_bytes = kernel_bytes + other_bytes
+    blob_bytes = sum(len(b) for b in artifact.blobs.values())
+    large = 4 * float32_params(get_config("large"))
+    total = int(file_bytes) if file_bytes is not None else tensor_bytes + blob_bytes
+    return {
+        "bytes": total,
+        "tensor_bytes": tensor_bytes,
+        "kernel_bytes": kernel_bytes,
+        "other_bytes": other_bytes,
+        "blob_bytes": blob_bytes,
+        "float32_bytes": float32,
+        "large_float32_bytes": large,
+        "share_of_float32": total / float32,
+        "share_of_large": total / large,
+        "bits": artifact.header["quant"]["weight_bits"],
+        "act_bits": artifact.header["quant"]["act_bits"],
+        "zero_fraction": zeros / max(total_w, 1),
+        "encodings": encodings,
+        "tensors": rows,
+    }
+
+
+def format_report(report: dict, top: int = 12) -> str:
+    """The size report as text: totals, then the largest tensors."""
+    mb = 1e6
+    lines = [
+        f"artifact: {report['bytes'] / mb:.3f} MB ({report['bytes']} bytes) at "
+        f"{report['bits']}-bit weights, {100 * report['zero_fraction']:.1f}% zero weights",
+        f"  kernels {report['kernel_bytes'] / mb:.3f} MB (encodings {report['encodings']}), "
+        f"other parameters {report['other_bytes'] / mb:.3f} MB (float16), "
+        f"tokenizer etc. {report['blob_bytes'] / mb:.3f} MB",
+        f"  vs float32 of this model {report['float32_bytes'] / mb:.3f} MB: "
+        f"{100 * report['share_of_float32']:.1f}%",
+        f"  vs float32 of the large server model {report['large_float32_bytes'] / mb:.1f} MB: "
+        f"{100 * report['share_of_large']:.2f}%",
+        f"largest {min(top, len(report['tensors']))} tensors:",
+    ]
+    for r in sorted(report["tensors"], key=lambda r: -r["bytes"])[:top]:
+        z = "" if r["zero_fraction"] is None else f", {100 * r['zero_fraction']:.0f}% zeros"
+        lines.append(
+            f"  {r['name']:<52} {str(tuple(r['shape'])):<18} {r['encoding']:<7} "
+            f"{r['bytes']:>8} B ({100 * r['bytes'] / r['float32_bytes']:.1f}% of float32{z})"
+        )
+    return "\n".join(lines)
+
+
+def export_to_file(loaded: LoadedModel, out: str | Path, bits: int, sparsity=None) -> dict:
+    """Exports `loaded` to `out` and returns its size report."""
+    from export.artifact import write_artifact
+
+    art = export_model(loaded, bits, sparsity)
+    n = write_artifact(out, art)
+    return size_report(art, n)
+
+
+__all__ = [
+    "artifact_config",
+    "compact_tokenizer",
+    "artifact_tokenizer",
+    "artifact_variables",
+    "export_model",
+    "export_to_file",
+    "format_report",
+    "kernel_codes",
+    "matrix_shape",
+    "prune_kernel",
+    "quantize_kernel",
+    "reference_model",
+    "size_report",
+]

@@ -1,0 +1,307 @@
+"""The edge benchmark: artifact size, the emulator against the fake-quant model, modeled cost on
+the edge processor, and the emulator's speed here.
+
+Owns `python -m hw.benchmarks.edge --model default --set NAME=MANIFEST ... [--what size equiv
+cost speed] [--bits 8 4] [--sparsity 0 0.5 0.7] [--limit N] [--out results.jsonl]`.
+
+- size: each (bits, sparsity) artifact's bytes against float32 and the `large` model (sparsity
+  applied at export by one-shot magnitude pruning, unless the model already has the zeros);
+- equiv: each set decoded by the artifact's fake-quant model (`export.exporter.
+  artifact_variables` under `QuantPolicy(bits, 8)`, plain JAX) and by the emulated processor
+  (`hw.runtime`): both WERs and the share of utterances with identical hypotheses;
+- cost: the recognizer's whole program (encoder and beam search) on the first utterances of the
+  first set, interpreted by `hw.cost` on the default processor: MACs done and skipped, bytes
+  read, cycles and time per 10 ms of audio, and the MAC-cycle ratio against the dense artifact
+  of the same bits;
+- speed: real-time factor of the emulator and of the float JAX model on the same utterances
+  (median of repeats, compile time excluded), this machine.
+
+Every result is one JSON line in `--out`; the tables print as Markdown with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+def machine() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{jax.devices()[0].platform}, jax {jax.__version__}"
+    )
+
+
+def named(items: list[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        name, sep, path = it.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--set: expected NAME=MANIFEST, got {it!r}")
+        out[name] = path
+    return out
+
+
+def artifacts(loaded, bits_list, sparsities):
+    """{(bits, sparsity): Artifact} exported in memory."""
+    from export.exporter import export_model
+
+    return {(b, s): export_model(loaded, b, s or None) for b in bits_list for s in sparsities}
+
+
+def run_size(arts, model_name):
+    from export.artifact import to_bytes
+    from export.exporter import size_report
+
+    rows = []
+    for (b, s), art in arts.items():
+        rep = size_report(art, len(to_bytes(art)))
+        rows.append(
+            {
+                "what": "size",
+                "model": model_name,
+                "bits": b,
+                "sparsity": s,
+                **{k: rep[k] for k in ("bytes", "float32_bytes", "large_float32_bytes")},
+                "share_of_large": rep["share_of_large"],
+                "zero_fraction": rep["zero_fraction"],
+                "encodings": rep["encodings"],
+            }
+        )
+    return rows
+
+
+def run_equiv(arts, sets, limit, model_name, beam):
+    from asr.manifest import read_manifest
+    from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
+    from export.exporter import reference_model
+    from hw.runtime import compile_artifact
+
+    settings = DecodeSettings(beam=beam)
+    rows = []
+    for (b, s), art in arts.items():
+        models = {
+            "fake-quant": reference_model(art, f"{model_name} w{b} s{s} fake-quant"),
+            "emulator": compile_artifact(art, f"{model_name} w{b} s{s} edge"),
+        }
+        for set_name, path in sets.items():
+            manifest = read_manifest(path)[:limit]
+            res = {}
+            for kind, lm in models.items():
+                t0 = time.perf_counter()
+                r = evaluate_manifest(Recognizer(lm, settings), manifest, details=True)
+                res[kind] = (r, time.perf_counter() - t0)
+            hyps = {k: [u.get("hyp") for u in r["utterances_detail"]] for k, (r, _) in res.items()}
+            same = sum(a == e for a, e in zip(hyps["fake-quant"], hyps["emulator"], strict=True))
+            rows.append(
+                {
+                    "what": "equiv",
+                    "model": model_name,
+                    "bits": b,
+                    "sparsity": s,
+                    "set": set_name,
+                    "utterances": len(manifest),
+                    "wer_fake_quant": res["fake-quant"][0]["wer"],
+                    "wer_emulator": res["emulator"][0]["wer"],
+                    "identical": same / len(manifest),
+                    "seconds_fake_quant": res["fake-quant"][1],
+                    "seconds_emulator": res["emulator"][1],
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def program_inputs(loaded, audios, trace_key):
+    """(run, feats, paddings) of the recognizer's jitted program on `audios` as one batch."""
+    from asr.features import log_mel
+    from asr.recognizer import FRAME_BUCKET, DecodeSettings, _decoder
+
+    tail = np.zeros(round(DecodeSettings().tail_padding_seconds * 16000), np.float32)
+    feats = [log_mel(np.concatenate([a, tail])) for a in audios]
+    t = -(-max(len(f) for f in feats) // FRAME_BUCKET) * FRAME_BUCKET
+    x = np.zeros((len(feats), t, feats[0].shape[1]), np.float32)
+    pads = np.ones((len(feats), t), np.float32)
+    for i, f in enumerate(feats):
+        x[i, : len(f)], pads[i, : len(f)] = f, 0.0
+    return _decoder(loaded.model, trace_key).run, x, pads
+
+
+def run_cost(arts, sets, n_utts, model_name, beam):
+    from asr.audio import load_audio
+    from asr.manifest import read_manifest
+    from asr.recognizer import DecodeSettings
+    from hw.cost import EDGE_NPU, cost
+    from hw.runtime import compile_artifact
+
+    path = next(iter(sets.values()))
+    audios = [load_audio(r["audio"]) for r in read_manifest(path)[:n_utts]]
+    seconds = sum(len(a) for a in audios) / 16000
+    trace_key = DecodeSettings(beam=beam).trace_key()
+    rows = []
+    for (b, s), art in arts.items():
+        lm = compile_artifact(art, "cost")
+        run, x, pads = program_inputs(lm, audios, trace_key)
+        t0 = time.perf_counter()
+        c = cost(run, lm.variables, x, pads, processor=EDGE_NPU)
+        per = c.per_audio(seconds)
+        rows.append(
+            {
+                "what": "cost",
+                "model": model_name,
+                "bits": b,
+                "sparsity": s,
+                "audio_seconds": seconds,
+                "utterances": len(audios),
+                "processor": EDGE_NPU.name,
+                "interpret_seconds": time.perf_counter() - t0,
+                **{f"per10ms_{k}": v for k, v in per.items()},
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def run_speed(loaded, art, sets, n_utts, repeats, beam):
+    from asr.audio import load_audio
+    from asr.manifest import read_manifest
+    from asr.recognizer import DecodeSettings, Recognizer
+    from hw.runtime import compile_artifact
+
+    path = next(iter(sets.values()))
+    audios = [load_audio(r["audio"]) for r in read_manifest(path)[:n_utts]]
+    seconds = sum(len(a) for a in audios) / 16000
+    rows = []
+    for name, lm in (("float JAX", loaded), ("emulator", compile_artifact(art, "speed"))):
+        rec = Recognizer(lm, DecodeSettings(beam=beam))
+        rec.recognize(audios)  # compiles every shape once
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            rec.recognize(audios)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        rows.append(
+            {
+                "what": "speed",
+                "model": name,
+                "audio_seconds": seconds,
+                "utterances": len(audios),
+                "repeats": repeats,
+                "median_seconds": med,
+                "rtf": med / seconds,
+                "machine": machine(),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def tables(rows: list[dict]) -> str:
+    out = [f"machine: {machine()}"]
+    size = [r for r in rows if r["what"] == "size"]
+    if size:
+        out += [
+            "",
+            "| bits | sparsity | bytes | zeros | % of large float32 |",
+            "|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['bits']} | {r['sparsity']:.0%} | {r['bytes']:,} | {r['zero_fraction']:.1%} | "
+            f"{100 * r['share_of_large']:.2f}% |"
+            for r in size
+        ]
+    eq = [r for r in rows if r["what"] == "equiv"]
+    if eq:
+        out += ["", "| bits | sparsity | set | utts | WER fake-quant | WER emulator | identical |",
+                "|---|---|---|---|---|---|---|"]  # fmt: skip
+        out += [
+            f"| {r['bits']} | {r['sparsity']:.0%} | {r['set']} | {r['utterances']} | "
+            f"{100 * r['wer_fake_quant']:.2f}% | {100 * r['wer_emulator']:.2f}% | "
+            f"{100 * r['identical']:.1f}% |"
+            for r in eq
+        ]
+    co = [r for r in rows if r["what"] == "cost"]
+    if co:
+        dense = {r["bits"]: r for r in co if r["sparsity"] == 0}
+        out += ["", "per 10 ms of audio, processor " + co[0]["processor"], "",
+                "| bits | sparsity | MACs done | MACs skipped | MAC cycles | vs dense | bytes read "
+                "| cycles | time (us) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in co:
+            d = dense.get(r["bits"])
+            ratio = d["per10ms_mac_cycles"] / r["per10ms_mac_cycles"] if d else float("nan")
+            out.append(
+                f"| {r['bits']} | {r['sparsity']:.0%} | {r['per10ms_macs_done']:,.0f} | "
+                f"{r['per10ms_macs_skipped']:,.0f} | {r['per10ms_mac_cycles']:,.0f} | "
+                f"{ratio:.2f}x | {r['per10ms_bytes_read']:,.0f} | {r['per10ms_cycles']:,.0f} | "
+                f"{1e6 * r['per10ms_seconds']:.1f} |"
+            )
+    sp = [r for r in rows if r["what"] == "speed"]
+    if sp:
+        out += [
+            "",
+            "| model | utts | audio s | repeats | median s | RTF |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['model']} | {r['utterances']} | {r['audio_seconds']:.1f} | {r['repeats']} | "
+            f"{r['median_seconds']:.2f} | {r['rtf']:.3f} |"
+            for r in sp
+        ]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=MANIFEST")
+    ap.add_argument("--what", nargs="+", default=["size", "equiv", "cost", "speed"],
+                    choices=["size", "equiv", "cost", "speed"])  # fmt: skip
+    ap.add_argument("--bits", nargs="+", type=int, default=[8, 4])
+    ap.add_argument("--sparsity", nargs="+", type=float, default=[0.0, 0.5, 0.7])
+    ap.add_argument("--equiv-sparsity", nargs="+", type=float, default=[0.0],
+                    help="sparsities of the equivalence runs (default 0)")  # fmt: skip
+    ap.add_argument("--limit", type=int, default=None, help="utterances per set (equiv)")
+    ap.add_argument("--cost-utterances", type=int, default=4)
+    ap.add_argument("--speed-utterances", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--beam", type=int, default=4)
+    ap.add_argument("--out", default=None, help="append results as JSON lines")
+    args = ap.parse_args(argv)
+    from asr.model_io import load_model
+
+    sets = named(args.set)
+    if set(args.what) - {"size"} and not sets:
+        raise SystemExit("--set NAME=MANIFEST is needed for equiv, cost and speed")
+    loaded = load_model(args.model)
+    rows: list[dict] = []
+    if "size" in args.what or "cost" in args.what:
+        arts = artifacts(loaded, args.bits, args.sparsity)
+    if "size" in args.what:
+        rows += run_size(arts, args.model)
+    if "equiv" in args.what:
+        eq_arts = artifacts(loaded, args.bits, args.equiv_sparsity)
+        rows += run_equiv(eq_arts, sets, args.limit, args.model, args.beam)
+    if "cost" in args.what:
+        rows += run_cost(arts, sets, args.cost_utterances, args.model, args.beam)
+    if "speed" in args.what:
+        art = artifacts(loaded, [min(args.bits)], [0.0])[(min(args.bits), 0.0)]
+        rows += run_speed(loaded, art, sets, args.speed_utterances, args.repeats, args.beam)
+    if args.out:
+        with Path(args.out).open("a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+    print(tables(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

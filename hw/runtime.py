@@ -1,0 +1,380 @@
+"""The emulated edge processor's runtime: executes an artifact (`export/`) with the hardware's
+primitives, behind the same recognizer interface as a float model.
+
+How it runs a model. The transducer's own Flax modules (`asr.models`) are applied unchanged; a
+Flax method interceptor (`flax.linen.intercept_methods`) replaces every product that holds a
+weight matrix by what the chip does, and the policy's `einsum` does the same for the two
+activation x activation products of attention:
+
+  NPU (integer, `hw.primitives`)                      DSP (float32, as a vector DSP would)
+  ------------------------------------------------    -----------------------------------------
+  decode_weights: packed low-bit codes + zero map     activation scale per row (max |x| / 127)
+     -> int8 weights, in circuitry                    and rounding to int8 (`quantize_rows`)
+  int_matmul: int8 x int8 -> int32 accumulators,      int32 -> float32 times row scale times
+     products on zero weights skipped, requantized    the layer's output scale; bias add;
+     per output channel by a fixed-point multiplier   softmax, LayerNorm, GLU, swish, tanh,
+     and shift                                         sigmoid, rotary positions, masking
+
+Dense, DenseGeneral (attention projections), Conv (the 4x subsampling convolutions by im2col,
+the depthwise causal convolution as one product per channel: a batched `int_matmul`) and the
+LSTM cell's input and recurrent products run on the NPU; attention scores (q k^T) and the
+attention-weighted values (w v) are int8 x int8 products with scales applied on the DSP. The
+arithmetic of the activations (per-row scales, per-utterance scales for convolution inputs) is
+the fake-quantization policy's (`asr.models.quant.QuantPolicy`), so the runtime recognizes what
+the artifact's fake-quant model recognizes; they differ only where the integer requantization
+rounds (tested: identical hypotheses, see README).
+
+Requantization: a kernel with per-channel steps s[n] and K contracted inputs has accumulators
+|acc| <= K * 127 * qmax(bits); the exporter's steps become a fixed-point multiplier
+mult[n] * 2^-shift[n] = s[n] / max(s) * 2^F, with F the largest integer keeping that product
+below 2^31 (no saturation possible), and one float output scale max(s) * 2^-F per layer that the
+DSP multiplies in with the activation scale.
+
+Like a float model, everything runs on the same segments, batches and chunked attention mask as
+`asr.recognizer.Recognizer` (whole-utterance encoder with the chunk mask; streaming encoder
+caches are a later issue). `load_edge(path)` is the `edge` entry of the `asr.model_loaders`
+entry-point group: `asr transcribe|eval --model model.edge` finds it without `asr` importing `hw`.
+
+References: Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference"; Chen et al. 2019, "Eyeriss v2" (compressed sparse weights
+decoded on chip, zero skipping).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asr.model_io import LoadedModel, ModelLoadError
+from asr.models.predictor import PREDICTORS
+from asr.models.quant import LSTM_GATES, LstmCell, QuantPolicy, lstm_update, qmax
+from asr.models.transducer import Transducer
+from export.artifact import Artifact, ArtifactError, read_artifact
+from export.exporter import SCALE_SUFFIX, artifact_config, artifact_tokenizer
+from hw.primitives import decode_weights, int_matmul
+from hw.primitives.fixedpoint import quantize_multiplier
+
+# operand order of each encoding's fields for `decode_weights`
+FIELD_ORDER = {
+    "int8": ("values",),
+    "int4": ("values",),
+    "bitmap": ("bitmap", "values"),
+    "gaps": ("gaps", "values"),
+}
+UNIT_MULT, UNIT_SHIFT = 1 << 30, 30  # the fixed-point multiplier 1.0
+
+
+class KernelLayout(NamedTuple):
+    """Static facts of one packed kernel (a jit cache key): where, how packed, what shape."""
+
+    path: str  # module path + "/kernel" (e.g. encoder/layer_0/SelfAttention_0/qkv/kernel)
+    encoding: str
+    bits: int
+    count: int  # stored values
+    k: int  # contracted inputs
+    n: int  # output channels
+
+
+def quantize_rows(x: jax.Array, bits: int, axes) -> tuple[jax.Array, jax.Array]:
+    """x f32 -> (int8 codes, f32 step with `axes` kept as size 1): the DSP's activation
+    quantization, `asr.models.quant.fake_quant`'s levels (step = max|x| / qmax over `axes`)."""
+    m = qmax(bits)
+    amax = jnp.max(jnp.abs(x), axis=tuple(axes), keepdims=True)
+    step = jnp.where(amax > 0, amax, 1.0) / m
+    return jnp.clip(jnp.round(x / step), -m, m).astype(jnp.int8), step
+
+
+def requantization(step: np.ndarray, k: int, bits: int, act_bits: int):
+    """Per-channel steps f32[N] of a kernel with K inputs -> (mult int32[N], shift int32[N],
+    output scale f32): see the module docstring."""
+    step = np.asarray(step, np.float64)
+    ref = float(np.max(step)) if step.size and np.max(step) > 0 else 1.0
+    acc_max = max(k, 1) * qmax(act_bits) * qmax(bits)
+    frac = math.floor(math.log2((2**31 - 1) / acc_max))
+    mult, shift = quantize_multiplier(step / ref * 2.0**frac)
+    return (
+        np.asarray(mult, np.int32),
+        np.asarray(shift, np.int32),
+        np.float32(ref * 2.0**-frac),
+    )
+
+
+@dataclass(frozen=True)
+class EdgePolicy(QuantPolicy):
+    """The quantization policy of the emulated processor: activation x activation products
+    (attention) as int8 products on the NPU; every weight product is intercepted (module
+    docstring), so `dot_general` and `conv` are never reached."""
+
+    def describe(self) -> str:
+        return f"edge w{self.weight_bits}a{self.act_bits}"
+
+    def einsum(self, spec: str, a, b):
+        return integer_einsum(spec, a, b, self.act_bits)
+
+
+def integer_einsum(spec: str, a: jax.Array, b: jax.Array, act_bits: int) -> jax.Array:
+    """`jnp.einsum(spec, a, b)` of two float activations as an int8 product: each operand
+    quantized over the axes it contracts (one step per remaining index, as the fake-quant
+    policy does), integer product and int32 sums on the NPU, both steps applied after."""
+    ins, out = spec.replace(" ", "").split("->")
+    sa, sb = ins.split(",")
+    batch = [c for c in out if c in sa and c in sb]
+    afree = [c for c in out if c in sa and c not in sb]
+    bfree = [c for c in out if c in sb and c not in sa]
+    contr = [c for c in sa if c in sb and c not in out]
+    assert len(batch + afree + bfree) == len(out) and all(c in sa for c in contr), spec
+    qa, stepa = quantize_rows(a, act_bits, [sa.index(c) for c in contr])
+    qb, stepb = quantize_rows(b, act_bits, [sb.index(c) for c in contr])
+    dims = {**dict(zip(sa, a.shape, strict=True)), **dict(zip(sb, b.shape, strict=True))}
+
+    def size(chars):
+        return int(np.prod([dims[c] for c in chars]))
+
+    xa = jnp.transpose(qa, [sa.index(c) for c in batch + afree + contr])
+    xb = jnp.transpose(qb, [sb.index(c) for c in batch + contr + bfree])
+    nb = size(batch)
+    xa = xa.reshape(nb, size(afree), size(contr))
+    xb = xb.reshape(nb, size(contr), size(bfree))
+    ones = jnp.full((nb, size(bfree)), UNIT_MULT, jnp.int32)
+    acc = int_matmul(xa, xb, ones, jnp.full_like(ones, UNIT_SHIFT))  # -> [nb, Ma, Nb]
+    acc = acc.reshape([dims[c] for c in batch + afree + bfree])
+    # the steps, laid out as the product's axes (contracted axes are size 1 in each)
+    ta = jnp.transpose(stepa, [sa.index(c) for c in batch + afree + contr])
+    ta = ta.reshape([dims[c] for c in batch + afree] + [1] * len(bfree))
+    tb = jnp.transpose(stepb, [sb.index(c) for c in batch + contr + bfree])
+    tb = tb.reshape([dims[c] for c in batch] + [1] * len(afree) + [dims[c] for c in bfree])
+    y = acc.astype(jnp.float32) * ta * tb
+    order = batch + afree + bfree
+    return jnp.transpose(y, [order.index(c) for c in out])
+
+
+def _kernel_matmul(entry: dict, lay: KernelLayout, xq: jax.Array) -> jax.Array:
+    """int8[..., M, K] activations x the packed kernel -> f32[..., M, N] (without the
+    activation step): decode on chip, integer product, requantize, output scale."""
+    w = decode_weights(
+        tuple(entry["fields"]),
+        encoding=lay.encoding,
+        bits=lay.bits,
+        n=lay.k * lay.n,
+        count=lay.count,
+    ).reshape(lay.k, lay.n)
+    acc = int_matmul(xq, w, entry["mult"], entry["shift"])
+    return acc.astype(jnp.float32) * entry["oscale"]
+
+
+def _linear(entry, lay: KernelLayout, x: jax.Array, act_bits: int) -> jax.Array:
+    """f32[..., K] -> f32[..., N] through the packed kernel, activations per row."""
+    assert x.shape[-1] == lay.k, (lay.path, x.shape, lay.k)
+    xq, step = quantize_rows(x, act_bits, (-1,))
+    lead = x.shape[:-1]
+    y = _kernel_matmul(entry, lay, xq.reshape(-1, lay.k))
+    return y.reshape(*lead, lay.n) * step
+
+
+class _Edge:
+    """The interceptor: module calls -> NPU programs (see the module docstring)."""
+
+    def __init__(self, layout: tuple[KernelLayout, ...], act_bits: int):
+        self.layout = {lay.path: lay for lay in layout}
+        self.act_bits = act_bits
+
+    def _lay(self, module, name="kernel") -> KernelLayout:
+        return self.layout["/".join(module.path) + "/" + name]
+
+    def __call__(self, next_fun, args, kwargs, context):
+        m = context.module
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        if isinstance(m, LstmCell):
+            return self.lstm(m, *args, **kwargs)
+        if isinstance(m, nn.Dense):
+            return self.dense(m, *args, **kwargs)
+        if isinstance(m, nn.DenseGeneral):
+            return self.dense_general(m, *args, **kwargs)
+        if isinstance(m, nn.Conv):
+            return self.conv(m, *args, **kwargs)
+        return next_fun(*args, **kwargs)
+
+    def _bias(self, m, like: jax.Array, shape) -> jax.Array:
+        if not m.use_bias:
+            return like
+        return like + jnp.asarray(m.get_variable("params", "bias")).reshape(shape)
+
+    def dense(self, m: nn.Dense, x: jax.Array) -> jax.Array:
+        y = _linear(m.get_variable("edge", "kernel"), self._lay(m), x, self.act_bits)
+        return self._bias(m, y, (1,) * (y.ndim - 1) + (-1,))
+
+    def dense_general(self, m: nn.DenseGeneral, x: jax.Array) -> jax.Array:
+        axes = (m.axis,) if isinstance(m.axis, int) else tuple(m.axis)
+        axes = tuple(sorted(a % x.ndim for a in axes))
+        lead = x.ndim - len(axes)
+        assert axes == tuple(range(lead, x.ndim)) and not m.batch_dims, (m.path, m.axis)
+        feats = (m.features,) if isinstance(m.features, int) else tuple(m.features)
+        y = _linear(
+            m.get_variable("edge", "kernel"),
+            self._lay(m),
+            x.reshape(*x.shape[:lead], -1),
+            self.act_bits,
+        )
+        y = y.reshape(*x.shape[:lead], *feats)
+        return self._bias(m, y, (1,) * lead + feats)
+
+    def conv(self, m: nn.Conv, x: jax.Array) -> jax.Array:
+        """NHWC-style x f32[B, *spatial, Cin], padding VALID (the model pads explicitly)."""
+        lay, entry = self._lay(m), m.get_variable("edge", "kernel")
+        ks = tuple(m.kernel_size)
+        nd = len(ks)
+        strides = (m.strides,) * nd if isinstance(m.strides, int) else tuple(m.strides or (1,) * nd)
+        assert m.padding == "VALID" and x.ndim == nd + 2, (m.path, m.padding, x.shape)
+        assert m.kernel_dilation in (None, 1) and m.input_dilation in (None, 1), m.path
+        xq, step = quantize_rows(x, self.act_bits, tuple(range(1, x.ndim)))  # per utterance
+        b, cin = x.shape[0], x.shape[-1]
+        out = [(x.shape[1 + i] - ks[i]) // strides[i] + 1 for i in range(nd)]
+        taps = []
+        for off in itertools.product(*[range(k) for k in ks]):
+            sl = tuple(
+                slice(o, o + (out[i] - 1) * strides[i] + 1, strides[i]) for i, o in enumerate(off)
+            )
+            taps.append(xq[(slice(None), *sl)])  # -> [B, *out, Cin]
+        p = jnp.stack(taps, axis=-2)  # -> [B, *out, taps, Cin]; K order = (taps, Cin)
+        m_rows = int(np.prod(out))
+        if m.feature_group_count == 1:
+            y = _kernel_matmul(entry, lay, p.reshape(b, m_rows, len(taps) * cin))
+        else:  # depthwise: one product of [B*M, taps] x [taps, 1] per channel
+            assert m.feature_group_count == cin == lay.n and lay.k == len(taps), m.path
+            cols = jnp.moveaxis(p.reshape(b * m_rows, len(taps), cin), -1, 0)  # [C, BM, taps]
+            w = decode_weights(
+                tuple(entry["fields"]),
+                encoding=lay.encoding,
+                bits=lay.bits,
+                n=lay.k * lay.n,
+                count=lay.count,
+            ).reshape(lay.k, lay.n)
+            acc = int_matmul(
+                cols, w.T[:, :, None], entry["mult"][:, None], entry["shift"][:, None]
+            )  # -> [C, BM, 1]
+            y = acc[..., 0].T.reshape(b, m_rows, cin).astype(jnp.float32) * entry["oscale"]
+        y = y.reshape(b, *out, lay.n) * step
+        return self._bias(m, y, (1,) * (nd + 1) + (-1,))
+
+    def lstm(self, m: LstmCell, carry, inputs):
+        c, h = carry
+        edge = {g: m.get_variable("edge", g)["kernel"] for g in ("i" + x for x in LSTM_GATES)}
+        edge.update({g: m.get_variable("edge", g)["kernel"] for g in ("h" + x for x in LSTM_GATES)})
+        zi = jnp.concatenate(
+            [_linear(edge["i" + g], self._lay(m, f"i{g}/kernel"), inputs, self.act_bits)
+             for g in LSTM_GATES], axis=-1)  # fmt: skip
+        zh = jnp.concatenate(
+            [_linear(edge["h" + g], self._lay(m, f"h{g}/kernel"), h, self.act_bits)
+             for g in LSTM_GATES], axis=-1)  # fmt: skip
+        bias = jnp.concatenate(
+            [jnp.asarray(m.get_variable("params", "h" + g)["bias"]) for g in LSTM_GATES]
+        )
+        new_c, new_h = lstm_update(zi, zh + bias, c)
+        return (new_c, new_h), new_h
+
+
+def _on_edge(method):
+    """A Transducer method run with every weight product on the emulated NPU."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with nn.intercept_methods(_Edge(self.layout, self.quant.act_bits)):
+            return method(self, *args, **kwargs)
+
+    return run
+
+
+class EdgeTransducer(Transducer):
+    """`Transducer` whose weights live packed in the `edge` variable collection and whose
+    products run on the emulated processor; `layout` (static) says how each kernel is packed.
+    Same methods, same outputs' shapes: `asr.recognizer` and `asr.decoding` use it unchanged."""
+
+    layout: tuple[KernelLayout, ...] = ()
+
+    encode = _on_edge(Transducer.encode)
+    bias_attention = _on_edge(Transducer.bias_attention)
+    predict = _on_edge(Transducer.predict)
+    predict_step = _on_edge(Transducer.predict_step)
+    joint = _on_edge(Transducer.joint)
+    ctc_logits = _on_edge(Transducer.ctc_logits)
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedModel:
+    """An artifact -> a LoadedModel executing on the emulated processor: kernels stay packed
+    (the `edge` collection: fields, fixed-point multipliers and shifts, output scale), other
+    parameters widened to float32 for the DSP."""
+    config = artifact_config(artifact)
+    quant = artifact.header["quant"]
+    bits, act_bits = int(quant["weight_bits"]), int(quant["act_bits"])
+    if not 2 <= bits <= 8 or act_bits != 8:
+        raise ModelLoadError(
+            f"{source}: the processor runs w2..8 a8, artifact is w{bits}a{act_bits}"
+        )
+    flat, edge, layout = {}, {}, []
+    for name, rec in artifact.tensors.items():
+        role = rec.meta.get("role")
+        if role == "scale":
+            continue
+        if role != "kernel":
+            flat[name] = np.asarray(rec.fields["data"], np.float32).reshape(rec.meta["shape"])
+            continue
+        col, _, path = name.partition("/")
+        assert col == "params", name
+        k, n = int(rec.meta["K"]), int(rec.meta["N"])
+        step = np.asarray(artifact.tensors[name + SCALE_SUFFIX].fields["data"], np.float32)
+        mult, shift, oscale = requantization(step, k, rec.bits, act_bits)
+        fields = tuple(np.asarray(rec.fields[f]) for f in FIELD_ORDER[rec.encoding])
+        edge["edge/" + path] = {"fields": fields, "mult": mult, "shift": shift, "oscale": oscale}
+        layout.append(KernelLayout(path, rec.encoding, rec.bits, rec.count, k, n))
+    variables = _unflatten(flat)
+    variables.update(_unflatten(edge))
+    model = EdgeTransducer(
+        config=config,
+        predictor_cls=PREDICTORS[config.predictor],
+        quant=EdgePolicy(bits, act_bits),
+        layout=tuple(layout),
+    )
+    return LoadedModel(model, variables, artifact_tokenizer(artifact), config, source)
+
+
+def load_edge(path: str | Path) -> LoadedModel:
+    """`asr.model_loaders` entry point: a `.edge` file -> a recognizer-ready LoadedModel.
+    Damaged files raise `asr.model_io.ModelLoadError` naming what is wrong."""
+    try:
+        artifact = read_artifact(path)
+    except ArtifactError as e:
+        raise ModelLoadError(f"{path}: {e}") from None
+    return compile_artifact(artifact, str(path))
+
+
+__all__ = [
+    "EdgePolicy",
+    "EdgeTransducer",
+    "KernelLayout",
+    "compile_artifact",
+    "integer_einsum",
+    "load_edge",
+    "quantize_rows",
+    "requantization",
+]

@@ -1,0 +1,133 @@
+"""Model -> artifact (export/exporter.py) and the `asr export` command line."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from test_hw_runtime import _loaded
+
+from asr.cli import main
+from asr.model_io import quantized
+from asr.models.config import get_config
+from asr.models.quant import QuantPolicy, contracting_axes, fake_quant, is_kernel, kernel_table
+from asr.models.transducer import build_model, count_params, init_variables
+from export.artifact import read_artifact, to_bytes
+from export.exporter import (
+    artifact_variables,
+    export_model,
+    matrix_shape,
+    prune_kernel,
+    quantize_kernel,
+    size_report,
+)
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4, 2])
+def test_quantize_kernel_is_the_fake_quant_hook_exactly(bits):
+    rng = np.random.default_rng(bits)
+    for shape, axes in (((20, 7), (0,)), ((3, 3, 4, 5), (0, 1, 2)), ((8, 3, 2, 4), (0,))):
+        w = rng.standard_normal(shape).astype(np.float32)
+        w[..., 0] = 0.0  # an all-zero channel (for the 2-D and conv shapes)
+        k = int(np.prod([shape[a] for a in axes]))
+        codes, step = quantize_kernel(w, bits, k)
+        assert codes.dtype == np.int8 and np.abs(codes).max() <= 2 ** (bits - 1) - 1
+        want = np.asarray(fake_quant(jax.numpy.asarray(w), bits, axes)).reshape(k, -1)
+        np.testing.assert_array_equal(codes.astype(np.float32) * step[None], want)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_artifact_variables_are_the_post_training_quantized_model(bits):
+    lm = _loaded("lstm")
+    art = read_artifact(to_bytes(export_model(lm, bits)))
+    got = artifact_variables(art)
+    want = quantized(lm, QuantPolicy(bits, 8)).variables
+    flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
+    for path, w in jax.tree_util.tree_leaves_with_path(want):
+        np.testing.assert_array_equal(flat_got[path], np.asarray(w), err_msg=str(path))
+    assert len(flat_got) == len(jax.tree_util.tree_leaves(want))
+
+
+def test_prune_kernel_reaches_the_share_and_keeps_the_largest():
+    w = np.random.default_rng(0).standard_normal((30, 11)).astype(np.float32)
+    p = prune_kernel(w, 0.5)
+    assert np.sum(p == 0) == 165
+    assert np.min(np.abs(w[p != 0])) >= np.max(np.abs(w[p == 0]))
+    np.testing.assert_array_equal(p[p != 0], w[p != 0])
+    already = np.where(np.abs(w) < 1.0, 0.0, w).astype(np.float32)  # ~68% zeros
+    np.testing.assert_array_equal(prune_kernel(already, 0.5), already)
+
+
+def test_size_report_counts_bytes_zeros_and_the_large_model():
+    lm = _loaded("stateless")
+    dense, sparse = export_model(lm, 4), export_model(lm, 4, 0.7)
+    rd, rs = (size_report(a, len(to_bytes(a))) for a in (dense, sparse))
+    assert rd["bytes"] == len(to_bytes(dense))
+    assert rd["float32_bytes"] == 4 * count_params(lm.variables)
+    large = build_model(get_config("large"))
+    shapes = jax.eval_shape(lambda: init_variables(large, jax.random.PRNGKey(0))["params"])
+    assert rd["large_float32_bytes"] == 4 * sum(
+        int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes)
+    )
+    kernels = [w for _, w in kernel_table(lm.variables["params"])]
+    assert rs["zero_fraction"] >= 0.7 and rd["zero_fraction"] < 0.5
+    assert rs["kernel_bytes"] < 0.75 * rd["kernel_bytes"]  # bitmap / gaps forms pay off
+    assert sum(r["zero_fraction"] is not None for r in rd["tensors"]) == len(kernels)
+    assert rd["bits"] == 4 and set(rs["encodings"]) <= {"int4", "bitmap", "gaps"}
+
+
+def test_matrix_shape_of_every_kernel():
+    lm = _loaded("biasing")
+    for path, w in jax.tree_util.tree_leaves_with_path(lm.variables["params"]):
+        if is_kernel(path):
+            k, n = matrix_shape(path, w.shape)
+            axes = contracting_axes(path, w.shape)
+            assert k == int(np.prod([w.shape[a] for a in axes])) and k * n == w.size
+
+
+def test_export_rejects_bad_bits_and_sparsity():
+    lm = _loaded("stateless")
+    for bad in (1, 9, 4.0):
+        with pytest.raises(ValueError, match="bits"):
+            export_model(lm, bad)
+    with pytest.raises(ValueError, match="sparsity"):
+        export_model(lm, 4, 1.0)
+
+
+def test_cli_export_report_diff_apply(tmp_path, capsys):
+    from asr.model_io import save_model_folder
+
+    lm = _loaded("lstm")
+    folder = save_model_folder(tmp_path / "m", lm.config, lm.tokenizer, lm.variables)
+    out = tmp_path / "m.edge"
+    assert main(["export", "--model", str(folder), "--bits", "4", "-o", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    for key in ("bytes", "float32_bytes", "large_float32_bytes", "bits", "zero_fraction"):
+        assert key in rep
+    assert rep["bytes"] == out.stat().st_size and rep["bits"] == 4
+    assert main(["export", "report", str(out)]) == 0
+    assert "of the large server model" in capsys.readouterr().out
+    # a fine-tune that changed one layer: the patch carries little more than that layer
+    params = jax.tree_util.tree_map(np.array, lm.variables)
+    params["params"]["joiner"]["out"]["kernel"] *= 1.5
+    folder2 = save_model_folder(tmp_path / "m2", lm.config, lm.tokenizer, params)
+    out2 = tmp_path / "m2.edge"
+    assert main(["export", "--model", str(folder2), "--bits", "4", "-o", str(out2)]) == 0
+    patch = tmp_path / "u.patch"
+    assert main(["export", "diff", str(out), str(out2), "-o", str(patch), "--json"]) == 0
+    capsys.readouterr()
+    assert patch.stat().st_size < 0.5 * out2.stat().st_size
+    rebuilt = tmp_path / "r.edge"
+    assert main(["export", "apply", str(out), str(patch), "-o", str(rebuilt)]) == 0
+    assert rebuilt.read_bytes() == out2.read_bytes()
+    # errors: a clear message, exit status 2
+    assert main(["export", "--model", str(folder), "--bits", "4"]) == 2
+    assert "-o" in capsys.readouterr().err
+    assert (
+        main(["export", "--model", str(folder), "--bits", "4", "-o", str(tmp_path / "x.bin")]) == 2
+    )
+    assert ".edge" in capsys.readouterr().err
+    assert main(["export", "apply", str(out2), str(patch), "-o", str(tmp_path / "z.edge")]) == 2
+    assert "base" in capsys.readouterr().err

@@ -1,0 +1,240 @@
+"""The emulated processor's runtime (hw/runtime.py) against the artifact's fake-quant model.
+
+Small random models (one encoder layer; LSTM and stateless predictors; with and without the
+biasing network) are exported at 8 and 4 bits, dense and sparse; the runtime's outputs must
+match the fake-quant model's (same integer levels, float scales applied in another order: close,
+not bit-equal), its program must hold no float matrix product (every product on the NPU), and a
+recognizer on it must decode like the fake-quant recognizer.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asr.model_io import LoadedModel, ModelLoadError, load_model
+from asr.models.biasing import context_arrays
+from asr.models.config import get_config
+from asr.models.quant import contracting_axes, fake_quant, is_kernel, qmax
+from asr.models.transducer import build_model, init_variables
+from asr.tokenizer import Tokenizer
+from export.artifact import to_bytes, write_artifact
+from export.exporter import export_model, reference_model
+from hw.primitives.fixedpoint import dequantize_multiplier
+from hw.runtime import (
+    EdgeTransducer,
+    compile_artifact,
+    integer_einsum,
+    quantize_rows,
+    requantization,
+)
+
+VARIANTS = {
+    "lstm": dict(predictor="lstm", ctc_head=True),
+    "stateless": dict(predictor="stateless"),
+    "biasing": dict(predictor="lstm", bias_dim=32, bias_heads=2, bias_encoder="lstm"),
+}
+
+
+@functools.cache
+def _tokenizer():
+    words = "turn on the lights call mom play some jazz set a timer what is the weather"
+    return Tokenizer.train([words, "stop go yes no one two three four five six seven"], 32)
+
+
+def _names(path):
+    return tuple(str(getattr(k, "key", k)) for k in path)
+
+
+@functools.cache
+def _loaded(variant: str) -> LoadedModel:
+    cfg = get_config("tiny").replace(vocab_size=_tokenizer().vocab_size, num_layers=1)
+    cfg = cfg.replace(**VARIANTS[variant])
+    model = build_model(cfg)
+    shapes = jax.eval_shape(lambda k: init_variables(model, k, num_frames=32), jax.random.key(0))
+    rng = np.random.default_rng(7)
+
+    def draw(path, s):
+        names = _names(path)
+        if names[0] == "norm":
+            return np.full(s.shape, 1.0 if names[-1] == "istd" else 0.0, np.float32)
+        if is_kernel(path):
+            fan_in = int(np.prod([s.shape[a] for a in contracting_axes(path, s.shape)]))
+            return (rng.standard_normal(s.shape) / np.sqrt(fan_in)).astype(np.float32)
+        base = 1.0 if names[-1] == "scale" else 0.0
+        return (base + 0.1 * rng.standard_normal(s.shape)).astype(np.float16).astype(np.float32)
+
+    variables = jax.tree_util.tree_map_with_path(draw, shapes)
+    return LoadedModel(model, variables, _tokenizer(), cfg, f"random {variant}")
+
+
+def _inputs(cfg):
+    rng = np.random.default_rng(8)
+    feats = rng.standard_normal((2, 64, cfg.n_mels)).astype(np.float32)
+    pads = np.zeros((2, 64), np.float32)
+    pads[1, 40:] = 1.0
+    labels = rng.integers(2, cfg.vocab_size, (2, 4)).astype(np.int32)
+    return feats, pads, labels
+
+
+def _outputs(lm: LoadedModel, ctx=None):
+    """(encoder output, joint logits over predict(labels), predictor step output)."""
+    feats, pads, labels = _inputs(lm.config)
+
+    def run(v):
+        kw = {} if ctx is None else {"context": ctx}
+        enc, _ = lm.model.apply(v, feats, pads, method="encode", **kw)
+        pred = lm.model.apply(v, labels, method="predict")
+        logits = lm.model.apply(v, enc[:, :, None], pred[:, None], method="joint")
+        st = lm.model.apply(v, 2, method="predictor_init")
+        _, step = lm.model.apply(v, st, jnp.asarray(labels[:, 0]), method="predict_step")
+        return enc, logits, step
+
+    return [np.asarray(o) for o in jax.jit(run)(lm.variables)]
+
+
+@functools.cache
+def _pair(variant: str, bits: int, sparsity: float | None):
+    art = export_model(_loaded(variant), bits, sparsity)
+    return reference_model(art), compile_artifact(art, "test")
+
+
+def _close(got, want, tol):
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        assert np.all(np.isfinite(g))
+        err = np.max(np.abs(g - w)) / (np.max(np.abs(w)) + 1e-9)
+        assert err < tol, err
+
+
+@pytest.mark.parametrize(
+    "variant,bits,sparsity",
+    [("lstm", 8, None), ("stateless", 4, None), ("lstm", 4, 0.7), ("stateless", 8, 0.5)],
+)
+def test_runtime_matches_the_fake_quant_model(variant, bits, sparsity):
+    ref, edge = _pair(variant, bits, sparsity)
+    assert isinstance(edge.model, EdgeTransducer)
+    # int8 activations: a code flipped by a float rounding upstream moves an output by one
+    # activation step (1/127 of the row's max); over a layer that stays well under 2%
+    _close(_outputs(edge), _outputs(ref), 0.02)
+
+
+def test_runtime_with_the_biasing_network_matches_with_and_without_a_list():
+    ref, edge = _pair("biasing", 8, None)
+    ctx = context_arrays([[[3, 4], [5, 6, 7]], [[8]]], num_phrases=3, max_tokens=4)
+    _close(_outputs(edge, ctx), _outputs(ref, ctx), 0.02)
+    _close(_outputs(edge), _outputs(ref), 0.02)
+
+
+def _primitives(jaxpr, out=None):
+    out = {} if out is None else out
+    for eqn in jaxpr.eqns:
+        out[eqn.primitive.name] = out.get(eqn.primitive.name, 0) + 1
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else (v,):
+                if hasattr(sub, "eqns"):
+                    _primitives(sub, out)
+                elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                    _primitives(sub.jaxpr, out)
+    return out
+
+
+@pytest.mark.parametrize("variant", ["lstm", "biasing"])
+def test_every_product_runs_on_the_npu(variant):
+    _, edge = _pair(variant, 4, None)
+    feats, pads, labels = _inputs(edge.config)
+    kw = {}
+    if edge.config.bias_dim:  # with a list, so the phrase encoder runs too
+        kw["context"] = context_arrays([[[3, 4]], [[8]]], num_phrases=2, max_tokens=2)
+
+    def run(v):
+        enc, _ = edge.model.apply(v, feats, pads, method="encode", **kw)
+        pred = edge.model.apply(v, labels, method="predict")
+        return edge.model.apply(v, enc[:, :, None], pred[:, None], method="joint")
+
+    prims = _primitives(jax.make_jaxpr(run)(edge.variables).jaxpr)
+    assert prims.get("dot_general", 0) == 0 and prims.get("conv_general_dilated", 0) == 0, prims
+    # every kernel decoded (the CTC head's is not used here; flax's scan traces its body twice)
+    used = [lay for lay in edge.model.layout if not lay.path.startswith("ctc_out")]
+    assert prims["edge_decode_weights"] >= len(used), (prims, len(used))
+    assert prims["edge_int_matmul"] >= len(used)
+
+
+def test_recognizer_on_the_emulator_decodes_like_the_fake_quant_model():
+    from asr.recognizer import DecodeSettings, Recognizer
+
+    ref, edge = _pair("lstm", 8, None)
+    rng = np.random.default_rng(3)
+    audios = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 12000, 16000)]
+    settings = DecodeSettings(beam=2, max_segment_seconds=20.0)
+    got = Recognizer(edge, settings).recognize(audios)
+    want = Recognizer(ref, settings).recognize(audios)
+    assert [h[0].text for h in got] == [h[0].text for h in want]
+    for g, w in zip(got, want, strict=True):
+        assert abs(g[0].score - w[0].score) < 0.05 * (1 + abs(w[0].score))
+
+
+def test_integer_einsum_equals_the_fake_quant_einsum():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2, 5, 3, 4)).astype(np.float32)
+    b = rng.standard_normal((2, 6, 3, 4)).astype(np.float32)
+    for spec, x, y in (
+        ("bqhd,bkhd->bhqk", a, b),
+        ("bhqk,bkhd->bqhd", rng.random((2, 3, 5, 6)).astype(np.float32), b),
+    ):
+        ins, out = spec.split("->")
+        sa, sb = ins.split(",")
+        xa = fake_quant(jnp.asarray(x), 8, [i for i, c in enumerate(sa) if c not in out])
+        xb = fake_quant(jnp.asarray(y), 8, [i for i, c in enumerate(sb) if c not in out])
+        want = np.einsum(spec, np.asarray(xa, np.float64), np.asarray(xb, np.float64))
+        got = np.asarray(integer_einsum(spec, jnp.asarray(x), jnp.asarray(y), 8))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_rows_gives_the_fake_quant_levels():
+    x = np.random.default_rng(1).standard_normal((3, 7, 9)).astype(np.float32)
+    x[1] = 0.0
+    q, step = quantize_rows(jnp.asarray(x), 8, (-1,))
+    assert q.dtype == jnp.int8 and step.shape == (3, 7, 1)
+    np.testing.assert_array_equal(
+        np.asarray(q, np.float32) * np.asarray(step),
+        np.asarray(fake_quant(jnp.asarray(x), 8, (-1,))),
+    )
+
+
+@pytest.mark.parametrize("bits,k", [(8, 576), (4, 96), (8, 9), (2, 4000)])
+def test_requantization_keeps_the_steps_and_cannot_saturate(bits, k):
+    step = np.random.default_rng(2).uniform(1e-4, 3e-2, 50).astype(np.float32)
+    step[3] = 0.0
+    mult, shift, oscale = requantization(step, k, bits, 8)
+    real = dequantize_multiplier(mult, shift) * float(oscale)
+    np.testing.assert_allclose(real, step, rtol=1e-6, atol=0)
+    worst = k * 127 * qmax(bits)
+    assert np.all(worst * dequantize_multiplier(mult, shift) < 2**31 - 1)
+
+
+def test_edge_files_load_through_the_entry_point(tmp_path):
+    _, edge = _pair("lstm", 4, None)
+    art = export_model(_loaded("lstm"), 4)
+    path = tmp_path / "m.edge"
+    write_artifact(path, art)
+    lm = load_model(path)
+    assert isinstance(lm.model, EdgeTransducer) and lm.model == edge.model
+    assert lm.model.quant.describe() == "edge w4a8"
+    data = bytearray(to_bytes(art))
+    data[len(data) // 2] ^= 0x10
+    bad = tmp_path / "bad.edge"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="bad.edge"):
+        load_model(bad)
+    (tmp_path / "short.edge").write_bytes(bytes(data[:100]))
+    with pytest.raises(ModelLoadError, match="short.edge"):
+        load_model(tmp_path / "short.edge")
+    other = tmp_path / "m.onnx"
+    other.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match=r"\.edge"):
+        load_model(other)
