@@ -157,6 +157,12 @@ def _recognizer(args):
         context_attention=not args.no_context,
     )
     loaded = load_model(args.model)
+    if (args.bits is not None or args.act_bits is not None) and loaded.model.quant.describe(
+    ).startswith("edge"):
+        raise ValueError(
+            f"--bits/--act-bits: {args.model} is an edge artifact; its bits are fixed at export "
+            f"({loaded.model.quant.describe()}): export again with other --bits"
+        )
     if args.bits is not None or args.act_bits is not None:
         from asr.model_io import quantized
         from asr.models.quant import QuantPolicy
@@ -270,7 +276,9 @@ def cmd_eval(args) -> int:
     if not lines:
         lines.append(f"nothing scored over {res['utterances']} utterances")
     lines[-1] += f", RTF {res['rtf']:.3f} on {res['device']}"
-    if res["quant"] != "float":
+    if res["quant"].startswith("edge"):
+        lines[-1] += f" ({res['quant']}: integer execution on the emulated edge processor)"
+    elif res["quant"] != "float":
         lines[-1] += f" ({res['quant']}: fake-quantized weights and activations)"
     print("\n".join(lines))
     for field, groups in res.get("by", {}).items():

@@ -1,0 +1,727 @@
+"""The cost model of the emulated edge processor: MACs, memory traffic, cycles and time of a
+program, measured by interpreting its jaxpr.
+
+`cost(fn, *args)` traces `jax.make_jaxpr(fn)(*args)` and evaluates that jaxpr on the concrete
+arguments, equation by equation (`eqn.primitive.bind`, as in JAX's "Writing custom
+interpreters"), tallying what each equation costs on a `Processor`. Control flow is followed as it
+runs: a `while` loop is charged for the iterations it actually makes, a `cond` for the branch it
+actually takes, a `scan` for `length` iterations; calls (jit, closed_call, custom_jvp/vjp,
+checkpoint) are entered. It returns the counts and the program's outputs (`Cost.outputs`).
+
+Counting rules (per executed equation):
+
+- `edge_decode_weights` (NPU, weight decoder): bytes_read += the fields' bytes (the compressed
+  weight stream read from memory); weights_decoded += the decoded codes; no MACs. Every decode
+  streams its weights again: no reuse of decoded weights across decodes is assumed.
+- `edge_int_matmul` x int8[..., M, K], w int8[(...,) K, N] (NPU, MAC array):
+  macs_total = prod(x.shape[:-1]) * K * N; macs_skipped = the products on zero weights
+  (M * zeros(w[b]) summed over the batch b, from the concrete weights); macs_done = total -
+  skipped. bytes_read += x's bytes, and w's bytes too unless w comes from a decode (its stream
+  is already counted there): provenance follows the values through layout operations (reshape,
+  transpose, slicing, broadcasting, dtype conversion, concatenation, squeeze, expand_dims),
+  calls and loop constants. bytes_written += the int32 output's bytes. The per-channel
+  multiplier and shift (8 bytes per output channel) are neglected.
+- float `dot_general` / `conv_general_dilated` (products outside the NPU primitives): float_macs,
+  run on the DSP at one op per MAC. The emulated runtime's model layers have none; a nonzero
+  count shows float products left outside the NPU (per_primitive names them).
+- every other primitive runs on the DSP: dsp_ops += its output elements (reductions: the input's
+  elements). Free: metadata-only reshapes (reshape, squeeze, expand_dims) and layout operations
+  on decoded weights (the decoder writes them in the layout the product reads). Activations live
+  in on-chip SRAM: DSP work moves no counted memory traffic.
+
+Cycles. Each NPU operation takes max(MAC cycles, memory cycles): its DMA is double-buffered and
+overlaps with the MAC array (Sze et al. 2017, roofline of a layer). MAC cycles = macs_done /
+macs_per_cycle (macs_total on a processor with skip_zeros=False); memory cycles = (bytes read +
+written) / bytes_per_cycle; a decode is memory-only. DSP cycles = (dsp_ops + float_macs) /
+dsp_ops_per_cycle. The NPU and the DSP run one after the other (no overlap is assumed):
+cycles = npu_cycles + dsp_cycles, seconds = cycles / clock_hz. Cycles are fractional (no
+per-operation rounding).
+
+How it runs fast enough. Thousands of small equations per loop iteration, each dispatched alone,
+would take minutes; instead every maximal run of equations between control-flow points (while,
+cond, or a call/scan that contains them) is bound under one `jax.jit`: traced once, so each
+equation is still bound with its own parameters and counted from its shapes, then compiled once;
+the zero-weight counts of every `edge_int_matmul` are extra outputs of that compiled segment (a
+`scan` inside a segment becomes a `lax.scan` stacking them). A `while` iteration is then one or
+two dispatches, and the per-operation cycle maxima are taken at the end in NumPy.
+
+References:
+  Sze, Chen, Yang and Emer 2017, "Efficient Processing of Deep Neural Networks: A Tutorial and
+    Survey", Proc. IEEE 105(12) (MAC and data-movement counting, zero skipping, roofline).
+  Arm Ethos-U55 Technical Overview (Arm, 2020) and Cortex-M55 Technical Reference Manual (the
+    default processor's shape: 32-256 int8 MACs/cycle next to a Helium vector CPU).
+  JAX documentation, "Writing custom interpreters in JAX" (jaxpr interpretation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+try:
+    from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
+except ImportError:  # older JAX: the jaxpr types lived in jax.core only
+    from jax.core import ClosedJaxpr, Jaxpr, Literal
+
+from hw.primitives import decode_weights_p, int_matmul_p
+
+_TRACER = getattr(jax.core, "Tracer", ())  # public in jax.core; () matches nothing
+
+
+@dataclass(frozen=True)
+class Processor:
+    """An edge processor: an int8 MAC array (NPU) with a weight decoder and a DMA, next to a
+    float vector DSP. Variants by `dataclasses.replace(EDGE_NPU, macs_per_cycle=128)`."""
+
+    name: str  # label in tables
+    clock_hz: float  # one clock for the NPU and the DSP
+    macs_per_cycle: int  # int8 x int8 MACs issued per cycle by the NPU
+    bytes_per_cycle: float  # bandwidth from weight/activation memory to the NPU, bytes per cycle
+    dsp_ops_per_cycle: float  # float32 vector operations per cycle of the DSP
+    skip_zeros: bool = True  # the NPU does not issue products on zero weights
+
+    def __post_init__(self):
+        for f in ("clock_hz", "macs_per_cycle", "bytes_per_cycle", "dsp_ops_per_cycle"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"Processor.{f}: expected a positive number, got {v!r}")
+
+
+EDGE_NPU = Processor(
+    name="edge NPU (Ethos-U55-256-like, 500 MHz)",
+    clock_hz=500e6,
+    macs_per_cycle=256,
+    bytes_per_cycle=8.0,
+    dsp_ops_per_cycle=8.0,
+)
+"""The default processor. It resembles an Arm Ethos-U55 in its largest configuration (256 int8
+MACs per cycle) clocked at 500 MHz, fed at about 8 bytes per cycle (4 GB/s) from memory, next to
+a Cortex-M55-class DSP whose Helium vector unit does about 8 float32 operations per cycle. These
+numbers are assumptions that give the right orders of magnitude, not a datasheet model: the real
+chips' compressed-weight decoder, SRAM banking, command stream and CPU pipeline are not
+modeled."""
+
+FIELDS = (
+    "calls",  # equations executed
+    "macs_total",  # int8 MACs of the NPU products, zero weights included
+    "macs_done",  # ... on nonzero weights
+    "macs_skipped",  # ... on zero weights (skipped when skip_zeros)
+    "float_macs",  # MACs of dot_general / conv outside the NPU primitives (on the DSP)
+    "bytes_read",  # bytes the NPU reads: compressed weight streams, activations
+    "bytes_written",  # bytes the NPU writes: int32 products
+    "weights_decoded",  # int8 weight codes out of the decoder
+    "dsp_ops",  # DSP vector element operations
+    "mac_cycles",  # sum over NPU operations of their MAC terms
+    "memory_cycles",  # sum over NPU operations of their memory terms
+    "npu_cycles",  # sum over NPU operations of max(MAC term, memory term)
+    "dsp_cycles",  # (dsp_ops + float_macs) / dsp_ops_per_cycle
+    "cycles",  # npu_cycles + dsp_cycles
+)
+INT_FIELDS = FIELDS[:9]
+
+DECODE = decode_weights_p.name  # "edge_decode_weights"
+MATMUL = int_matmul_p.name  # "edge_int_matmul"
+PRODUCTS = ("dot_general", "conv_general_dilated")
+# metadata-only: free on any data
+FREE = frozenset({"reshape", "squeeze", "expand_dims"})
+# layout operations that keep a decoded weight "on chip" (free on decoded weights)
+LAYOUT = FREE | {
+    "transpose",
+    "slice",
+    "dynamic_slice",
+    "broadcast_in_dim",
+    "convert_element_type",
+    "concatenate",
+    "stack",
+    "split",
+    "copy",
+    "copy_p",
+    "rev",
+}
+REDUCTIONS = frozenset({"argmax", "argmin", "reduce", "reduce_and", "reduce_or", "reduce_xor"})
+# call-like higher-order primitives: (names, parameter holding the callee jaxpr)
+CALLS = {
+    "pjit": "jaxpr",
+    "jit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": ("call_jaxpr", "fun_jaxpr"),
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+    "remat": "jaxpr",
+    "remat2": "jaxpr",
+    "checkpoint": "jaxpr",
+}
+CONTROL = ("while", "cond", "scan")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a program costs on a processor: totals, their split by primitive, and the outputs
+    of the interpreted program. Counts are per program run (all its loop iterations)."""
+
+    macs_total: int
+    macs_done: int
+    macs_skipped: int
+    float_macs: int
+    bytes_read: int
+    bytes_written: int
+    weights_decoded: int
+    dsp_ops: int
+    npu_cycles: float
+    mac_cycles: float
+    memory_cycles: float
+    dsp_cycles: float
+    cycles: float
+    seconds: float
+    per_primitive: dict  # primitive name -> {field in FIELDS: count}
+    processor: Processor
+    outputs: Any = field(default=None, compare=False, repr=False)  # fn(*args), same pytree
+
+    @staticmethod
+    def from_primitives(per_primitive: Mapping[str, Mapping], processor: Processor) -> Cost:
+        """Totals of per-primitive counts (each a dict over FIELDS)."""
+        per = {
+            name: {f: (int(c.get(f, 0)) if f in INT_FIELDS else float(c.get(f, 0))) for f in FIELDS}
+            for name, c in sorted(per_primitive.items())
+        }
+        tot = {f: sum(c[f] for c in per.values()) for f in FIELDS if f != "calls"}
+        return Cost(**tot, seconds=tot["cycles"] / processor.clock_hz, per_primitive=per,
+                    processor=processor)  # fmt: skip
+
+    def scalars(self) -> dict[str, float]:
+        """The totals: every field but per_primitive, processor and outputs."""
+        skip = ("per_primitive", "processor", "outputs")
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip
+        }
+
+    def per_audio(self, seconds_of_audio: float, unit: float = 0.01) -> dict[str, float]:
+        """Every total scaled to one `unit` seconds of audio (default 10 ms): the program having
+        processed `seconds_of_audio` seconds. `seconds` becomes the processor time per unit."""
+        if not seconds_of_audio > 0 or not unit > 0:
+            raise ValueError(
+                f"per_audio: expected positive seconds_of_audio and unit, got "
+                f"{seconds_of_audio!r}, {unit!r}"
+            )
+        k = unit / seconds_of_audio
+        return {name: v * k for name, v in self.scalars().items()}
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the totals, per_primitive and the processor's fields (no outputs)."""
+        return {
+            **self.scalars(),
+            "per_primitive": {k: dict(v) for k, v in self.per_primitive.items()},
+            "processor": dataclasses.asdict(self.processor),
+        }
+
+    def __add__(self, other: Cost) -> Cost:
+        """The cost of running both programs (same processor); outputs are dropped."""
+        if not isinstance(other, Cost):
+            return NotImplemented
+        if other.processor != self.processor:
+            raise ValueError(
+                f"Cost +: processors differ: {self.processor.name!r} vs {other.processor.name!r}"
+            )
+        per = {k: dict(v) for k, v in self.per_primitive.items()}
+        for name, c in other.per_primitive.items():
+            mine = per.setdefault(name, dict.fromkeys(FIELDS, 0))
+            for f in FIELDS:
+                mine[f] += c[f]
+        return Cost.from_primitives(per, self.processor)
+
+    def __radd__(self, other):
+        if isinstance(other, int) and other == 0:  # sum([...])
+            return self
+        return NotImplemented
+
+
+def format_table(costs: Mapping[str, Cost], audio_seconds: float, unit: float = 0.01) -> str:
+    """A Markdown table of costs per `unit` seconds of audio (default 10 ms), one row each.
+
+    Args:
+      costs: row label -> Cost of a program that processed `audio_seconds` of audio.
+      audio_seconds: the audio duration behind every Cost.
+
+    Returns:
+      The table; "load" is processor time over audio time (below 100%: keeps up in real time).
+    """
+    ms = f"{1000 * unit:g} ms"
+    head = (
+        f"| per {ms} of audio | MACs done | MACs skipped | float MACs | bytes read | "
+        "bytes written | DSP ops | MAC cycles | memory cycles | DSP cycles | cycles | time (us) "
+        "| load |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for label, c in costs.items():
+        p = c.per_audio(audio_seconds, unit)
+        cells = [
+            f"{p[k]:,.0f}"
+            for k in (
+                "macs_done",
+                "macs_skipped",
+                "float_macs",
+                "bytes_read",
+                "bytes_written",
+                "dsp_ops",
+                "mac_cycles",
+                "memory_cycles",
+                "dsp_cycles",
+                "cycles",
+            )
+        ]
+        cells += [f"{1e6 * p['seconds']:.1f}", f"{100 * p['seconds'] / unit:.2f}%"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost(fn: Callable, *args, processor: Processor = EDGE_NPU, **kwargs) -> Cost:
+    """Run `fn(*args, **kwargs)` by interpreting its jaxpr and count what it costs.
+
+    Args:
+      fn: a JAX-traceable function (jitted or not).
+      *args: its arguments (pytrees of arrays): traced, then fed concretely.
+      processor: the processor to charge cycles on.
+      **kwargs: keyword arguments bound statically (closed over, not traced).
+
+    Returns:
+      The Cost, with `outputs` = what fn(*args, **kwargs) returns.
+
+    Raises:
+      ValueError: on a higher-order primitive the interpreter does not know, or on traced
+        (non-concrete) arguments.
+    """
+    if not isinstance(processor, Processor):
+        raise ValueError(f"cost: processor must be a Processor, got {type(processor).__name__}")
+    closed, out_shape = jax.make_jaxpr(functools.partial(fn, **kwargs), return_shape=True)(*args)
+    leaves = jax.tree_util.tree_leaves(args)
+    if any(isinstance(x, _TRACER) for x in leaves):
+        raise ValueError("cost: the arguments must be concrete arrays, got tracers (under jit?)")
+    assert len(leaves) == len(closed.jaxpr.invars), (len(leaves), len(closed.jaxpr.invars))
+    interp = _Interpreter(processor)
+    outs, _ = interp.run(closed.jaxpr, closed.consts, leaves, (False,) * len(leaves))
+    result = interp.finish()
+    return dataclasses.replace(
+        result, outputs=jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the interpreter
+
+
+def _size(aval) -> int:
+    return math.prod(getattr(aval, "shape", ()) or ()) if hasattr(aval, "dtype") else 0
+
+
+def _nbytes(aval) -> int:
+    return _size(aval) * np.dtype(aval.dtype).itemsize if hasattr(aval, "dtype") else 0
+
+
+def _read(env: dict, v):
+    return v.val if isinstance(v, Literal) else env[v]
+
+
+def _is_jaxpr(p) -> bool:
+    return isinstance(p, (Jaxpr, ClosedJaxpr))
+
+
+def _open(j) -> tuple[Jaxpr, list]:
+    """(jaxpr, consts) of a Jaxpr or a ClosedJaxpr."""
+    return (j.jaxpr, list(j.consts)) if isinstance(j, ClosedJaxpr) else (j, [])
+
+
+def _callee(eqn) -> tuple[Jaxpr, list] | None:
+    """The callee of a call-like equation, or None."""
+    keys = CALLS.get(eqn.primitive.name)
+    if keys is None:
+        return None
+    for k in (keys,) if isinstance(keys, str) else keys:
+        if _is_jaxpr(eqn.params.get(k)):
+            return _open(eqn.params[k])
+    return None
+
+
+def _has_subjaxprs(eqn) -> bool:
+    for p in eqn.params.values():
+        if _is_jaxpr(p) or (isinstance(p, (tuple, list)) and any(_is_jaxpr(q) for q in p)):
+            return True
+    return False
+
+
+def _kind(eqn) -> str:
+    """The equation's kind: first (first-order), call, or its control-flow primitive's name."""
+    name = eqn.primitive.name
+    if name in CONTROL:
+        return name
+    if _callee(eqn) is not None:
+        return "call"
+    if _has_subjaxprs(eqn):
+        raise ValueError(
+            f"hw.cost: unknown higher-order primitive {name!r}: the interpreter knows "
+            f"{sorted(set(CALLS) | set(CONTROL))}"
+        )
+    return "first"
+
+
+class _Recorder:
+    """Counts of one traced segment: static per-primitive counts (known from shapes) and the
+    int_matmul operations whose zero-weight counts are outputs of the segment."""
+
+    def __init__(self):
+        self.static: dict[str, dict[str, float]] = {}
+        self.zeros: list = []  # traced int32 arrays, one element per operation instance
+        self.meta: list[np.ndarray] = []  # int64[n, 4] per entry: rows, macs_total, read, written
+
+    def add(self, name: str, times: float = 1, **counts) -> None:
+        c = self.static.setdefault(name, dict.fromkeys(FIELDS, 0))
+        c["calls"] += times
+        for k, v in counts.items():
+            c[k] += v * times
+
+    def merge(self, other: _Recorder, times: int) -> None:
+        for name, c in other.static.items():
+            mine = self.static.setdefault(name, dict.fromkeys(FIELDS, 0))
+            for k, v in c.items():
+                mine[k] += v * times
+
+    def zero_vector(self) -> jax.Array:
+        """int32[n]: every recorded operation instance's zero-weight count."""
+        if not self.zeros:
+            return jnp.zeros((0,), jnp.int32)
+        return jnp.concatenate([z.reshape(-1).astype(jnp.int32) for z in self.zeros])
+
+    def meta_array(self) -> np.ndarray:
+        return np.concatenate(self.meta) if self.meta else np.zeros((0, 4), np.int64)
+
+
+class _Segment:
+    """A run of traceable equations compiled as one function (one per decoded-input pattern)."""
+
+    def __init__(self, interp: _Interpreter, eqns: list, inputs: list, outputs: list):
+        self.interp, self.eqns, self.inputs, self.outputs = interp, eqns, inputs, outputs
+        self.compiled: dict[tuple, tuple] = {}
+
+    def __call__(self, invals: list, flags: tuple):
+        entry = self.compiled.get(flags)
+        if entry is None:
+            holder: dict = {}
+
+            def run(*vals):
+                rec = _Recorder()
+                env = dict(zip(self.inputs, vals, strict=True))
+                dec = {v for v, f in zip(self.inputs, flags, strict=True) if f}
+                self.interp.trace_eqns(self.eqns, env, dec, rec)
+                # last trace wins: a retrace records the same counts again
+                holder["template"] = (rec.static, rec.meta_array(),
+                                      tuple(v in dec for v in self.outputs))  # fmt: skip
+                return [_read(env, v) for v in self.outputs], rec.zero_vector()
+
+            entry = self.compiled[flags] = (jax.jit(run), holder)
+        fn, holder = entry
+        outs, zeros = fn(*invals)
+        return outs, zeros, holder["template"]
+
+
+class _Interpreter:
+    """Evaluates jaxprs concretely: compiled segments between control-flow equations, loops
+    and branches followed on the concrete values; `finish()` turns the log into a Cost."""
+
+    def __init__(self, processor: Processor):
+        self.p = processor
+        self.log: list[tuple[tuple, jax.Array]] = []  # (segment template, its zero counts)
+        self._plans: dict[int, tuple[Jaxpr, list]] = {}
+        self._traceable: dict[int, tuple[Jaxpr, bool]] = {}
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def traceable(self, jaxpr: Jaxpr) -> bool:
+        """No while/cond anywhere inside: can run under one jit."""
+        hit = self._traceable.get(id(jaxpr))
+        if hit is None:
+            hit = self._traceable[id(jaxpr)] = (jaxpr, all(map(self._eqn_traceable, jaxpr.eqns)))
+        return hit[1]
+
+    def _eqn_traceable(self, eqn) -> bool:
+        k = _kind(eqn)
+        if k == "first":
+            return True
+        if k == "call":
+            return self.traceable(_callee(eqn)[0])
+        if k == "scan":
+            return self.traceable(_open(eqn.params["jaxpr"])[0])
+        return False
+
+    def plan(self, jaxpr: Jaxpr) -> list:
+        """The jaxpr's steps: `_Segment`s and the control-flow equations between them."""
+        hit = self._plans.get(id(jaxpr))
+        if hit is not None:
+            return hit[1]
+        eqns = list(jaxpr.eqns)
+        runs, start = [], None  # (start, stop) of traceable runs, or an eqn index
+        for i, eqn in enumerate(eqns):
+            if self._eqn_traceable(eqn):
+                start = i if start is None else start
+                continue
+            if start is not None:
+                runs.append((start, i))
+                start = None
+            runs.append(i)
+        if start is not None:
+            runs.append((start, len(eqns)))
+        # vars read at or after each run's end (segment outputs are those it defines)
+        later: set = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+        needed_after = {}
+        pos = len(eqns)
+        for r in reversed(runs):
+            lo, hi = r if isinstance(r, tuple) else (r, r + 1)
+            for e in eqns[hi:pos]:
+                later.update(v for v in e.invars if not isinstance(v, Literal))
+            pos = hi
+            if isinstance(r, tuple):
+                needed_after[r] = set(later)
+        steps = []
+        for r in runs:
+            if not isinstance(r, tuple):
+                steps.append(eqns[r])
+                continue
+            seg = eqns[r[0] : r[1]]
+            defined, inputs, seen = set(), [], set()
+            for e in seg:
+                for v in e.invars:
+                    if not isinstance(v, Literal) and v not in defined and v not in seen:
+                        seen.add(v)
+                        inputs.append(v)
+                defined.update(e.outvars)
+            outputs = [v for e in seg for v in e.outvars if v in needed_after[r]]
+            steps.append(_Segment(self, seg, inputs, outputs))
+        self._plans[id(jaxpr)] = (jaxpr, steps)
+        return steps
+
+    # -- concrete evaluation ---------------------------------------------------------------------
+
+    def run(self, jaxpr: Jaxpr, consts, args, flags) -> tuple[list, tuple]:
+        """Evaluate `jaxpr` on concrete values; flags[i]: args[i] is a decoded weight."""
+        env = dict(zip(jaxpr.constvars, consts, strict=True))
+        env.update(zip(jaxpr.invars, args, strict=True))
+        dec = {v for v, f in zip(jaxpr.invars, flags, strict=True) if f}
+        for step in self.plan(jaxpr):
+            if isinstance(step, _Segment):
+                invals = [env[v] for v in step.inputs]
+                outs, zeros, template = step(invals, tuple(v in dec for v in step.inputs))
+                self.log.append((template, zeros))
+                env.update(zip(step.outputs, outs, strict=True))
+                dec.update(v for v, f in zip(step.outputs, template[2], strict=True) if f)
+                continue
+            eqn = step
+            invals = [_read(env, v) for v in eqn.invars]
+            inflags = tuple(not isinstance(v, Literal) and v in dec for v in eqn.invars)
+            outs, oflags = getattr(self, "_run_" + _kind(eqn))(eqn, invals, inflags)
+            env.update(zip(eqn.outvars, outs, strict=True))
+            dec.update(v for v, f in zip(eqn.outvars, oflags, strict=True) if f)
+        outs = [_read(env, v) for v in jaxpr.outvars]
+        return outs, tuple(v in dec for v in jaxpr.outvars)
+
+    def _run_call(self, eqn, invals, flags):
+        jaxpr, consts = _callee(eqn)
+        return self.run(jaxpr, consts, invals, flags)
+
+    def _run_cond(self, eqn, invals, flags):
+        branches = eqn.params["branches"]
+        i = min(max(int(np.asarray(invals[0])), 0), len(branches) - 1)
+        jaxpr, consts = _open(branches[i])
+        return self.run(jaxpr, consts, invals[1:], flags[1:])
+
+    def _run_while(self, eqn, invals, flags):
+        cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
+        cj, cc = _open(eqn.params["cond_jaxpr"])
+        bj, bc = _open(eqn.params["body_jaxpr"])
+        cconst, bconst, carry = invals[:cn], invals[cn : cn + bn], invals[cn + bn :]
+        cflags = flags[:cn] + (False,) * len(carry)  # carries are never decoded weights
+        bflags = flags[cn : cn + bn] + (False,) * len(carry)
+        while True:
+            (pred,), _ = self.run(cj, cc, [*cconst, *carry], cflags)
+            if not bool(pred):
+                return carry, (False,) * len(carry)
+            carry, _ = self.run(bj, bc, [*bconst, *carry], bflags)
+
+    def _run_scan(self, eqn, invals, flags):
+        prm = eqn.params
+        nc, ncar, length = prm["num_consts"], prm["num_carry"], prm["length"]
+        jaxpr, bconsts = _open(prm["jaxpr"])
+        consts, carry, xs = invals[:nc], invals[nc : nc + ncar], invals[nc + ncar :]
+        bflags = flags[:nc] + (False,) * ncar + flags[nc + ncar :]
+        ys: list[list] = [[None] * length for _ in eqn.outvars[ncar:]]
+        for it in range(length):
+            i = length - 1 - it if prm["reverse"] else it
+            outs, _ = self.run(jaxpr, bconsts, [*consts, *carry, *(x[i] for x in xs)], bflags)
+            carry = outs[:ncar]
+            for acc, y in zip(ys, outs[ncar:], strict=True):
+                acc[i] = y
+        stacked = [
+            jnp.stack(acc) if length else jnp.zeros(v.aval.shape, v.aval.dtype)
+            for acc, v in zip(ys, eqn.outvars[ncar:], strict=True)
+        ]
+        return [*carry, *stacked], (False,) * len(eqn.outvars)
+
+    # -- tracing (inside a segment's jit) --------------------------------------------------------
+
+    def trace_jaxpr(self, jaxpr: Jaxpr, consts, args, flags, rec: _Recorder):
+        env = dict(zip(jaxpr.constvars, consts, strict=True))
+        env.update(zip(jaxpr.invars, args, strict=True))
+        dec = {v for v, f in zip(jaxpr.invars, flags, strict=True) if f}
+        self.trace_eqns(jaxpr.eqns, env, dec, rec)
+        return [_read(env, v) for v in jaxpr.outvars], tuple(v in dec for v in jaxpr.outvars)
+
+    def trace_eqns(self, eqns, env: dict, dec: set, rec: _Recorder) -> None:
+        """Bind each equation (on tracers), count it, and follow decoded-weight provenance."""
+        for eqn in eqns:
+            invals = [_read(env, v) for v in eqn.invars]
+            inflags = [not isinstance(v, Literal) and v in dec for v in eqn.invars]
+            kind = _kind(eqn)
+            if kind == "call":
+                jaxpr, consts = _callee(eqn)
+                outs, oflags = self.trace_jaxpr(jaxpr, consts, invals, inflags, rec)
+                env.update(zip(eqn.outvars, outs, strict=True))
+                dec.update(v for v, f in zip(eqn.outvars, oflags, strict=True) if f)
+                continue
+            if kind == "scan":
+                outs = self._trace_scan(eqn, invals, inflags, rec)
+                env.update(zip(eqn.outvars, outs, strict=True))
+                continue
+            assert kind == "first", (kind, eqn.primitive.name)
+            out = eqn.primitive.bind(*invals, **eqn.params)
+            outs = out if eqn.primitive.multiple_results else [out]
+            env.update(zip(eqn.outvars, outs, strict=True))
+            if self._count(eqn, invals, inflags, rec):
+                dec.update(eqn.outvars)
+
+    def _count(self, eqn, invals, inflags, rec: _Recorder) -> bool:
+        """Tally one first-order equation; returns whether its outputs are decoded weights."""
+        name = eqn.primitive.name
+        p = self.p
+        if name == DECODE:
+            nbytes = sum(_nbytes(v.aval) for v in eqn.invars)
+            cyc = nbytes / p.bytes_per_cycle
+            rec.add(name, bytes_read=nbytes, weights_decoded=_size(eqn.outvars[0].aval),
+                    memory_cycles=cyc, npu_cycles=cyc, cycles=cyc)  # fmt: skip
+            return True
+        if name == MATMUL:
+            x, w = (v.aval for v in eqn.invars[:2])
+            k, n = w.shape[-2:]
+            lead_m = math.prod(x.shape[:-1])
+            rows = lead_m if len(w.shape) == 2 else x.shape[-2]
+            read = _nbytes(x) + (0 if inflags[1] else _nbytes(w))
+            written = _nbytes(eqn.outvars[0].aval)
+            rec.zeros.append(jnp.count_nonzero(invals[1] == 0))
+            rec.meta.append(np.array([[rows, lead_m * k * n, read, written]], np.int64))
+            return False
+        if name in PRODUCTS:
+            macs = _product_macs(eqn)
+            cyc = macs / p.dsp_ops_per_cycle
+            rec.add(name, float_macs=macs, dsp_cycles=cyc, cycles=cyc)
+            return False
+        decoded = name in LAYOUT and any(inflags) and _layout_keeps(name, inflags)
+        if name in FREE or decoded:
+            rec.add(name)
+            return decoded
+        if (name.startswith("reduce_") and name != "reduce_precision") or name in REDUCTIONS:
+            ops = _size(eqn.invars[0].aval)
+        else:
+            ops = sum(_size(v.aval) for v in eqn.outvars)
+        cyc = ops / p.dsp_ops_per_cycle
+        rec.add(name, dsp_ops=ops, dsp_cycles=cyc, cycles=cyc)
+        return False
+
+    def _trace_scan(self, eqn, invals, inflags, rec: _Recorder) -> list:
+        """A scan inside a segment: `lax.scan` over the interpreted body, stacking the body's
+        zero-weight counts; the body's static counts times `length`."""
+        prm = eqn.params
+        nc, ncar, length = prm["num_consts"], prm["num_carry"], prm["length"]
+        jaxpr, bconsts = _open(prm["jaxpr"])
+        consts, init, xs = invals[:nc], invals[nc : nc + ncar], invals[nc + ncar :]
+        bflags = [*inflags[:nc], *(False,) * ncar, *inflags[nc + ncar :]]
+        holder = {}
+
+        def body(carry, x):
+            sub = _Recorder()
+            outs, _ = self.trace_jaxpr(jaxpr, bconsts, [*consts, *carry, *x], bflags, sub)
+            holder["sub"] = sub  # last trace wins
+            return outs[:ncar], (outs[ncar:], sub.zero_vector())
+
+        carry, (ys, zeros) = lax.scan(body, list(init), list(xs), length=length,
+                                      reverse=prm["reverse"])  # fmt: skip
+        sub = holder["sub"]
+        rec.merge(sub, length)
+        meta = sub.meta_array()
+        if len(meta):
+            rec.zeros.append(zeros)  # -> [length, n]
+            rec.meta.append(np.tile(meta, (length, 1)))
+        return [*carry, *ys]
+
+    # -- totals ----------------------------------------------------------------------------------
+
+    def finish(self) -> Cost:
+        p = self.p
+        per: dict[str, dict[str, float]] = {}
+
+        def add(name, counts: Mapping, times=1):
+            mine = per.setdefault(name, dict.fromkeys(FIELDS, 0))
+            for k, v in counts.items():
+                mine[k] += v * times
+
+        groups: dict[int, tuple[tuple, list]] = {}
+        for template, zeros in self.log:
+            groups.setdefault(id(template), (template, []))[1].append(zeros)
+        host = jax.device_get([g[1] for g in groups.values()])
+        for (template, _), zs in zip(groups.values(), host, strict=True):
+            static, meta, _ = template
+            for name, c in static.items():
+                add(name, c, len(zs))
+            if not len(meta):
+                continue
+            z = np.stack([np.asarray(a, np.int64) for a in zs])  # -> [calls, n]
+            rows, total, read, written = (meta[:, j] for j in range(4))
+            skipped = rows * z
+            done = total - skipped
+            mac = (done if p.skip_zeros else np.broadcast_to(total, z.shape)) / p.macs_per_cycle
+            mem = np.broadcast_to((read + written) / p.bytes_per_cycle, z.shape)
+            npu = np.maximum(mac, mem)
+            add(MATMUL, {"calls": z.size, "macs_total": int(total.sum()) * len(zs),
+                         "macs_skipped": int(skipped.sum()), "macs_done": int(done.sum()),
+                         "bytes_read": int(read.sum()) * len(zs),
+                         "bytes_written": int(written.sum()) * len(zs),
+                         "mac_cycles": float(mac.sum()), "memory_cycles": float(mem.sum()),
+                         "npu_cycles": float(npu.sum()), "cycles": float(npu.sum())})  # fmt: skip
+        return Cost.from_primitives(per, p)
+
+
+def _layout_keeps(name: str, inflags) -> bool:
+    """A layout op's output is a decoded weight: its data operand is (all of them for
+    concatenate; index operands of dynamic_slice do not matter)."""
+    if name in ("concatenate", "stack"):
+        return all(inflags)
+    return bool(inflags[0])
+
+
+def _product_macs(eqn) -> int:
+    out = _size(eqn.outvars[0].aval)
+    if eqn.primitive.name == "dot_general":
+        (lc, _), _ = eqn.params["dimension_numbers"]
+        shape = eqn.invars[0].aval.shape
+        return out * math.prod(shape[d] for d in lc)
+    rhs = eqn.invars[1].aval.shape  # conv: every output element takes (Cin / groups) * taps
+    o_dim = eqn.params["dimension_numbers"].rhs_spec[0]
+    return out * math.prod(rhs) // rhs[o_dim]
+
+
+__all__ = ["EDGE_NPU", "FIELDS", "Cost", "Processor", "cost", "format_table"]
