@@ -24,11 +24,13 @@ the fake-quantization policy's (`asr.models.quant.QuantPolicy`), so the runtime 
 the artifact's fake-quant model recognizes; they differ only where the integer requantization
 rounds (tested: identical hypotheses, see README).
 
-Requantization: a kernel with per-channel steps s[n] and K contracted inputs has accumulators
-|acc| <= K * 127 * qmax(bits); the exporter's steps become a fixed-point multiplier
-mult[n] * 2^-shift[n] = s[n] / max(s) * 2^F, with F the largest integer keeping that product
-below 2^31 (no saturation possible), and one float output scale max(s) * 2^-F per layer that the
-DSP multiplies in with the activation scale.
+Requantization: channel n of a kernel with per-channel steps s[n] and codes c[k, n] has an
+accumulator |acc[n]| <= 127 * sum_k |c[k, n]| (an exact bound: activation codes are within
++-127); when the artifact is loaded ("compiled") the steps become fixed-point multipliers
+mult[n] * 2^-shift[n] = s[n] / max(s) * 2^F, with F the largest integer keeping every channel's
+product below 2^31 (no saturation possible), and one float output scale max(s) * 2^-F per layer
+that the DSP multiplies in with the activation scale. The int32 output keeps F fractional bits
+of the scaled sum, so the requantization rounds at about 1e-6 of a typical output.
 
 Like a float model, everything runs on the same segments, batches and chunked attention mask as
 `asr.recognizer.Recognizer` (whole-utterance encoder with the chunk mask; streaming encoder
@@ -59,6 +61,7 @@ from asr.models.predictor import PREDICTORS
 from asr.models.quant import LSTM_GATES, LstmCell, QuantPolicy, lstm_update, qmax
 from asr.models.transducer import Transducer
 from export.artifact import Artifact, ArtifactError, read_artifact
+from export.encodings import decode
 from export.exporter import SCALE_SUFFIX, artifact_config, artifact_tokenizer
 from hw.primitives import decode_weights, int_matmul
 from hw.primitives.fixedpoint import quantize_multiplier
@@ -93,14 +96,20 @@ def quantize_rows(x: jax.Array, bits: int, axes) -> tuple[jax.Array, jax.Array]:
     return jnp.clip(jnp.round(x / step), -m, m).astype(jnp.int8), step
 
 
-def requantization(step: np.ndarray, k: int, bits: int, act_bits: int):
-    """Per-channel steps f32[N] of a kernel with K inputs -> (mult int32[N], shift int32[N],
-    output scale f32): see the module docstring."""
+def requantization(step: np.ndarray, codes: np.ndarray, act_bits: int):
+    """Per-channel steps f32[N] and the codes int8[K, N] of a kernel -> (mult int32[N],
+    shift int32[N], output scale f32): see the module docstring. The bound on channel n's
+    accumulator is exact: |acc[n]| <= qmax(act_bits) * sum_k |codes[k, n]|."""
     step = np.asarray(step, np.float64)
     ref = float(np.max(step)) if step.size and np.max(step) > 0 else 1.0
-    acc_max = max(k, 1) * qmax(act_bits) * qmax(bits)
-    frac = math.floor(math.log2((2**31 - 1) / acc_max))
-    mult, shift = quantize_multiplier(step / ref * 2.0**frac)
+    ratio = step / ref  # (0, 1]
+    acc_max = qmax(act_bits) * np.sum(np.abs(np.asarray(codes, np.int64)), axis=0)
+    live = (acc_max > 0) & (ratio > 0)
+    worst = float(np.max(acc_max[live] * ratio[live])) if np.any(live) else 1.0
+    # the largest F with every channel's |acc| * ratio * 2^F < 2^31, and the multiplier's
+    # range (ratio * 2^F < 2^30) respected
+    frac = min(math.floor(math.log2((2**31 - 1) / worst)), 29)
+    mult, shift = quantize_multiplier(ratio * 2.0**frac)
     return (
         np.asarray(mult, np.int32),
         np.asarray(shift, np.int32),
@@ -343,7 +352,8 @@ def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedMode
         assert col == "params", name
         k, n = int(rec.meta["K"]), int(rec.meta["N"])
         step = np.asarray(artifact.tensors[name + SCALE_SUFFIX].fields["data"], np.float32)
-        mult, shift, oscale = requantization(step, k, rec.bits, act_bits)
+        codes = decode(rec.to_encoded()).reshape(k, n)  # the compiler reads them once
+        mult, shift, oscale = requantization(step, codes, act_bits)
         fields = tuple(np.asarray(rec.fields[f]) for f in FIELD_ORDER[rec.encoding])
         edge["edge/" + path] = {"fields": fields, "mult": mult, "shift": shift, "oscale": oscale}
         layout.append(KernelLayout(path, rec.encoding, rec.bits, rec.count, k, n))

@@ -24,6 +24,7 @@ from asr.models.transducer import build_model, init_variables
 from asr.tokenizer import Tokenizer
 from export.artifact import to_bytes, write_artifact
 from export.exporter import export_model, reference_model
+from hw.primitives import int_matmul, int_matmul_reference
 from hw.primitives.fixedpoint import dequantize_multiplier
 from hw.runtime import (
     EdgeTransducer,
@@ -208,13 +209,24 @@ def test_quantize_rows_gives_the_fake_quant_levels():
 
 @pytest.mark.parametrize("bits,k", [(8, 576), (4, 96), (8, 9), (2, 4000)])
 def test_requantization_keeps_the_steps_and_cannot_saturate(bits, k):
-    step = np.random.default_rng(2).uniform(1e-4, 3e-2, 50).astype(np.float32)
+    rng = np.random.default_rng(k)
+    step = rng.uniform(1e-4, 3e-2, 50).astype(np.float32)
     step[3] = 0.0
-    mult, shift, oscale = requantization(step, k, bits, 8)
-    real = dequantize_multiplier(mult, shift) * float(oscale)
-    np.testing.assert_allclose(real, step, rtol=1e-6, atol=0)
-    worst = k * 127 * qmax(bits)
-    assert np.all(worst * dequantize_multiplier(mult, shift) < 2**31 - 1)
+    codes = rng.integers(-qmax(bits), qmax(bits) + 1, (k, 50)).astype(np.int8)
+    codes[:, 3] = 0
+    mult, shift, oscale = requantization(step, codes, 8)
+    real = dequantize_multiplier(mult, shift)
+    np.testing.assert_allclose(real * float(oscale), step, rtol=1e-6, atol=0)
+    # the worst accumulator of every channel stays inside int32 after scaling ...
+    worst = 127 * np.abs(codes.astype(np.int64)).sum(axis=0)
+    assert np.all(worst * real < 2**31 - 1)
+    # ... and the primitive gives the exact scaled sums for the extreme activations
+    x = (np.sign(codes.T) * 127).astype(np.int8)  # row n: every product of channel n positive
+    got = np.asarray(int_matmul(jnp.asarray(x), jnp.asarray(codes), mult, shift))
+    want = int_matmul_reference(x, codes, mult, shift)
+    np.testing.assert_array_equal(got, want)
+    assert np.all(np.abs(np.diag(got) - worst * real) <= 1)
+    assert np.max(np.diag(got)) > 2**29  # the headroom is used: F is as large as it can be
 
 
 def test_edge_files_load_through_the_entry_point(tmp_path):

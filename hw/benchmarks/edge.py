@@ -100,7 +100,16 @@ def run_equiv(arts, sets, limit, model_name, beam):
                 r = evaluate_manifest(Recognizer(lm, settings), manifest, details=True)
                 res[kind] = (r, time.perf_counter() - t0)
             hyps = {k: [u.get("hyp") for u in r["utterances_detail"]] for k, (r, _) in res.items()}
-            same = sum(a == e for a, e in zip(hyps["fake-quant"], hyps["emulator"], strict=True))
+            pairs = list(zip(hyps["fake-quant"], hyps["emulator"], strict=True))
+            same = sum(a == e for a, e in pairs)
+            refs = [
+                u.get("ref", u.get("keywords")) for u in res["fake-quant"][0]["utterances_detail"]
+            ]
+            differ = [
+                {"ref": r, "fake_quant": a, "emulator": e}
+                for r, (a, e) in zip(refs, pairs, strict=True)
+                if a != e
+            ]
             rows.append(
                 {
                     "what": "equiv",
@@ -112,6 +121,7 @@ def run_equiv(arts, sets, limit, model_name, beam):
                     "wer_fake_quant": res["fake-quant"][0]["wer"],
                     "wer_emulator": res["emulator"][0]["wer"],
                     "identical": same / len(manifest),
+                    "differing": differ[:20],
                     "seconds_fake_quant": res["fake-quant"][1],
                     "seconds_emulator": res["emulator"][1],
                 }
