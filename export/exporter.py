@@ -12,6 +12,7 @@ What goes in (`export_model`):
   the steps are a float32[N] record `<name>@scale`;
 - with `sparsity` s: every kernel first pruned by magnitude to at least a share s of exact zeros
   (one-shot, per kernel; a model trained sparse already has them and is left as it is);
+- not the auxiliary CTC head (a training aid; the artifact's config says `ctc_head: false`);
 - embedding tables, biases, normalization parameters and the feature statistics as float16
   (the shipped model folder stores them as float16 too, so it loses nothing);
 - the tokenizer's sentencepiece model as a blob (without the NFKC table it never needs:
@@ -103,7 +104,11 @@ def export_model(
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     tensors: dict[str, TensorRecord] = {}
-    leaves = jax.tree_util.tree_leaves_with_path(loaded.variables)
+    variables, config = loaded.variables, loaded.config
+    if config.ctc_head:  # a training aid: recognition never reads it
+        params = {k: v for k, v in variables["params"].items() if k != "ctc_out"}
+        variables, config = {**variables, "params": params}, config.replace(ctc_head=False)
+    leaves = jax.tree_util.tree_leaves_with_path(variables)
     for path, value in leaves:
         names = _names(path)
         name = "/".join(names)
@@ -122,7 +127,7 @@ def export_model(
         sname = name + SCALE_SUFFIX
         tensors[sname] = TensorRecord.raw(sname, {"shape": [n], "role": "scale"}, step)
     header = {
-        "model": loaded.config.to_dict(),
+        "model": config.to_dict(),
         "quant": {"weight_bits": bits, "act_bits": act_bits},
         "sparsity_requested": sparsity,
         "source": str(loaded.source),
