@@ -26,7 +26,7 @@ BIAS_SET = spec_start_step=0 real_phrases=0.3 noise_pad_prob=0.3 noise_only=0.03
 TRAIN_DATA9 = $(RUNS)/corpus6/train.jsonl $(RUNS)/corpus6/dev.jsonl $(RUNS)/corpus9/train.jsonl $(RUNS)/corpus9/dev.jsonl \
   $(RUNS)/kokoro9/train.jsonl $(RUNS)/kokoro9/dev.jsonl $(RUNS)/world9_fsdd/train.jsonl $(RUNS)/world9_sc/train.jsonl $(REAL_DATA)
 
-.PHONY: demo test lint default-model bias-benchmark compression-table benchmarks
+.PHONY: demo test lint default-model bias-benchmark compression-table edge-benchmark benchmarks
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -141,7 +141,8 @@ COMP_SET = init_from=default steps=250 frames_per_batch=5000 peak_lr=3e-4 warmup
   eval_utterances=100 ckpt_every=50 log_every=10 real_phrases=0.3 noise_pad_prob=0.3 noise_only=0.03
 COMP_RUNS ?= float:quant_method=none acos4_s0:quant_method=acos,quant_bits=4 ste4_s0:quant_method=ste,quant_bits=4 \
   acos4_s50r:quant_method=acos,quant_bits=4,sparsity=0.5 acos4_s50_w30:quant_method=acos,quant_bits=4,sparsity=0.5,quant_weight=30 \
-  ste4_s50:quant_method=ste,quant_bits=4,sparsity=0.5,sparsity_method=hard gmp_s50:sparsity=0.5,sparsity_method=hard pen_s50:sparsity=0.5 mracos4_s0:quant_method=mr-acos,quant_bits=4
+  ste4_s50:quant_method=ste,quant_bits=4,sparsity=0.5,sparsity_method=hard gmp_s50:sparsity=0.5,sparsity_method=hard pen_s50:sparsity=0.5 mracos4_s0:quant_method=mr-acos,quant_bits=4 \
+  ste4_s40:quant_method=ste,quant_bits=4,sparsity=0.4,sparsity_method=hard,sparsity_end=0.8,init_from=$(RUNS)/comp/ste4_s0/model,steps=300,eval_every=300
 compression-table: $(BIN)/.installed
 	$(BIN)/asr corpus synth --out $(RUNS)/corpus6 --hours 6 --seed 0 --noise-dir $(SHARED)/speech_commands/_silence_
 	$(BIN)/asr corpus import fsdd $(SHARED)/fsdd --out $(RUNS)/real/fsdd_train.jsonl --split train
@@ -152,6 +153,17 @@ compression-table: $(BIN)/.installed
 	  --data $(COMP_DATA) --set $(COMP_SET) $$set || exit 1; done
 	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp --limit 400 \
 	  --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
+
+# The edge tables of the README (after compression-table, whose ste4_s40 run is the edge
+# default): the emulated processor against the fake-quant model on the three test sets, artifact
+# sizes, modeled cost per 10 ms on the default processor, and the emulator's speed here.
+EDGE_SETS = --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
+edge-benchmark: $(BIN)/.installed
+	$(BIN)/python -m hw.benchmarks.edge --model default --what equiv --bits 8 4 --limit 400 $(EDGE_SETS)
+	$(BIN)/python -m hw.benchmarks.edge --model $(RUNS)/comp/ste4_s40/model --what size equiv --bits 4 --sparsity 0 --limit 400 $(EDGE_SETS)
+	$(BIN)/python -m hw.benchmarks.edge --model default --what size cost --bits 8 4 --sparsity 0 0.5 0.7 $(EDGE_SETS)
+	$(BIN)/python -m hw.benchmarks.edge --model default --what speed --bits 4 $(EDGE_SETS)
+	$(BIN)/asr export --model $(RUNS)/comp/ste4_s40/model --bits 4 -o $(RUNS)/edge/default.edge
 
 benchmarks: $(BIN)/.installed
 	$(BIN)/python -m train.benchmarks.train_step

@@ -111,6 +111,15 @@ def test_cli_export_report_diff_apply(tmp_path, capsys):
     assert rep["bytes"] == out.stat().st_size and rep["bits"] == 4
     assert main(["export", "report", str(out)]) == 0
     assert "of the large server model" in capsys.readouterr().out
+    # the artifact runs on the emulated processor through the same commands as a model folder
+    import soundfile as sf
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(12000)).astype(np.float32), 16000)
+    assert main(["transcribe", "--model", str(out), "--json", str(wav)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["audio"] == str(wav)
+    assert main(["transcribe", "--model", str(out), "--bits", "8", str(wav)]) == 2
+    assert "edge artifact" in capsys.readouterr().err
     # a fine-tune that changed one layer: the patch carries little more than that layer
     params = jax.tree_util.tree_map(np.array, lm.variables)
     params["params"]["joiner"]["out"]["kernel"] *= 1.5
