@@ -152,7 +152,8 @@ def kernel_codes(artifact: Artifact, name: str) -> tuple[np.ndarray, np.ndarray]
     return codes, np.asarray(artifact.tensors[name + SCALE_SUFFIX].fields["data"], np.float32)
 
 
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+def unflatten(flat: dict) -> dict:
+    """{'a/b/c': x} -> {'a': {'b': {'c': x}}} (tensor names back to a variables tree)."""
     tree: dict = {}
     for name, value in flat.items():
         *parents, leaf = name.split("/")
@@ -178,7 +179,7 @@ def artifact_variables(artifact: Artifact) -> dict:
             flat[name] = w.reshape(rec.meta["shape"])
         else:
             flat[name] = np.asarray(rec.fields["data"], np.float32).reshape(rec.meta["shape"])
-    return _unflatten(flat)
+    return unflatten(flat)
 
 
 def reference_model(artifact: Artifact, source: str = "artifact (fake-quant)") -> LoadedModel:
@@ -309,4 +310,5 @@ __all__ = [
     "quantize_kernel",
     "reference_model",
     "size_report",
+    "unflatten",
 ]

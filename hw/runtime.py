@@ -62,7 +62,7 @@ from asr.models.quant import LSTM_GATES, LstmCell, QuantPolicy, lstm_update, qma
 from asr.models.transducer import Transducer
 from export.artifact import Artifact, ArtifactError, read_artifact
 from export.encodings import decode
-from export.exporter import SCALE_SUFFIX, artifact_config, artifact_tokenizer
+from export.exporter import SCALE_SUFFIX, artifact_config, artifact_tokenizer, unflatten
 from hw.primitives import decode_weights, int_matmul
 from hw.primitives.fixedpoint import quantize_multiplier
 
@@ -166,17 +166,18 @@ def integer_einsum(spec: str, a: jax.Array, b: jax.Array, act_bits: int) -> jax.
     return jnp.transpose(y, [order.index(c) for c in out])
 
 
+def _decode(entry: dict, lay: KernelLayout) -> jax.Array:
+    """The packed kernel -> int8[K, N], decoded on chip."""
+    fields = tuple(entry["fields"])
+    n = lay.k * lay.n
+    w = decode_weights(fields, encoding=lay.encoding, bits=lay.bits, n=n, count=lay.count)
+    return w.reshape(lay.k, lay.n)
+
+
 def _kernel_matmul(entry: dict, lay: KernelLayout, xq: jax.Array) -> jax.Array:
     """int8[..., M, K] activations x the packed kernel -> f32[..., M, N] (without the
     activation step): decode on chip, integer product, requantize, output scale."""
-    w = decode_weights(
-        tuple(entry["fields"]),
-        encoding=lay.encoding,
-        bits=lay.bits,
-        n=lay.k * lay.n,
-        count=lay.count,
-    ).reshape(lay.k, lay.n)
-    acc = int_matmul(xq, w, entry["mult"], entry["shift"])
+    acc = int_matmul(xq, _decode(entry, lay), entry["mult"], entry["shift"])
     return acc.astype(jnp.float32) * entry["oscale"]
 
 
@@ -261,13 +262,7 @@ class _Edge:
         else:  # depthwise: one product of [B*M, taps] x [taps, 1] per channel
             assert m.feature_group_count == cin == lay.n and lay.k == len(taps), m.path
             cols = jnp.moveaxis(p.reshape(b * m_rows, len(taps), cin), -1, 0)  # [C, BM, taps]
-            w = decode_weights(
-                tuple(entry["fields"]),
-                encoding=lay.encoding,
-                bits=lay.bits,
-                n=lay.k * lay.n,
-                count=lay.count,
-            ).reshape(lay.k, lay.n)
+            w = _decode(entry, lay)
             acc = int_matmul(
                 cols, w.T[:, :, None], entry["mult"][:, None], entry["shift"][:, None]
             )  # -> [C, BM, 1]
@@ -318,17 +313,6 @@ class EdgeTransducer(Transducer):
     ctc_logits = _on_edge(Transducer.ctc_logits)
 
 
-def _unflatten(flat: dict) -> dict:
-    tree: dict = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
-
-
 def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedModel:
     """An artifact -> a LoadedModel executing on the emulated processor: kernels stay packed
     (the `edge` collection: fields, fixed-point multipliers and shifts, output scale), other
@@ -357,8 +341,8 @@ def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedMode
         fields = tuple(np.asarray(rec.fields[f]) for f in FIELD_ORDER[rec.encoding])
         edge["edge/" + path] = {"fields": fields, "mult": mult, "shift": shift, "oscale": oscale}
         layout.append(KernelLayout(path, rec.encoding, rec.bits, rec.count, k, n))
-    variables = _unflatten(flat)
-    variables.update(_unflatten(edge))
+    variables = unflatten(flat)
+    variables.update(unflatten(edge))
     model = EdgeTransducer(
         config=config,
         predictor_cls=PREDICTORS[config.predictor],

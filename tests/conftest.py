@@ -77,3 +77,33 @@ def tiny_recipe(**kw):
     )
     base.update(kw)
     return get_recipe("tiny").replace(**base)
+
+
+def random_variables(model, seed: int = 7, num_frames: int = 32, half: bool = False):
+    """Random variables of `model`, shaped as `init_variables` makes them (traced, not
+    compiled): kernels ~ N(0, 1/fan_in), norm statistics 0 / 1, everything else ~ N(0, 0.1)
+    (scales around 1); with `half` the non-kernels are rounded to float16 values (what a model
+    folder or an artifact stores)."""
+    import jax
+    import numpy as np
+
+    from asr.models.quant import contracting_axes, is_kernel
+    from asr.models.transducer import init_variables
+
+    shapes = jax.eval_shape(
+        lambda k: init_variables(model, k, num_frames=num_frames), jax.random.key(0)
+    )
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        names = tuple(str(getattr(k, "key", k)) for k in path)
+        if names[0] == "norm":
+            return np.full(s.shape, 1.0 if names[-1] == "istd" else 0.0, np.float32)
+        if is_kernel(path):
+            fan_in = int(np.prod([s.shape[a] for a in contracting_axes(path, s.shape)]))
+            return (rng.standard_normal(s.shape) / np.sqrt(fan_in)).astype(np.float32)
+        base = 1.0 if names[-1] == "scale" else 0.0
+        x = (base + 0.1 * rng.standard_normal(s.shape)).astype(np.float32)
+        return x.astype(np.float16).astype(np.float32) if half else x
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)

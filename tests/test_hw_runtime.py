@@ -15,12 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_variables
 
 from asr.model_io import LoadedModel, ModelLoadError, load_model
 from asr.models.biasing import context_arrays
 from asr.models.config import get_config
-from asr.models.quant import contracting_axes, fake_quant, is_kernel, qmax
-from asr.models.transducer import build_model, init_variables
+from asr.models.quant import fake_quant, qmax
+from asr.models.transducer import build_model
 from asr.tokenizer import Tokenizer
 from export.artifact import to_bytes, write_artifact
 from export.exporter import export_model, reference_model
@@ -47,29 +48,12 @@ def _tokenizer():
     return Tokenizer.train([words, "stop go yes no one two three four five six seven"], 32)
 
 
-def _names(path):
-    return tuple(str(getattr(k, "key", k)) for k in path)
-
-
 @functools.cache
 def _loaded(variant: str) -> LoadedModel:
     cfg = get_config("tiny").replace(vocab_size=_tokenizer().vocab_size, num_layers=1)
     cfg = cfg.replace(**VARIANTS[variant])
     model = build_model(cfg)
-    shapes = jax.eval_shape(lambda k: init_variables(model, k, num_frames=32), jax.random.key(0))
-    rng = np.random.default_rng(7)
-
-    def draw(path, s):
-        names = _names(path)
-        if names[0] == "norm":
-            return np.full(s.shape, 1.0 if names[-1] == "istd" else 0.0, np.float32)
-        if is_kernel(path):
-            fan_in = int(np.prod([s.shape[a] for a in contracting_axes(path, s.shape)]))
-            return (rng.standard_normal(s.shape) / np.sqrt(fan_in)).astype(np.float32)
-        base = 1.0 if names[-1] == "scale" else 0.0
-        return (base + 0.1 * rng.standard_normal(s.shape)).astype(np.float16).astype(np.float32)
-
-    variables = jax.tree_util.tree_map_with_path(draw, shapes)
+    variables = random_variables(model, half=True)
     return LoadedModel(model, variables, _tokenizer(), cfg, f"random {variant}")
 
 

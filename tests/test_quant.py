@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_variables
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
@@ -41,7 +42,6 @@ from asr.models.quant import (
     snap_to_levels,
     zero_fraction,
 )
-from asr.models.transducer import init_variables
 
 # the tree helpers compiled whole (run op by op, each kernel shape compiles its own ops: slow)
 _quantize = jax.jit(quantize_params, static_argnums=1)
@@ -373,24 +373,8 @@ def _cfg(variant):
 
 @functools.cache
 def _variables(variant):
-    """Random variables of the model, shaped as `init_variables` makes them (traced, not
-    compiled): kernels ~ N(0, 1/fan_in), everything else ~ N(0, 0.1) (scales around 1)."""
-    shapes = jax.eval_shape(
-        lambda k: init_variables(build_model(_cfg(variant)), k, num_frames=32), jax.random.key(0)
-    )
-    rng = np.random.default_rng(7)
-
-    def draw(path, s):
-        names = names_of(path)
-        if names[0] == "norm":
-            return np.full(s.shape, 1.0 if names[-1] == "istd" else 0.0, np.float32)
-        if is_kernel(path):
-            fan_in = int(np.prod([s.shape[a] for a in contracting_axes(path, s.shape)]))
-            return (rng.standard_normal(s.shape) / np.sqrt(fan_in)).astype(np.float32)
-        base = 1.0 if names[-1] == "scale" else 0.0
-        return (base + 0.1 * rng.standard_normal(s.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+    """Random variables of the model (conftest.random_variables)."""
+    return random_variables(build_model(_cfg(variant)))
 
 
 def _inputs():
