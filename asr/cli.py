@@ -157,8 +157,9 @@ def _recognizer(args):
         context_attention=not args.no_context,
     )
     loaded = load_model(args.model)
-    if (args.bits is not None or args.act_bits is not None) and loaded.model.quant.describe(
-    ).startswith("edge"):
+    if (
+        args.bits is not None or args.act_bits is not None
+    ) and loaded.model.quant.describe().startswith("edge"):
         raise ValueError(
             f"--bits/--act-bits: {args.model} is an edge artifact; its bits are fixed at export "
             f"({loaded.model.quant.describe()}): export again with other --bits"
