@@ -48,3 +48,7 @@ def test_edge_benchmark_sections(tmp_path, capsys):
     assert ratio > 1.5, ratio  # attention products (no weights) are not skipped
     assert cost[0.5]["per10ms_bytes_read"] < cost[0.0]["per10ms_bytes_read"]
     assert all(r["rtf"] > 0 for r in got if r["what"] == "speed")
+    # the tables and the cost plot again from the saved results, measuring nothing
+    png = tmp_path / "cost.png"
+    assert main(["--from-results", str(out), "--plot", str(png)]) == 0
+    assert capsys.readouterr().out.count("|") > 20 and png.stat().st_size > 10_000

@@ -269,6 +269,33 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def plot_cost(rows: list[dict], out: str) -> None:
+    """Stacked bars per (bits, zeros): MAC, memory-only and DSP cycles per 10 ms of audio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    co = [r for r in rows if r["what"] == "cost"]
+    labels = [f"{r['bits']}-bit\n{r['sparsity']:.0%} zeros" for r in co]
+    mac = np.array([r["per10ms_mac_cycles"] for r in co])
+    npu = np.array([r["per10ms_npu_cycles"] for r in co])
+    dsp = np.array([r["per10ms_dsp_cycles"] for r in co])
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    x = np.arange(len(co))
+    ax.bar(x, mac, label="NPU: MAC-bound cycles")
+    ax.bar(x, npu - mac, bottom=mac, label="NPU: memory time beyond the MACs (bytes / bandwidth)")
+    ax.bar(x, dsp, bottom=npu, label="DSP: float work (softmax, norms, search)")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("cycles per 10 ms of audio")
+    ax.set_title(f"modeled cost of the recognizer on {co[0]['processor']}", fontsize=9)
+    ax.set_ylim(0, 1.45 * float(np.max(npu + dsp)))
+    ax.legend(fontsize=8, loc="upper right", ncol=1)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="default")
@@ -285,9 +312,18 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--beam", type=int, default=4)
     ap.add_argument("--out", default=None, help="append results as JSON lines")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="with cost: the cycles as bars")
+    ap.add_argument("--from-results", default=None, metavar="JSONL",
+                    help="measure nothing: print the tables (and --plot) of earlier results")  # fmt: skip
     args = ap.parse_args(argv)
     from asr.model_io import load_model
 
+    if args.from_results:
+        rows = [json.loads(line) for line in Path(args.from_results).read_text().splitlines()]
+        if args.plot:
+            plot_cost(rows, args.plot)
+        print(tables(rows))
+        return 0
     sets = named(args.set)
     if set(args.what) - {"size"} and not sets:
         raise SystemExit("--set NAME=MANIFEST is needed for equiv, cost and speed")
@@ -309,6 +345,8 @@ def main(argv=None) -> int:
         with Path(args.out).open("a") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
+    if args.plot and any(r["what"] == "cost" for r in rows):
+        plot_cost(rows, args.plot)
     print(tables(rows))
     return 0
 
