@@ -306,3 +306,15 @@ def write_manifest(rows: Iterable[dict], path: str | os.PathLike) -> Path:
             f.write(json.dumps(out, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def named_paths(items: list[str], flag: str = "--set") -> dict[str, str]:
+    """["synth=a.jsonl", "sc=b.jsonl"] -> {"synth": "a.jsonl", "sc": "b.jsonl"} (the benchmarks'
+    NAME=MANIFEST arguments); SystemExit naming `flag` for an item without a name or path."""
+    out = {}
+    for it in items:
+        name, sep, path = it.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"{flag}: expected NAME=MANIFEST, got {it!r}")
+        out[name] = path
+    return out

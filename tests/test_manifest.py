@@ -229,3 +229,15 @@ def test_write_then_read_keeps_keyword_rows(tmp_path):
     rows = [{"audio": str(clip), "keywords": ["lights", "kitchen"]}]
     back = read_manifest(write_manifest(rows, tmp_path / "m" / "k.jsonl"))
     assert back == [{"audio": str(clip.resolve()), "keywords": ["lights", "kitchen"]}]
+
+
+def test_named_paths_parses_name_equals_manifest():
+    from asr.manifest import named_paths
+
+    assert named_paths(["synth=a/b.jsonl", "sc=c=d.jsonl"]) == {
+        "synth": "a/b.jsonl",
+        "sc": "c=d.jsonl",
+    }
+    for bad in ("a.jsonl", "=a.jsonl", "name="):
+        with pytest.raises(SystemExit, match="--leadin: expected NAME=MANIFEST"):
+            named_paths([bad], "--leadin")

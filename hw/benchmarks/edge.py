@@ -40,14 +40,14 @@ def machine() -> str:
     )
 
 
-def named(items: list[str]) -> dict[str, str]:
-    out = {}
-    for it in items:
-        name, sep, path = it.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--set: expected NAME=MANIFEST, got {it!r}")
-        out[name] = path
-    return out
+def first_audios(sets: dict[str, str], n: int) -> tuple[list[np.ndarray], float]:
+    """The first `n` utterances of the first set, and their seconds of audio."""
+    from asr.audio import load_audio
+    from asr.manifest import read_manifest
+
+    path = next(iter(sets.values()))
+    audios = [load_audio(r["audio"]) for r in read_manifest(path)[:n]]
+    return audios, sum(len(a) for a in audios) / 16000
 
 
 def artifacts(loaded, bits_list, sparsities):
@@ -146,15 +146,11 @@ def program_inputs(loaded, audios, trace_key):
 
 
 def run_cost(arts, sets, n_utts, model_name, beam):
-    from asr.audio import load_audio
-    from asr.manifest import read_manifest
     from asr.recognizer import DecodeSettings
     from hw.cost import EDGE_NPU, cost
     from hw.runtime import compile_artifact
 
-    path = next(iter(sets.values()))
-    audios = [load_audio(r["audio"]) for r in read_manifest(path)[:n_utts]]
-    seconds = sum(len(a) for a in audios) / 16000
+    audios, seconds = first_audios(sets, n_utts)
     trace_key = DecodeSettings(beam=beam).trace_key()
     rows = []
     for (b, s), art in arts.items():
@@ -181,14 +177,10 @@ def run_cost(arts, sets, n_utts, model_name, beam):
 
 
 def run_speed(loaded, art, sets, n_utts, repeats, beam):
-    from asr.audio import load_audio
-    from asr.manifest import read_manifest
     from asr.recognizer import DecodeSettings, Recognizer
     from hw.runtime import compile_artifact
 
-    path = next(iter(sets.values()))
-    audios = [load_audio(r["audio"]) for r in read_manifest(path)[:n_utts]]
-    seconds = sum(len(a) for a in audios) / 16000
+    audios, seconds = first_audios(sets, n_utts)
     rows = []
     for name, lm in (("float JAX", loaded), ("emulator", compile_artifact(art, "speed"))):
         rec = Recognizer(lm, DecodeSettings(beam=beam))
@@ -316,6 +308,7 @@ def main(argv=None) -> int:
     ap.add_argument("--from-results", default=None, metavar="JSONL",
                     help="measure nothing: print the tables (and --plot) of earlier results")  # fmt: skip
     args = ap.parse_args(argv)
+    from asr.manifest import named_paths
     from asr.model_io import load_model
 
     if args.from_results:
@@ -324,7 +317,7 @@ def main(argv=None) -> int:
             plot_cost(rows, args.plot)
         print(tables(rows))
         return 0
-    sets = named(args.set)
+    sets = named_paths(args.set)
     if set(args.what) - {"size"} and not sets:
         raise SystemExit("--set NAME=MANIFEST is needed for equiv, cost and speed")
     loaded = load_model(args.model)

@@ -35,7 +35,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from train.benchmarks.heldout import _named
+from asr.manifest import named_paths
 
 
 def one_shot_prune(params, share: float):
@@ -176,7 +176,7 @@ def main(argv=None) -> None:
 
     from asr.manifest import read_manifest
 
-    sets = _named(args.set, "--set")
+    sets = named_paths(args.set, "--set")
     rows = {n: read_manifest(p) for n, p in sets.items()}
     if args.limit:
         rows = {n: r[: args.limit] for n, r in rows.items()}

@@ -31,16 +31,6 @@ import numpy as np
 SR = 16000
 
 
-def _named(items: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for it in items:
-        name, sep, path = it.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"{flag}: expected NAME=MANIFEST, got {it!r}")
-        out[name] = path
-    return out
-
-
 def noise_clips(noise_dir: Path, n: int, seed: int = 0) -> list[np.ndarray]:
     """n clips of 1-4 s of noise from the files of noise_dir, deterministic in seed."""
     from asr.audio import load_audio
@@ -97,7 +87,7 @@ def leadin_rows(rows: list[dict], noise: list[np.ndarray], seconds: float, folde
 
 
 def main(argv: list[str] | None = None) -> int:
-    from asr.manifest import read_manifest
+    from asr.manifest import named_paths, read_manifest
     from asr.model_io import load_model
     from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
 
@@ -111,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    sets = {k: read_manifest(v) for k, v in _named(args.set, "--set").items()}
+    sets = {k: read_manifest(v) for k, v in named_paths(args.set, "--set").items()}
     noise = None
     if args.noise_dir:
         noise = noise_clips(Path(args.noise_dir), args.noise_clips)
     tmp = tempfile.TemporaryDirectory()
-    leadins = _named(args.leadin, "--leadin")
+    leadins = named_paths(args.leadin, "--leadin")
     if leadins and noise is None:
         raise SystemExit("--leadin needs --noise-dir")
     for name, path in leadins.items():
