@@ -6,12 +6,16 @@
                                             RTF (--by FIELD: per speaker/domain/...; --details F;
                                             unreadable audio is left out and reported, or an
                                             error with --fail-on-unreadable; rows' `context`
-                                            lists bias decoding and give context_wer)
+                                            lists bias decoding and give context_wer;
+                                            encoder MACs per second of audio, and a
+                                            branching encoder's share of expensive frames)
   asr transcribe|eval ... --bits B [--act-bits A]
                                             run with B-bit weights and A-bit activations
                                             (post-training quantization; asr.models.quant)
   asr plot attention --model M --audio F --context NAMES.txt -o out.png
                                             the biasing network's attention map (PNG)
+  asr plot branches --model M --audio F -o out.png
+                                            a branching encoder's choice per frame (PNG)
   asr plot sparsity --workdir W -o out.png  share of zero weights per layer over training
   asr plot weights --before M --after M --bits B -o out.png
                                             weight histograms in units of the level step
@@ -281,6 +285,13 @@ def cmd_eval(args) -> int:
         lines[-1] += f" ({res['quant']}: integer execution on the emulated edge processor)"
     elif res["quant"] != "float":
         lines[-1] += f" ({res['quant']}: fake-quantized weights and activations)"
+    if res.get("encoder_macs_per_second") is not None:
+        line = f"encoder {res['encoder_macs_per_second'] / 1e6:.2f} M MACs per second of audio"
+        if res.get("expensive_frame_share") is not None:
+            line += (
+                f", expensive branch on {100 * res['expensive_frame_share']:.1f}% of encoder frames"
+            )
+        lines.append(line)
     print("\n".join(lines))
     for field, groups in res.get("by", {}).items():
         print(f"\nWER by {field} (worst first):")
@@ -312,6 +323,21 @@ def cmd_plot_attention(args) -> int:
             "has bias_dim 0); train one with --set bias_dim=... to plot its attention"
         )
     print(plot_attention(loaded, args.audio, list(context.phrases), args.out))
+    return 0
+
+
+def cmd_plot_branches(args) -> int:
+    from asr.model_io import load_model
+    from asr.plot import is_branching, plot_branches
+
+    loaded = load_model(args.model)
+    if not is_branching(loaded.model.config):
+        raise ValueError(
+            f"--model {args.model}: this model has no branching encoder (its config has encoder "
+            f"{getattr(loaded.model.config, 'encoder', 'transformer')!r}); train one with "
+            "--set encoder=branching to plot its branch choices"
+        )
+    print(plot_branches(loaded, args.audio, args.out))
     return 0
 
 
@@ -413,6 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--context", required=True, metavar="FILE", help="names, one a line")
     q.add_argument("-o", "--out", required=True, help="PNG file to write")
     q.set_defaults(func=cmd_plot_attention)
+    q = plots.add_parser(
+        "branches",
+        help="a branching encoder's choice of branch, frame by frame, over the spectrogram (PNG)",
+    )
+    q.add_argument("--model", default="default", help="a model with a branching encoder")
+    q.add_argument("--audio", required=True, help="an audio file")
+    q.add_argument("-o", "--out", required=True, help="PNG file to write")
+    q.set_defaults(func=cmd_plot_branches)
     q = plots.add_parser(
         "sparsity",
         help="a sparsified training run: share of zero weights per layer against step (PNG)",

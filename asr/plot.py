@@ -6,6 +6,11 @@ axis, the learned biasing network's attention over the context list (averaged ov
 rows: "<no-bias>" and each phrase, columns: 40 ms encoder frames), as in Figure 2 of Chang et
 al. 2021. matplotlib is a dev extra, imported only when a picture is drawn.
 
+`plot_branches` draws, for a branching encoder (`asr.models.branching`), the log-mel
+spectrogram of an utterance with each 40 ms encoder frame shaded by the branch the arbiter sent
+it through (a colour band under it too, and the arbiter's probability of "expensive"), titled
+with the share of expensive frames and the encoder's multiply-accumulates per second of audio.
+
 `plot_sparsity` draws a sparsified training run: the share of exact zeros per layer over the
 steps (thin lines, encoder layers coloured by depth), over all eligible weights (thick black)
 and the schedule's target (dashed), from the work folder's metrics.jsonl, as the
@@ -23,9 +28,11 @@ for model compression" (arXiv:1710.01878).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -37,6 +44,8 @@ from asr.models.biasing import context_arrays
 from asr.models.quant import MAX_BITS, contracting_axes, kernel_table, qmax, quant_step
 
 NO_BIAS_LABEL = "<no-bias>"
+EXPENSIVE_COLOR = "tab:red"
+CHEAP_COLOR = "tab:cyan"
 
 
 def _save(fig, out) -> Path:
@@ -131,6 +140,142 @@ def plot_attention(model, audio, phrases: list[str], out: str | Path) -> Path:
     ax[1].set_yticks(range(len(labels)), labels)
     ax[1].set(xlabel="time (s)", title="biasing attention (mean over heads)")
     fig.colorbar(im, ax=ax, location="right", shrink=0.6, label="weight")
+    return _save(fig, out)
+
+
+# --------------------------------------------------------------------------- branches
+
+
+class BranchMap(NamedTuple):
+    """The numbers `plot_branches` draws (`branch_map`)."""
+
+    feats: np.ndarray  # f32[T, n_mels] log-mel frames (10 ms)
+    expensive: np.ndarray  # f32[T'] per encoder frame (40 ms): 1 expensive branch, 0 cheap
+    prob: np.ndarray  # f32[T'] the arbiter's probability of the expensive branch
+    macs: np.ndarray  # f32[T'] the encoder's multiply-accumulates per frame
+    seconds: float  # length of the audio
+
+    @property
+    def expensive_share(self) -> float:
+        return float(np.mean(self.expensive)) if self.expensive.size else 0.0
+
+    @property
+    def macs_per_second(self) -> float:
+        return float(np.sum(self.macs, dtype=np.float64)) / max(self.seconds, 1e-9)
+
+
+def is_branching(config) -> bool:
+    return getattr(config, "encoder", "transformer") == "branching"
+
+
+def branch_map(loaded, audio) -> BranchMap:
+    """The branch each encoder frame of `audio` takes, as `asr.recognizer` would run it (the
+    whole input in one pass, without the tail silence the recognizer appends).
+
+    Args:
+      loaded: an `asr.model_io.LoadedModel` with a branching encoder (`config.encoder ==
+        "branching"`).
+      audio: a path (any format and rate `asr.audio.load_audio` reads) or f32[N] 16 kHz samples.
+
+    Returns: a `BranchMap` over the T' = ceil(T / 4) encoder frames of the T feature frames.
+    """
+    if not is_branching(loaded.config):
+        raise ValueError(
+            f"{loaded.source}: this model has no branching encoder (its config has encoder "
+            f"{getattr(loaded.config, 'encoder', 'transformer')!r}); train one with "
+            "--set encoder=branching"
+        )
+    if isinstance(audio, (str, Path)):
+        x = load_audio(audio)
+    else:
+        x = validate_audio(audio, SAMPLE_RATE, name="audio")
+    feats = log_mel(x)
+    encode = jax.jit(functools.partial(loaded.model.apply, method="encode_aux"))
+    _, _, aux = encode(
+        jax.device_put(loaded.variables), feats[None], np.zeros((1, len(feats)), np.float32)
+    )
+    aux = jax.device_get(aux)
+    return BranchMap(
+        feats=feats,
+        expensive=np.asarray(aux["expensive"][0], np.float32),
+        prob=np.asarray(aux["expensive_prob"][0], np.float32),
+        macs=np.asarray(aux["macs"][0], np.float32),
+        seconds=len(x) / SAMPLE_RATE,
+    )
+
+
+def plot_branches(model, audio, out: str | Path) -> Path:
+    """Writes a PNG: the log-mel spectrogram with each encoder frame (40 ms) shaded by the
+    branch that processed it (red expensive, cyan cheap), a band of the same colours under it
+    and the arbiter's probability of the expensive branch below that (x: time in seconds); the
+    title gives the share of expensive frames and the encoder's MACs per second of audio.
+
+    `model`: a `LoadedModel` with a branching encoder or anything `asr.model_io.load_model`
+    takes; `audio`: a path or f32[N] 16 kHz samples. Returns `out`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap, to_rgba
+    from matplotlib.patches import Patch
+
+    from asr.model_io import LoadedModel, load_model
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    m = branch_map(loaded, audio)
+    seconds = len(m.feats) * HOP_LENGTH / SAMPLE_RATE
+    enc_seconds = len(m.expensive) * 4 * HOP_LENGTH / SAMPLE_RATE  # 4x subsampled frames
+    n_mels = m.feats.shape[1]
+    fig, ax = plt.subplots(
+        3,
+        1,
+        figsize=(max(6.0, 1.6 * seconds + 2.5), 5.6),
+        sharex=True,
+        gridspec_kw={"height_ratios": [3.0, 0.35, 1.0]},
+    )
+    ax[0].imshow(
+        m.feats.T, origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, n_mels)
+    )
+    colors = np.array([to_rgba(CHEAP_COLOR), to_rgba(EXPENSIVE_COLOR)])
+    shade = colors[(m.expensive > 0.5).astype(int)][None].copy()  # -> [1, T', 4]
+    shade[..., 3] = 0.3
+    ax[0].imshow(shade, aspect="auto", interpolation="nearest", extent=(0, enc_seconds, 0, n_mels))
+    ax[0].set(ylabel="mel bin", ylim=(0, n_mels))
+    ax[0].set_title(
+        f"branches: expensive on {100 * m.expensive_share:.1f}% of {len(m.expensive)} encoder "
+        f"frames, {m.macs_per_second / 1e6:.2f} M encoder MACs per second of audio",
+        fontsize=10,
+    )
+    ax[0].legend(
+        handles=[
+            Patch(color=EXPENSIVE_COLOR, label="expensive"),
+            Patch(color=CHEAP_COLOR, label="cheap"),
+        ],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+    )
+    ax[1].imshow(
+        (m.expensive > 0.5).astype(np.float32)[None],
+        aspect="auto",
+        interpolation="nearest",
+        cmap=ListedColormap([CHEAP_COLOR, EXPENSIVE_COLOR]),
+        vmin=0.0,
+        vmax=1.0,
+        extent=(0, enc_seconds, 0, 1),
+    )
+    ax[1].set_yticks([])
+    ax[1].set_ylabel("branch", rotation=0, ha="right", va="center")
+    edges = np.arange(len(m.prob) + 1) * 4 * HOP_LENGTH / SAMPLE_RATE
+    ax[2].stairs(m.prob, edges, color="black", lw=1.0)
+    ax[2].axhline(0.5, color="0.5", ls="--", lw=0.8)
+    ax[2].set(
+        xlabel="time (s)",
+        ylabel="P(expensive)",
+        ylim=(-0.03, 1.03),
+        xlim=(0, max(seconds, enc_seconds)),
+    )
     return _save(fig, out)
 
 

@@ -26,6 +26,14 @@ attention biasing network that the encoder output attends through (`asr.models.b
 `DecodeSettings.context_attention`). Graphs are built once per distinct list (cached) and
 padded to a few sizes, so new lists do not recompile. A long input's segments share its list.
 
+Encoder cost: the decode pass runs the model's `encode_aux`, whose per-frame multiply-accumulates
+(and, for a branching encoder, per-frame branch choices: `asr.models.branching`) are summed per
+utterance over its unpadded encoder frames in the same jitted program, so counting costs no
+second encoder pass. Each hypothesis carries its input's `EncoderCost` (a long input's segments
+summed); `evaluate_manifest` reports `encoder_macs_per_second` and, for a branching model,
+`expensive_frame_share`. The frames of the silence appended to every input
+(`DecodeSettings.tail_padding_seconds`) are counted like any other: the encoder does run them.
+
 `evaluate_manifest` scores rows with `text` by word error rate and rows with `keywords` (and no
 `text`) by keyword recall; unreadable rows are left out of both and reported. Rows with a
 `context` field are decoded with that list, and `context_wer` scores the reference words that
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
@@ -43,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -64,7 +74,7 @@ from asr.decoding import (
     stack_graphs,
     strip,
 )
-from asr.features import log_mel
+from asr.features import HOP_LENGTH, log_mel
 from asr.manifest import ManifestError
 from asr.model_io import LoadedModel
 from asr.models.transducer import Transducer
@@ -133,10 +143,42 @@ class DecodeSettings:
         return ("beam", self.beam, self.beam_symbols_per_frame)
 
 
+@dataclass(frozen=True)
+class EncoderCost:
+    """What the encoder spent on one input (all of its segments together)."""
+
+    macs: float  # multiply-accumulates, summed over the input's encoder frames (40 ms)
+    frames: int  # unpadded encoder frames (the appended tail silence included)
+    audio_s: float  # seconds of the input's audio (without the appended tail silence)
+    # frames the arbiter of a branching encoder sent the expensive way; None for other encoders
+    expensive_frames: float | None = None
+
+    @property
+    def macs_per_second(self) -> float:
+        return self.macs / max(self.audio_s, 1e-9)
+
+    @property
+    def expensive_share(self) -> float | None:
+        """Share of the encoder frames that took the expensive branch (None: not branching)."""
+        if self.expensive_frames is None:
+            return None
+        return self.expensive_frames / max(self.frames, 1)
+
+    def __add__(self, other: EncoderCost) -> EncoderCost:
+        e = None
+        if self.expensive_frames is not None and other.expensive_frames is not None:
+            e = self.expensive_frames + other.expensive_frames
+        return EncoderCost(
+            self.macs + other.macs, self.frames + other.frames, self.audio_s + other.audio_s, e
+        )
+
+
 @dataclass
 class Hypothesis:
     text: str
     score: float  # log-probability of the hypothesis (summed over its alignments for beam)
+    # the encoder's cost on the input (shared by its n-best; None where not counted)
+    encoder: EncoderCost | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -156,9 +198,20 @@ class _Decoder(NamedTuple):
 
     # (variables, feats f32[B, T, n_mels], feat_paddings f32[B, T] 1.0 = padded, graph
     # ContextGraph [B, N, V] or None, context (tokens int32[B, P, Lp], paddings) or None) ->
-    # (tokens int32[B, K, L], token_paddings f32[B, K, L], scores f32[B, K]); K = 1 for greedy
+    # (tokens int32[B, K, L], token_paddings f32[B, K, L], scores f32[B, K], costs); K = 1 for
+    # greedy; costs: per row sums over its unpadded encoder frames {"macs": f32[B], "frames":
+    # f32[B]} plus "expensive": f32[B] for a branching encoder ({} for a model without
+    # `encode_aux`, see `_counts_encoder`)
     run: Callable
     compiled: set  # (variables signature, B, T) already run once
+
+
+def _counts_encoder(model: Transducer) -> bool:
+    """The model's `encode_aux` runs as its `encode` does: a subclass that overrides `encode`
+    (the emulated processor's) must override `encode_aux` too, else the decoder keeps `encode`
+    and counts nothing."""
+    cls = type(model)
+    return cls.encode is Transducer.encode or cls.encode_aux is not Transducer.encode_aux
 
 
 @functools.lru_cache(maxsize=8)
@@ -167,18 +220,32 @@ def _decoder(model: Transducer, trace_key: tuple) -> _Decoder:
     flax modules are hashable (equal configs, equal modules) and the weights are an argument,
     so recognizers of the same model with other weights hit the same jit cache."""
     method, *opts = trace_key
+    counts = _counts_encoder(model)
 
     def run(variables, feats, feat_paddings, graph=None, context=None):
         fns = decoder_fns(model, variables)
         kw = {} if context is None else {"context": context}
-        enc_p, enc_pad = model.apply(variables, feats, feat_paddings, method="encode", **kw)
+        costs = {}
+        if counts:
+            enc_p, enc_pad, aux = model.apply(
+                variables, feats, feat_paddings, method="encode_aux", **kw
+            )
+            valid = 1.0 - enc_pad  # padded frames (batch rows and bucket padding) count nothing
+            costs = {"macs": jnp.sum(aux["macs"] * valid, 1), "frames": jnp.sum(valid, 1)}
+            if "expensive" in aux:
+                costs["expensive"] = jnp.sum(aux["expensive"] * valid, 1)
+        else:
+            enc_p, enc_pad = model.apply(variables, feats, feat_paddings, method="encode", **kw)
         fusion = None if graph is None else context_fusion(graph)
         if method == "greedy":
             toks, tpad, scores = greedy_search(
                 fns, enc_p, enc_pad, max_symbols_per_frame=opts[0], fusion=fusion
             )
-            return toks[:, None], tpad[:, None], scores[:, None]
-        return beam_search(fns, enc_p, enc_pad, beam=opts[0], max_symbols=opts[1], fusion=fusion)
+            return toks[:, None], tpad[:, None], scores[:, None], costs
+        toks, tpad, scores = beam_search(
+            fns, enc_p, enc_pad, beam=opts[0], max_symbols=opts[1], fusion=fusion
+        )
+        return toks, tpad, scores, costs
 
     return _Decoder(jax.jit(run), set())
 
@@ -297,17 +364,24 @@ class Recognizer:
         out: list[list[Hypothesis]] = [[] for _ in audios]
         short_ctx = [contexts[i] for i in short]
         piece_ctx = [contexts[i] for i, _ in pieces]
-        decoded = self._decode(short_feats, nbest, progress, short_ctx)
+        short_s = [len(audios[i]) / SAMPLE_RATE for i in short]
+        decoded = self._decode(short_feats, nbest, progress, short_ctx, short_s)
         for i, hyps in zip(short, decoded, strict=True):
             out[i] = hyps
         if pieces:
             best: dict[int, list[Hypothesis]] = {}
-            decoded = self._decode(piece_feats, 1, progress, piece_ctx)
+            costs: dict[int, list[EncoderCost | None]] = {}
+            piece_s = [len(a) / SAMPLE_RATE for _, a in pieces]
+            decoded = self._decode(piece_feats, 1, progress, piece_ctx, piece_s)
             for (i, _), hyps in zip(pieces, decoded, strict=True):
                 best.setdefault(i, []).extend(hyps[:1])
+                costs.setdefault(i, []).append(hyps[0].encoder if hyps else None)
             for i, hyps in best.items():
                 text = " ".join(h.text.strip() for h in hyps if h.text.strip())
-                out[i] = [Hypothesis(text, float(sum(h.score for h in hyps)))]
+                cost = None
+                if all(c is not None for c in costs[i]):
+                    cost = functools.reduce(operator.add, costs[i])
+                out[i] = [Hypothesis(text, float(sum(h.score for h in hyps)), cost)]
         return out
 
     def segment(self, audio: np.ndarray) -> list[tuple[int, int]]:
@@ -345,11 +419,16 @@ class Recognizer:
         nbest: int,
         progress: bool,
         contexts: list[ContextList | None] | None = None,
+        seconds: list[float] | None = None,
     ) -> list[list[Hypothesis]]:
-        """f32[T_i, n_mels] features -> per item, up to `nbest` hypotheses (batched by length);
-        contexts: per item its list or None."""
+        """f32[T_i, n_mels] features -> per item, up to `nbest` hypotheses (batched by length),
+        each carrying the item's `EncoderCost` (None for a model that does not count);
+        contexts: per item its list or None; seconds: per item its audio's length (without
+        the tail silence; default: the features' length)."""
         if contexts is None:
             contexts = [None] * len(feats)
+        if seconds is None:
+            seconds = [len(f) * HOP_LENGTH / SAMPLE_RATE for f in feats]
         out: list[list[Hypothesis]] = [[] for _ in feats]
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]))
         bs = self.settings.batch_size
@@ -380,12 +459,22 @@ class Recognizer:
                 self.timing.compile_s += time.perf_counter() - c0
                 self.timing.seen.add(shape)
             t0 = time.perf_counter()
-            toks, tpad, scores = jax.device_get(run(self._variables, x, pad, graph, attention))
+            res = jax.device_get(run(self._variables, x, pad, graph, attention))
             self.timing.compute_s += time.perf_counter() - t0
+            toks, tpad, scores, costs = res
             for k, i in enumerate(idx):
                 seqs = strip(toks[k], tpad[k])
+                cost = None
+                if costs:
+                    e = costs.get("expensive")
+                    cost = EncoderCost(
+                        macs=float(costs["macs"][k]),
+                        frames=int(round(float(costs["frames"][k]))),
+                        audio_s=seconds[i],
+                        expensive_frames=None if e is None else float(e[k]),
+                    )
                 hyps = [
-                    Hypothesis(self.loaded.tokenizer.decode(q), float(sc))
+                    Hypothesis(self.loaded.tokenizer.decode(q), float(sc), cost)
                     for q, sc in zip(seqs, scores[k], strict=True)
                     if sc > NEG / 2  # dead beam slots score about NEG
                 ]
@@ -595,13 +684,20 @@ def evaluate_manifest(
       utterances: rows scored; unreadable: rows left out; unreadable_rows: every one of them as
         {audio, error}, in manifest order;
       rtf, audio_seconds, compute_seconds, compile_seconds, decode, model, device;
+      encoder_macs_per_second: the encoder's multiply-accumulates summed over the scored rows
+        (every unpadded encoder frame, the appended tail silence included), over their audio
+        seconds (`EncoderCost`; None when the recognizer does not count them);
+      expensive_frame_share (branching encoders only): the scored rows' encoder frames the
+        arbiter sent the expensive way, over all their unpadded encoder frames;
       pairs: the first `pairs` scored rows, normalized: {ref, hyp} for text rows, {keywords,
         hyp, found} for keyword rows;
       by (with `by`, manifest fields such as ``speaker`` or ``domain``): {field: {value: {wer,
-        words, utterances, keyword_recall, keywords, keyword_rows}}}, worst first;
+        words, utterances, keyword_recall, keywords, keyword_rows, encoder_macs_per_second,
+        expensive_frame_share (branching)}}}, worst first;
       utterances_detail (with `details`): every row in manifest order, the manifest fields plus:
         for text rows `asr.text.utterance_errors` (normalized ref, hyp, errors, words, ...); for
         keyword rows hyp, keywords_found, keywords_total, missed (the keywords not found); for
+        both the row's own encoder_macs_per_second and (branching) expensive_frame_share; for
         unreadable rows only error (the message; no hyp, nothing scored).
     """
     if unreadable not in ("skip", "fail"):
@@ -614,6 +710,7 @@ def evaluate_manifest(
     recognizer.timing = Timing(seen=recognizer.timing.seen)  # this evaluation's time only
     paths = [r["audio"] for r in rows]
     hyps: list[str | None] = []  # None: unreadable
+    costs: list[EncoderCost | None] = []  # None: unreadable, or not counted
     errors: dict[int, str] = {}
     decode_ctx = lists if use_context else None
     results = recognizer.transcribe_files(paths, progress=progress, context=decode_ctx)
@@ -621,8 +718,10 @@ def evaluate_manifest(
         if isinstance(res, Exception):
             errors[i] = str(res)
             hyps.append(None)
+            costs.append(None)
         else:
             hyps.append(res[0].text if res else "")
+            costs.append(getattr(res[0], "encoder", None) if res else None)
     failed = [{"audio": paths[i], "error": e} for i, e in errors.items()]
     if failed and (unreadable == "fail" or len(failed) == len(rows)):
         first = "; ".join(f["error"] for f in failed[:3]) + ("; ..." if len(failed) > 3 else "")
@@ -652,6 +751,8 @@ def evaluate_manifest(
                     "missed": [k for k, f in zip(row["keywords"], found, strict=True) if not f],
                 }
             )
+        if costs[i] is not None:
+            scored[-1].update(_cost_fields(costs[i]))
     text_ok = [i for i, k in enumerate(kinds) if k == "text" and hyps[i] is not None]
     kw_ok = [i for i, k in enumerate(kinds) if k == "keywords" and hyps[i] is not None]
     if text_ok:
@@ -686,12 +787,35 @@ def evaluate_manifest(
         "device": jax.devices()[0].device_kind,
         "pairs": [_pair(scored[i], kinds[i]) for i in sorted(text_ok + kw_ok)[:pairs]],
     }
+    ok = sorted(text_ok + kw_ok)
+    total = None
+    if ok and all(costs[i] is not None for i in ok):
+        total = functools.reduce(operator.add, [costs[i] for i in ok])
+    out["encoder_macs_per_second"] = None if total is None else total.macs_per_second
+    if total is not None and total.expensive_share is not None:
+        out["expensive_frame_share"] = total.expensive_share
     if by:
         text_scored = [scored[i] for i in text_ok]
         kw_scored = [scored[i] for i in kw_ok]
         out["by"] = {f: _group_rates(text_scored, kw_scored, f) for f in by}
+        if total is not None:  # each group's encoder cost, as the corpus one
+            for f, groups in out["by"].items():
+                summed: dict[str, EncoderCost] = {}
+                for i in ok:
+                    k = group_key(scored[i], f)
+                    summed[k] = summed[k] + costs[i] if k in summed else costs[i]
+                for k, c in summed.items():
+                    groups[k].update(_cost_fields(c))
     if details:
         out["utterances_detail"] = scored
+    return out
+
+
+def _cost_fields(cost: EncoderCost) -> dict:
+    """An utterance's encoder cost as `evaluate_manifest` reports it (module docstring)."""
+    out = {"encoder_macs_per_second": cost.macs_per_second}
+    if cost.expensive_share is not None:
+        out["expensive_frame_share"] = cost.expensive_share
     return out
 
 

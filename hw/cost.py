@@ -12,15 +12,24 @@ Counting rules (per executed equation):
 
 - `edge_decode_weights` (NPU, weight decoder): bytes_read += the fields' bytes (the compressed
   weight stream read from memory); weights_decoded += the decoded codes; no MACs. Every decode
-  streams its weights again: no reuse of decoded weights across decodes is assumed.
-- `edge_int_matmul` x int8[..., M, K], w int8[(...,) K, N] (NPU, MAC array):
-  macs_total = prod(x.shape[:-1]) * K * N; macs_skipped = the products on zero weights
-  (M * zeros(w[b]) summed over the batch b, from the concrete weights); macs_done = total -
-  skipped. bytes_read += x's bytes, and w's bytes too unless w comes from a decode (its stream
-  is already counted there): provenance follows the values through layout operations (reshape,
-  transpose, slicing, broadcasting, dtype conversion, concatenation, squeeze, expand_dims),
-  calls and loop constants. bytes_written += the int32 output's bytes. The per-channel
-  multiplier and shift (8 bytes per output channel) are neglected.
+  streams its weights again: no reuse of decoded weights across decodes is assumed. A decode is
+  not charged (it still counts in `calls`) when its weights are never needed: every use of its
+  output is the weight operand of an `edge_int_matmul` of the same compiled segment (through
+  layout operations and calls) and none of those products has an active row (branch rows,
+  below). Decoded weights used in any other way, leaving their segment (into a while, a cond, a
+  later segment) or entering a scan body are charged: the rule only ever drops a decode whose
+  every consumer is known to skip it.
+- `edge_int_matmul` x int8[..., M, K], w int8[(...,) K, N], optional rows bool[..., M] (NPU, MAC
+  array): the active rows are those rows marks (every row of x without the operand), per weight
+  matrix b (one for shared weights). macs_total = active rows * K * N; macs_skipped = the
+  products on zero weights of the active rows (sum over b of active_b * zeros(w[b]), from the
+  concrete weights and rows); macs_done = total - skipped; macs_skipped_rows = inactive rows * K
+  * N (not in macs_total). bytes_read += the active rows of x, plus each weight matrix that has
+  an active row unless w comes from a decode (its stream is counted there): provenance follows
+  the values through layout operations (reshape, transpose, slicing, broadcasting, dtype
+  conversion, concatenation, squeeze, expand_dims), calls and loop constants. bytes_written +=
+  the active rows of the int32 output. The per-channel multiplier and shift (8 bytes per output
+  channel) are neglected.
 - float `dot_general` / `conv_general_dilated` (products outside the NPU primitives): float_macs,
   run on the DSP at one op per MAC. The emulated runtime's model layers have none; a nonzero
   count shows float products left outside the NPU (per_primitive names them).
@@ -28,6 +37,16 @@ Counting rules (per executed equation):
   elements). Free: metadata-only reshapes (reshape, squeeze, expand_dims) and layout operations
   on decoded weights (the decoder writes them in the layout the product reads). Activations live
   in on-chip SRAM: DSP work moves no counted memory traffic.
+
+Branch rows. On the device a branching encoder (`asr.models.branching`) runs each branch's
+products only on the frames that chose it (`hw.runtime` passes the choice as the products' row
+activity): the rules above then count the chosen rows only, so MACs, activation and output
+bytes scale with each branch's share of frames, a weight stream is read only by a program in
+which some frame chose its branch, and macs_skipped_rows says what the unchosen rows would have
+cost. DSP operations (activation quantization, norms, softmax, the mixing of the branches) are
+still counted on every frame: the emulator computes them on all rows and the jaxpr does not say
+which belong to an unchosen branch, so the saving shows fully in NPU cycles and diluted in the
+DSP's.
 
 Cycles. Each NPU operation takes max(MAC cycles, memory cycles): its DMA is double-buffered and
 overlaps with the MAC array (Sze et al. 2017, roofline of a layer). MAC cycles = macs_done /
@@ -41,7 +60,8 @@ How it runs fast enough. Thousands of small equations per loop iteration, each d
 would take minutes; instead every maximal run of equations between control-flow points (while,
 cond, or a call/scan that contains them) is bound under one `jax.jit`: traced once, so each
 equation is still bound with its own parameters and counted from its shapes, then compiled once;
-the zero-weight counts of every `edge_int_matmul` are extra outputs of that compiled segment (a
+the counts that depend on values (active rows and zero weights of every weight matrix of every
+`edge_int_matmul`, whether each decode is charged) are extra outputs of that compiled segment (a
 `scan` inside a segment becomes a `lax.scan` stacking them). A `while` iteration is then one or
 two dispatches, and the per-operation cycle maxima are taken at the end in NumPy.
 
@@ -115,6 +135,7 @@ FIELDS = (
     "macs_total",  # int8 MACs of the NPU products, zero weights included
     "macs_done",  # ... on nonzero weights
     "macs_skipped",  # ... on zero weights (skipped when skip_zeros)
+    "macs_skipped_rows",  # MACs of the inactive rows (branch not chosen): not done, not in total
     "float_macs",  # MACs of dot_general / conv outside the NPU primitives (on the DSP)
     "bytes_read",  # bytes the NPU reads: compressed weight streams, activations
     "bytes_written",  # bytes the NPU writes: int32 products
@@ -126,7 +147,7 @@ FIELDS = (
     "dsp_cycles",  # (dsp_ops + float_macs) / dsp_ops_per_cycle
     "cycles",  # npu_cycles + dsp_cycles
 )
-INT_FIELDS = FIELDS[:9]
+INT_FIELDS = FIELDS[:10]
 
 DECODE = decode_weights_p.name  # "edge_decode_weights"
 MATMUL = int_matmul_p.name  # "edge_int_matmul"
@@ -172,6 +193,7 @@ class Cost:
     macs_total: int
     macs_done: int
     macs_skipped: int
+    macs_skipped_rows: int
     float_macs: int
     bytes_read: int
     bytes_written: int
@@ -257,7 +279,8 @@ def format_table(costs: Mapping[str, Cost], audio_seconds: float, unit: float = 
     """
     ms = f"{1000 * unit:g} ms"
     head = (
-        f"| per {ms} of audio | MACs done | MACs skipped | float MACs | bytes read | "
+        f"| per {ms} of audio | MACs done | MACs skipped | MACs of unchosen rows | float MACs "
+        "| bytes read | "
         "bytes written | DSP ops | MAC cycles | memory cycles | DSP cycles | cycles | time (us) "
         "| load |"
     )
@@ -269,6 +292,7 @@ def format_table(costs: Mapping[str, Cost], audio_seconds: float, unit: float = 
             for k in (
                 "macs_done",
                 "macs_skipped",
+                "macs_skipped_rows",
                 "float_macs",
                 "bytes_read",
                 "bytes_written",
@@ -373,14 +397,54 @@ def _kind(eqn) -> str:
     return "first"
 
 
+@dataclass(frozen=True, eq=False)
+class _Columns:
+    """How to read a traced segment's dynamic vector int32[width] (one per run of the segment):
+    the columns of every NPU product and decode whose counts depend on values.
+
+    pairs: int64[P, 5], one row per weight matrix of a product (a product with weights int8[...,
+      K, N] has prod(...) of them, a shared int8[K, N] one): (column of its active rows of x,
+      column of its zero weights, K * N, bytes of the matrix when read from memory (0: decoded
+      weights, counted at their decode), rows of x it multiplies when every row is active).
+    ops: int64[O, 3], one row per product: (its first pair; its pairs run to the next product's
+      first), bytes per active row of x, bytes per active row of the output.
+    decodes: int64[D, 3], one row per decode: (column of its flag 0/1: charged or not, bytes of
+      its fields, codes it decodes)."""
+
+    width: int
+    pairs: np.ndarray
+    ops: np.ndarray
+    decodes: np.ndarray
+
+    def tiled(self, times: int) -> _Columns:
+        """The columns of `times` runs' vectors laid end to end (a scan's stacked iterations)."""
+        i = np.arange(times, dtype=np.int64)
+        pairs, ops, decodes = (np.tile(a, (times, 1)) for a in (self.pairs, self.ops, self.decodes))
+        pairs[:, :2] += np.repeat(i * self.width, len(self.pairs))[:, None]
+        ops[:, 0] += np.repeat(i * len(self.pairs), len(self.ops))
+        decodes[:, 0] += np.repeat(i * self.width, len(self.decodes))
+        return _Columns(self.width * times, pairs, ops, decodes)
+
+
 class _Recorder:
-    """Counts of one traced segment: static per-primitive counts (known from shapes) and the
-    int_matmul operations whose zero-weight counts are outputs of the segment."""
+    """Counts of one traced segment (or scan body): static per-primitive counts (known from
+    shapes), and the NPU products and decodes whose counts depend on values: their traced int32
+    pieces of the segment's dynamic vector and its `_Columns`.
+
+    Decode attribution: the decodes of this trace are charged unless every use of their output
+    is the weight operand of a product of this same trace (through layout operations and calls)
+    and none of those products has an active row; a decoded weight that leaves the trace (an
+    output, into a scan body) or meets any other operation is charged."""
 
     def __init__(self):
         self.static: dict[str, dict[str, float]] = {}
-        self.zeros: list = []  # traced int32 arrays, one element per operation instance
-        self.meta: list[np.ndarray] = []  # int64[n, 4] per entry: rows, macs_total, read, written
+        self.values: list[jax.Array] = []  # traced int32[...] pieces of the dynamic vector
+        self.width = 0
+        self.pairs: list[np.ndarray] = []
+        self.ops: list[np.ndarray] = []
+        self.decodes: list[np.ndarray] = []
+        self.n_pairs = 0
+        self.pending: list[dict] = []  # this trace's decodes: bytes, codes, uses, escaped
 
     def add(self, name: str, times: float = 1, **counts) -> None:
         c = self.static.setdefault(name, dict.fromkeys(FIELDS, 0))
@@ -394,14 +458,77 @@ class _Recorder:
             for k, v in c.items():
                 mine[k] += v * times
 
-    def zero_vector(self) -> jax.Array:
-        """int32[n]: every recorded operation instance's zero-weight count."""
-        if not self.zeros:
-            return jnp.zeros((0,), jnp.int32)
-        return jnp.concatenate([z.reshape(-1).astype(jnp.int32) for z in self.zeros])
+    def _push(self, value: jax.Array) -> int:
+        """Appends a traced piece; returns the column of its first element."""
+        col = self.width
+        self.values.append(value.reshape(-1).astype(jnp.int32))
+        self.width += math.prod(value.shape)
+        return col
 
-    def meta_array(self) -> np.ndarray:
-        return np.concatenate(self.meta) if self.meta else np.zeros((0, 4), np.int64)
+    def product(self, active, zeros, kn: int, w_bytes: int, rows: int, x_row: int, out_row: int):
+        """One NPU product: active int32[L] (active rows of x per weight matrix), zeros int32[L]
+        (zero weights per matrix), static sizes as in `_Columns`."""
+        count = active.shape[0]
+        a = self._push(active)
+        z = self._push(zeros)
+        cols = np.arange(count, dtype=np.int64)
+        const = np.broadcast_to(np.array([kn, w_bytes, rows], np.int64), (count, 3))
+        self.pairs.append(np.concatenate([np.stack([a + cols, z + cols], 1), const], 1))
+        self.ops.append(np.array([[self.n_pairs, x_row, out_row]], np.int64))
+        self.n_pairs += count
+
+    def decode(self, nbytes: int, codes: int) -> int:
+        """A decode of this trace; returns its id (provenance of the decoded weights)."""
+        self.pending.append({"bytes": nbytes, "codes": codes, "uses": [], "escaped": False})
+        return len(self.pending) - 1
+
+    def use(self, ids, any_active: jax.Array) -> None:
+        """Decoded weights of decodes `ids` are the weights of a product: needed iff it has an
+        active row."""
+        for i in ids:
+            self.pending[i]["uses"].append(any_active)
+
+    def escape(self, ids) -> None:
+        """Decoded weights of decodes `ids` are used otherwise: their decodes are charged."""
+        for i in ids:
+            self.pending[i]["escaped"] = True
+
+    def close(self) -> None:
+        """Ends the trace: appends every decode's flag (1: charged) to the dynamic vector."""
+        for d in self.pending:
+            if d["escaped"] or not d["uses"]:
+                flag = jnp.ones((), jnp.int32)
+            else:
+                flag = jnp.any(jnp.stack(d["uses"])).astype(jnp.int32)
+            col = self._push(flag)
+            self.decodes.append(np.array([[col, d["bytes"], d["codes"]]], np.int64))
+        self.pending = []
+
+    def append(self, cols: _Columns, values: jax.Array) -> None:
+        """Adds another trace's columns and its traced vector (e.g. a scan's stacked bodies)."""
+        if not cols.width:
+            return
+        pairs, ops, decodes = cols.pairs.copy(), cols.ops.copy(), cols.decodes.copy()
+        pairs[:, :2] += self.width
+        ops[:, 0] += self.n_pairs
+        decodes[:, 0] += self.width
+        self._push(values)
+        self.pairs.append(pairs)
+        self.ops.append(ops)
+        self.decodes.append(decodes)
+        self.n_pairs += len(pairs)
+
+    def vector(self) -> jax.Array:
+        """int32[width]: the dynamic vector of this trace."""
+        if not self.values:
+            return jnp.zeros((0,), jnp.int32)
+        return jnp.concatenate(self.values)
+
+    def columns(self) -> _Columns:
+        def cat(parts, cols):
+            return np.concatenate(parts) if parts else np.zeros((0, cols), np.int64)
+
+        return _Columns(self.width, cat(self.pairs, 5), cat(self.ops, 3), cat(self.decodes, 3))
 
 
 class _Segment:
@@ -419,17 +546,20 @@ class _Segment:
             def run(*vals):
                 rec = _Recorder()
                 env = dict(zip(self.inputs, vals, strict=True))
-                dec = {v for v, f in zip(self.inputs, flags, strict=True) if f}
+                dec = {v: frozenset() for v, f in zip(self.inputs, flags, strict=True) if f}
                 self.interp.trace_eqns(self.eqns, env, dec, rec)
+                for v in self.outputs:  # decoded weights leaving the segment: charged
+                    rec.escape(dec.get(v, ()))
+                rec.close()
                 # last trace wins: a retrace records the same counts again
-                holder["template"] = (rec.static, rec.meta_array(),
+                holder["template"] = (rec.static, rec.columns(),
                                       tuple(v in dec for v in self.outputs))  # fmt: skip
-                return [_read(env, v) for v in self.outputs], rec.zero_vector()
+                return [_read(env, v) for v in self.outputs], rec.vector()
 
             entry = self.compiled[flags] = (jax.jit(run), holder)
         fn, holder = entry
-        outs, zeros = fn(*invals)
-        return outs, zeros, holder["template"]
+        outs, vector = fn(*invals)
+        return outs, vector, holder["template"]
 
 
 class _Interpreter:
@@ -438,7 +568,7 @@ class _Interpreter:
 
     def __init__(self, processor: Processor):
         self.p = processor
-        self.log: list[tuple[tuple, jax.Array]] = []  # (segment template, its zero counts)
+        self.log: list[tuple[tuple, jax.Array]] = []  # (segment template, its dynamic vector)
         self._plans: dict[int, tuple[Jaxpr, list]] = {}
         self._traceable: dict[int, tuple[Jaxpr, bool]] = {}
 
@@ -517,8 +647,8 @@ class _Interpreter:
         for step in self.plan(jaxpr):
             if isinstance(step, _Segment):
                 invals = [env[v] for v in step.inputs]
-                outs, zeros, template = step(invals, tuple(v in dec for v in step.inputs))
-                self.log.append((template, zeros))
+                outs, vector, template = step(invals, tuple(v in dec for v in step.inputs))
+                self.log.append((template, vector))
                 env.update(zip(step.outputs, outs, strict=True))
                 dec.update(v for v, f in zip(step.outputs, template[2], strict=True) if f)
                 continue
@@ -575,97 +705,122 @@ class _Interpreter:
 
     # -- tracing (inside a segment's jit) --------------------------------------------------------
 
-    def trace_jaxpr(self, jaxpr: Jaxpr, consts, args, flags, rec: _Recorder):
+    def trace_jaxpr(self, jaxpr: Jaxpr, consts, args, prov, rec: _Recorder):
+        """Trace a callee; prov[i]: None, or the decodes args[i] is the decoded weights of."""
         env = dict(zip(jaxpr.constvars, consts, strict=True))
         env.update(zip(jaxpr.invars, args, strict=True))
-        dec = {v for v, f in zip(jaxpr.invars, flags, strict=True) if f}
+        dec = {v: p for v, p in zip(jaxpr.invars, prov, strict=True) if p is not None}
         self.trace_eqns(jaxpr.eqns, env, dec, rec)
-        return [_read(env, v) for v in jaxpr.outvars], tuple(v in dec for v in jaxpr.outvars)
+        return [_read(env, v) for v in jaxpr.outvars], [dec.get(v) for v in jaxpr.outvars]
 
-    def trace_eqns(self, eqns, env: dict, dec: set, rec: _Recorder) -> None:
-        """Bind each equation (on tracers), count it, and follow decoded-weight provenance."""
+    def trace_eqns(self, eqns, env: dict, dec: dict, rec: _Recorder) -> None:
+        """Bind each equation (on tracers), count it, and follow decoded-weight provenance:
+        `dec` maps a decoded weight to the decodes of this trace it comes from (empty: decoded
+        outside this trace)."""
         for eqn in eqns:
             invals = [_read(env, v) for v in eqn.invars]
-            inflags = [not isinstance(v, Literal) and v in dec for v in eqn.invars]
+            prov = [None if isinstance(v, Literal) else dec.get(v) for v in eqn.invars]
             kind = _kind(eqn)
             if kind == "call":
                 jaxpr, consts = _callee(eqn)
-                outs, oflags = self.trace_jaxpr(jaxpr, consts, invals, inflags, rec)
+                outs, oprov = self.trace_jaxpr(jaxpr, consts, invals, prov, rec)
                 env.update(zip(eqn.outvars, outs, strict=True))
-                dec.update(v for v, f in zip(eqn.outvars, oflags, strict=True) if f)
+                dec.update((v, p) for v, p in zip(eqn.outvars, oprov, strict=True) if p is not None)
                 continue
             if kind == "scan":
-                outs = self._trace_scan(eqn, invals, inflags, rec)
+                for p in prov:  # the body is traced apart: its weights are not attributed
+                    rec.escape(p or ())
+                outs = self._trace_scan(eqn, invals, [p is not None for p in prov], rec)
                 env.update(zip(eqn.outvars, outs, strict=True))
                 continue
             assert kind == "first", (kind, eqn.primitive.name)
             out = eqn.primitive.bind(*invals, **eqn.params)
             outs = out if eqn.primitive.multiple_results else [out]
             env.update(zip(eqn.outvars, outs, strict=True))
-            if self._count(eqn, invals, inflags, rec):
-                dec.update(eqn.outvars)
+            oprov = self._count(eqn, invals, prov, rec)
+            if oprov is not None:
+                dec.update((v, oprov) for v in eqn.outvars)
 
-    def _count(self, eqn, invals, inflags, rec: _Recorder) -> bool:
-        """Tally one first-order equation; returns whether its outputs are decoded weights."""
+    def _count(self, eqn, invals, prov, rec: _Recorder) -> frozenset | None:
+        """Tally one first-order equation; returns the provenance of its outputs when they are
+        decoded weights (None otherwise), recording how decoded inputs are used."""
         name = eqn.primitive.name
         p = self.p
+        inflags = [q is not None for q in prov]
         if name == DECODE:
+            rec.add(name)
             nbytes = sum(_nbytes(v.aval) for v in eqn.invars)
-            cyc = nbytes / p.bytes_per_cycle
-            rec.add(name, bytes_read=nbytes, weights_decoded=_size(eqn.outvars[0].aval),
-                    memory_cycles=cyc, npu_cycles=cyc, cycles=cyc)  # fmt: skip
-            return True
+            return frozenset({rec.decode(nbytes, _size(eqn.outvars[0].aval))})
         if name == MATMUL:
             x, w = (v.aval for v in eqn.invars[:2])
             k, n = w.shape[-2:]
-            lead_m = math.prod(x.shape[:-1])
-            rows = lead_m if len(w.shape) == 2 else x.shape[-2]
-            read = _nbytes(x) + (0 if inflags[1] else _nbytes(w))
-            written = _nbytes(eqn.outvars[0].aval)
-            rec.zeros.append(jnp.count_nonzero(invals[1] == 0))
-            rec.meta.append(np.array([[rows, lead_m * k * n, read, written]], np.int64))
-            return False
+            mats = math.prod(w.shape[:-2])  # weight matrices (1: shared)
+            rows = math.prod(x.shape[:-1]) // max(mats, 1)  # rows of x per matrix
+            if len(invals) > 4:  # row activity
+                active = invals[4].reshape(max(mats, 1), -1)
+                active = jnp.count_nonzero(active, axis=1).astype(jnp.int32)
+            else:
+                active = jnp.full((max(mats, 1),), rows, jnp.int32)
+            zeros = (invals[1] == 0).reshape(max(mats, 1), -1)
+            zeros = jnp.count_nonzero(zeros, axis=1).astype(jnp.int32)
+            w_bytes = 0 if inflags[1] else k * n * np.dtype(w.dtype).itemsize
+            out_row = n * np.dtype(eqn.outvars[0].aval.dtype).itemsize
+            rec.product(active, zeros, k * n, w_bytes, rows, k * np.dtype(x.dtype).itemsize,
+                        out_row)  # fmt: skip
+            if prov[1] is not None:
+                rec.use(prov[1], jnp.any(active > 0))
+            for q in prov[:1] + prov[2:]:
+                rec.escape(q or ())
+            return None
         if name in PRODUCTS:
             macs = _product_macs(eqn)
             cyc = macs / p.dsp_ops_per_cycle
             rec.add(name, float_macs=macs, dsp_cycles=cyc, cycles=cyc)
-            return False
+            for q in prov:
+                rec.escape(q or ())
+            return None
         decoded = name in LAYOUT and any(inflags) and _layout_keeps(name, inflags)
+        keep = [0] if decoded and name not in ("concatenate", "stack") else range(len(prov))
+        oprov = frozenset().union(*(prov[i] for i in keep if prov[i] is not None))
+        for i, q in enumerate(prov):
+            if q is not None and not (decoded and i in keep):
+                rec.escape(q)
         if name in FREE or decoded:
             rec.add(name)
-            return decoded
+            return oprov if decoded else None
         if (name.startswith("reduce_") and name != "reduce_precision") or name in REDUCTIONS:
             ops = _size(eqn.invars[0].aval)
         else:
             ops = sum(_size(v.aval) for v in eqn.outvars)
         cyc = ops / p.dsp_ops_per_cycle
         rec.add(name, dsp_ops=ops, dsp_cycles=cyc, cycles=cyc)
-        return False
+        return None
 
     def _trace_scan(self, eqn, invals, inflags, rec: _Recorder) -> list:
         """A scan inside a segment: `lax.scan` over the interpreted body, stacking the body's
-        zero-weight counts; the body's static counts times `length`."""
+        dynamic vectors; the body's static counts times `length`."""
         prm = eqn.params
         nc, ncar, length = prm["num_consts"], prm["num_carry"], prm["length"]
         jaxpr, bconsts = _open(prm["jaxpr"])
         consts, init, xs = invals[:nc], invals[nc : nc + ncar], invals[nc + ncar :]
-        bflags = [*inflags[:nc], *(False,) * ncar, *inflags[nc + ncar :]]
+        flags = [*inflags[:nc], *(False,) * ncar, *inflags[nc + ncar :]]
+        bprov = [frozenset() if f else None for f in flags]
         holder = {}
 
         def body(carry, x):
             sub = _Recorder()
-            outs, _ = self.trace_jaxpr(jaxpr, bconsts, [*consts, *carry, *x], bflags, sub)
+            outs, oprov = self.trace_jaxpr(jaxpr, bconsts, [*consts, *carry, *x], bprov, sub)
+            for q in oprov:
+                sub.escape(q or ())
+            sub.close()
             holder["sub"] = sub  # last trace wins
-            return outs[:ncar], (outs[ncar:], sub.zero_vector())
+            return outs[:ncar], (outs[ncar:], sub.vector())
 
-        carry, (ys, zeros) = lax.scan(body, list(init), list(xs), length=length,
-                                      reverse=prm["reverse"])  # fmt: skip
+        carry, (ys, vectors) = lax.scan(body, list(init), list(xs), length=length,
+                                        reverse=prm["reverse"])  # fmt: skip
         sub = holder["sub"]
         rec.merge(sub, length)
-        meta = sub.meta_array()
-        if len(meta):
-            rec.zeros.append(zeros)  # -> [length, n]
-            rec.meta.append(np.tile(meta, (length, 1)))
+        rec.append(sub.columns().tiled(length), vectors)  # vectors: [length, width]
         return [*carry, *ys]
 
     # -- totals ----------------------------------------------------------------------------------
@@ -680,29 +835,52 @@ class _Interpreter:
                 mine[k] += v * times
 
         groups: dict[int, tuple[tuple, list]] = {}
-        for template, zeros in self.log:
-            groups.setdefault(id(template), (template, []))[1].append(zeros)
+        for template, vector in self.log:
+            groups.setdefault(id(template), (template, []))[1].append(vector)
         host = jax.device_get([g[1] for g in groups.values()])
-        for (template, _), zs in zip(groups.values(), host, strict=True):
-            static, meta, _ = template
+        for (template, _), vs in zip(groups.values(), host, strict=True):
+            static, cols, _ = template
             for name, c in static.items():
-                add(name, c, len(zs))
-            if not len(meta):
+                add(name, c, len(vs))
+            if not cols.width:
                 continue
-            z = np.stack([np.asarray(a, np.int64) for a in zs])  # -> [calls, n]
-            rows, total, read, written = (meta[:, j] for j in range(4))
-            skipped = rows * z
-            done = total - skipped
-            mac = (done if p.skip_zeros else np.broadcast_to(total, z.shape)) / p.macs_per_cycle
-            mem = np.broadcast_to((read + written) / p.bytes_per_cycle, z.shape)
-            npu = np.maximum(mac, mem)
-            add(MATMUL, {"calls": z.size, "macs_total": int(total.sum()) * len(zs),
-                         "macs_skipped": int(skipped.sum()), "macs_done": int(done.sum()),
-                         "bytes_read": int(read.sum()) * len(zs),
-                         "bytes_written": int(written.sum()) * len(zs),
-                         "mac_cycles": float(mac.sum()), "memory_cycles": float(mem.sum()),
-                         "npu_cycles": float(npu.sum()), "cycles": float(npu.sum())})  # fmt: skip
+            z = np.stack([np.asarray(a, np.int64) for a in vs])  # -> [runs, width]
+            if len(cols.ops):
+                add(MATMUL, _product_counts(z, cols, p))
+            if len(cols.decodes):
+                flag = z[:, cols.decodes[:, 0]]  # -> [runs, D]
+                nbytes = int((flag * cols.decodes[:, 1]).sum())
+                cyc = nbytes / p.bytes_per_cycle
+                add(DECODE, {"bytes_read": nbytes,
+                             "weights_decoded": int((flag * cols.decodes[:, 2]).sum()),
+                             "memory_cycles": cyc, "npu_cycles": cyc, "cycles": cyc})  # fmt: skip
         return Cost.from_primitives(per, p)
+
+
+def _product_counts(z: np.ndarray, cols: _Columns, p: Processor) -> dict:
+    """The counts of the products of `cols` over its runs' dynamic vectors z int64[runs, width]."""
+    pairs, ops = cols.pairs, cols.ops
+    active, zeros = z[:, pairs[:, 0]], z[:, pairs[:, 1]]  # -> [runs, P]
+    kn, w_bytes, rows = pairs[:, 2], pairs[:, 3], pairs[:, 4]
+
+    def per_op(a: np.ndarray) -> np.ndarray:  # [runs, P] -> [runs, O]
+        return np.add.reduceat(a, ops[:, 0], axis=1)
+
+    act = per_op(active)
+    total = per_op(active * kn)
+    skipped = per_op(active * zeros)
+    read = act * ops[:, 1] + per_op((active > 0) * w_bytes)
+    written = act * ops[:, 2]
+    done = total - skipped
+    mac = (done if p.skip_zeros else total) / p.macs_per_cycle
+    mem = (read + written) / p.bytes_per_cycle
+    npu = np.maximum(mac, mem)
+    return {"calls": act.size, "macs_total": int(total.sum()), "macs_done": int(done.sum()),
+            "macs_skipped": int(skipped.sum()),
+            "macs_skipped_rows": int(((rows - active) * kn).sum()),
+            "bytes_read": int(read.sum()), "bytes_written": int(written.sum()),
+            "mac_cycles": float(mac.sum()), "memory_cycles": float(mem.sum()),
+            "npu_cycles": float(npu.sum()), "cycles": float(npu.sum())}  # fmt: skip
 
 
 def _layout_keeps(name: str, inflags) -> bool:

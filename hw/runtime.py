@@ -32,6 +32,20 @@ product below 2^31 (no saturation possible), and one float output scale max(s) *
 that the DSP multiplies in with the activation scale. The int32 output keeps F fractional bits
 of the scaled sum, so the requantization rounds at about 1e-6 of a typical output.
 
+Branch rows. A branching encoder (`asr.models.branching`) runs each branch's products inside
+`only_rows(mask)`, mask f32[B, T'] nonzero on the frames that chose the branch. While a mask is
+active the interceptor passes it to `int_matmul` as the row-activity operand, so only the
+chosen frames' rows are computed (the others are 0; the model mixes the branches by the choice,
+so they change nothing) and the cost model (`hw.cost`) counts only them: a Dense or
+DenseGeneral over x[B, T', ...] takes rows = mask[b, t] (broadcast over further leading dims);
+a convolution whose output is [B, T', ...] takes mask[b, t] for every output position of time
+step t (the subsampling convolutions' frequency rows, every channel of a depthwise one). The
+attention products (`integer_einsum`) take it for their query rows (scores q k^T and the
+weighted values w v of a frame that skips attention are not needed). A mask whose shape does not
+lead the product's rows (the first subsampling convolution, which both branches share, runs
+outside any mask; the predictor, joiner and biasing network too) changes nothing.
+`EdgePolicy(branch_rows=False)` computes every row, as float execution does (for comparisons).
+
 Like a float model, everything runs on the same segments, batches and chunked attention mask as
 `asr.recognizer.Recognizer` (whole-utterance encoder with the chunk mask; streaming encoder
 caches are a later issue). `load_edge(path)` is the `edge` entry of the `asr.model_loaders`
@@ -57,9 +71,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from asr.model_io import LoadedModel, ModelLoadError
+from asr.models.branching import active_rows
 from asr.models.predictor import PREDICTORS
 from asr.models.quant import LSTM_GATES, LstmCell, QuantPolicy, lstm_update, qmax
-from asr.models.transducer import Transducer
+from asr.models.transducer import ENCODER_CLASSES, Transducer
 from export.artifact import Artifact, ArtifactError, read_artifact
 from export.encodings import decode
 from export.exporter import SCALE_SUFFIX, artifact_config, artifact_tokenizer, unflatten
@@ -121,19 +136,32 @@ def requantization(step: np.ndarray, codes: np.ndarray, act_bits: int):
 class EdgePolicy(QuantPolicy):
     """The quantization policy of the emulated processor: activation x activation products
     (attention) as int8 products on the NPU; every weight product is intercepted (module
-    docstring), so `dot_general` and `conv` are never reached."""
+    docstring), so `dot_general` and `conv` are never reached. `branch_rows`: compute a
+    branching encoder's products only on the frames of the chosen branch (module docstring);
+    False computes every row."""
+
+    branch_rows: bool = True
 
     def describe(self) -> str:
-        return f"edge w{self.weight_bits}a{self.act_bits}"
+        rows = "" if self.branch_rows else ", every row"
+        return f"edge w{self.weight_bits}a{self.act_bits}{rows}"
 
     def einsum(self, spec: str, a, b):
-        return integer_einsum(spec, a, b, self.act_bits)
+        rows = active_rows() if self.branch_rows else None
+        return integer_einsum(spec, a, b, self.act_bits, rows)
 
 
-def integer_einsum(spec: str, a: jax.Array, b: jax.Array, act_bits: int) -> jax.Array:
+def integer_einsum(
+    spec: str, a: jax.Array, b: jax.Array, act_bits: int, rows: jax.Array | None = None
+) -> jax.Array:
     """`jnp.einsum(spec, a, b)` of two float activations as an int8 product: each operand
     quantized over the axes it contracts (one step per remaining index, as the fake-quant
-    policy does), integer product and int32 sums on the NPU, both steps applied after."""
+    policy does), integer product and int32 sums on the NPU, both steps applied after.
+
+    `rows` (nonzero = needed), when shaped [a's first axis, a's free axes] (e.g. f32[B, T'] for
+    the attention products "bqhd,bkhd->bhqk" and "bhqk,bkhd->bqhd": utterance and query) and
+    a's first axis is a batch axis of the product: only those rows of the product are computed
+    (the others are 0), the same for every other batch index (heads). Otherwise ignored."""
     ins, out = spec.replace(" ", "").split("->")
     sa, sb = ins.split(",")
     batch = [c for c in out if c in sa and c in sb]
@@ -154,7 +182,16 @@ def integer_einsum(spec: str, a: jax.Array, b: jax.Array, act_bits: int) -> jax.
     xa = xa.reshape(nb, size(afree), size(contr))
     xb = xb.reshape(nb, size(contr), size(bfree))
     ones = jnp.full((nb, size(bfree)), UNIT_MULT, jnp.int32)
-    acc = int_matmul(xa, xb, ones, jnp.full_like(ones, UNIT_SHIFT))  # -> [nb, Ma, Nb]
+    active = None
+    want = (dims[sa[0]], *(dims[c] for c in afree))
+    if rows is not None and sa[0] in batch and tuple(rows.shape) == want:
+        # mask[i, r] at a's first axis = i among the batch axes, the same for the others
+        lead = [dims[c] if c == sa[0] else 1 for c in batch]
+        active = jnp.broadcast_to(
+            (rows != 0).reshape(*lead, *(dims[c] for c in afree)),
+            [dims[c] for c in batch + afree],
+        ).reshape(nb, size(afree))
+    acc = int_matmul(xa, xb, ones, jnp.full_like(ones, UNIT_SHIFT), active)  # -> [nb, Ma, Nb]
     acc = acc.reshape([dims[c] for c in batch + afree + bfree])
     # the steps, laid out as the product's axes (contracted axes are size 1 in each)
     ta = jnp.transpose(stepa, [sa.index(c) for c in batch + afree + contr])
@@ -174,31 +211,49 @@ def _decode(entry: dict, lay: KernelLayout) -> jax.Array:
     return w.reshape(lay.k, lay.n)
 
 
-def _kernel_matmul(entry: dict, lay: KernelLayout, xq: jax.Array) -> jax.Array:
-    """int8[..., M, K] activations x the packed kernel -> f32[..., M, N] (without the
-    activation step): decode on chip, integer product, requantize, output scale."""
-    acc = int_matmul(xq, _decode(entry, lay), entry["mult"], entry["shift"])
+def _kernel_matmul(
+    entry: dict, lay: KernelLayout, xq: jax.Array, rows: jax.Array | None = None
+) -> jax.Array:
+    """int8[..., M, K] activations (rows bool[..., M] or None: all) x the packed kernel ->
+    f32[..., M, N] (without the activation step): decode on chip, integer product, requantize,
+    output scale."""
+    acc = int_matmul(xq, _decode(entry, lay), entry["mult"], entry["shift"], rows)
     return acc.astype(jnp.float32) * entry["oscale"]
 
 
-def _linear(entry, lay: KernelLayout, x: jax.Array, act_bits: int) -> jax.Array:
-    """f32[..., K] -> f32[..., N] through the packed kernel, activations per row."""
+def _linear(
+    entry, lay: KernelLayout, x: jax.Array, act_bits: int, rows: jax.Array | None = None
+) -> jax.Array:
+    """f32[..., K] -> f32[..., N] through the packed kernel, activations per row; with `rows`
+    bool[...] only the active rows are computed (0 elsewhere, before the caller's bias)."""
     assert x.shape[-1] == lay.k, (lay.path, x.shape, lay.k)
     xq, step = quantize_rows(x, act_bits, (-1,))
     lead = x.shape[:-1]
-    y = _kernel_matmul(entry, lay, xq.reshape(-1, lay.k))
+    flat = None if rows is None else rows.reshape(-1)
+    y = _kernel_matmul(entry, lay, xq.reshape(-1, lay.k), flat)
     return y.reshape(*lead, lay.n) * step
 
 
 class _Edge:
     """The interceptor: module calls -> NPU programs (see the module docstring)."""
 
-    def __init__(self, layout: tuple[KernelLayout, ...], act_bits: int):
+    def __init__(self, layout: tuple[KernelLayout, ...], act_bits: int, branch_rows: bool = True):
         self.layout = {lay.path: lay for lay in layout}
         self.act_bits = act_bits
+        self.branch_rows = branch_rows
 
     def _lay(self, module, name="kernel") -> KernelLayout:
         return self.layout["/".join(module.path) + "/" + name]
+
+    def _rows(self, lead: tuple[int, ...]) -> jax.Array | None:
+        """bool[*lead]: the innermost `only_rows` mask (f32[B, T']) broadcast over the product
+        rows `lead` = (B, T', ...) it leads, or None (every row) outside a mask or when its
+        shape does not lead `lead`."""
+        mask = active_rows() if self.branch_rows else None
+        if mask is None or mask.ndim > len(lead) or tuple(mask.shape) != tuple(lead[: mask.ndim]):
+            return None
+        active = (mask != 0).reshape(*mask.shape, *(1,) * (len(lead) - mask.ndim))
+        return jnp.broadcast_to(active, lead)
 
     def __call__(self, next_fun, args, kwargs, context):
         m = context.module
@@ -220,7 +275,8 @@ class _Edge:
         return like + jnp.asarray(m.get_variable("params", "bias")).reshape(shape)
 
     def dense(self, m: nn.Dense, x: jax.Array) -> jax.Array:
-        y = _linear(m.get_variable("edge", "kernel"), self._lay(m), x, self.act_bits)
+        rows = self._rows(x.shape[:-1])
+        y = _linear(m.get_variable("edge", "kernel"), self._lay(m), x, self.act_bits, rows)
         return self._bias(m, y, (1,) * (y.ndim - 1) + (-1,))
 
     def dense_general(self, m: nn.DenseGeneral, x: jax.Array) -> jax.Array:
@@ -234,6 +290,7 @@ class _Edge:
             self._lay(m),
             x.reshape(*x.shape[:lead], -1),
             self.act_bits,
+            self._rows(x.shape[:lead]),
         )
         y = y.reshape(*x.shape[:lead], *feats)
         return self._bias(m, y, (1,) * lead + feats)
@@ -257,15 +314,19 @@ class _Edge:
             taps.append(xq[(slice(None), *sl)])  # -> [B, *out, Cin]
         p = jnp.stack(taps, axis=-2)  # -> [B, *out, taps, Cin]; K order = (taps, Cin)
         m_rows = int(np.prod(out))
+        rows = self._rows((b, *out))  # output positions of the chosen frames, or None
         if m.feature_group_count == 1:
-            y = _kernel_matmul(entry, lay, p.reshape(b, m_rows, len(taps) * cin))
+            flat = None if rows is None else rows.reshape(b, m_rows)
+            y = _kernel_matmul(entry, lay, p.reshape(b, m_rows, len(taps) * cin), flat)
         else:  # depthwise: one product of [B*M, taps] x [taps, 1] per channel
             assert m.feature_group_count == cin == lay.n and lay.k == len(taps), m.path
             cols = jnp.moveaxis(p.reshape(b * m_rows, len(taps), cin), -1, 0)  # [C, BM, taps]
             w = _decode(entry, lay)
-            acc = int_matmul(
-                cols, w.T[:, :, None], entry["mult"][:, None], entry["shift"][:, None]
-            )  # -> [C, BM, 1]
+            per_channel = None
+            if rows is not None:  # the same rows for every channel
+                per_channel = jnp.broadcast_to(rows.reshape(b * m_rows), (cin, b * m_rows))
+            mult, shift = entry["mult"][:, None], entry["shift"][:, None]
+            acc = int_matmul(cols, w.T[:, :, None], mult, shift, per_channel)  # -> [C, BM, 1]
             y = acc[..., 0].T.reshape(b, m_rows, cin).astype(jnp.float32) * entry["oscale"]
         y = y.reshape(b, *out, lay.n) * step
         return self._bias(m, y, (1,) * (nd + 1) + (-1,))
@@ -292,7 +353,8 @@ def _on_edge(method):
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with nn.intercept_methods(_Edge(self.layout, self.quant.act_bits)):
+        edge = _Edge(self.layout, self.quant.act_bits, self.quant.branch_rows)
+        with nn.intercept_methods(edge):
             return method(self, *args, **kwargs)
 
     return run
@@ -306,6 +368,7 @@ class EdgeTransducer(Transducer):
     layout: tuple[KernelLayout, ...] = ()
 
     encode = _on_edge(Transducer.encode)
+    encode_aux = _on_edge(Transducer.encode_aux)
     bias_attention = _on_edge(Transducer.bias_attention)
     predict = _on_edge(Transducer.predict)
     predict_step = _on_edge(Transducer.predict_step)
@@ -318,6 +381,10 @@ def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedMode
     (the `edge` collection: fields, fixed-point multipliers and shifts, output scale), other
     parameters widened to float32 for the DSP."""
     config = artifact_config(artifact)
+    if config.encoder not in ENCODER_CLASSES:
+        raise ModelLoadError(
+            f"{source}: unknown encoder {config.encoder!r} (known: {sorted(ENCODER_CLASSES)})"
+        )
     quant = artifact.header["quant"]
     bits, act_bits = int(quant["weight_bits"]), int(quant["act_bits"])
     if not 2 <= bits <= 8 or act_bits != 8:
@@ -347,6 +414,7 @@ def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedMode
         config=config,
         predictor_cls=PREDICTORS[config.predictor],
         quant=EdgePolicy(bits, act_bits),
+        encoder_cls=ENCODER_CLASSES[config.encoder],
         layout=tuple(layout),
     )
     return LoadedModel(model, variables, artifact_tokenizer(artifact), config, source)

@@ -80,6 +80,7 @@ def test_eval_json_with_relative_paths(model_dir, audio, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["utterances"] == 3 and out["unreadable"] == 0
     assert 0 <= out["wer"] and out["rtf"] > 0 and out["decode"]["method"] == "beam"
+    assert out["encoder_macs_per_second"] > 0 and "expensive_frame_share" not in out
     assert out["pairs"][0]["ref"] == "call mom"
 
 
@@ -386,6 +387,11 @@ def test_bad_context_file_and_plot_without_biasing_network(model_dir, audio, tmp
     argv = ["plot", "attention", "--model", str(model_dir), "--audio", str(audio[0])]
     assert main([*argv, "--context", str(good), "-o", str(tmp_path / "a.png")]) == 2
     assert "has no attention biasing network" in capsys.readouterr().err
+    argv = ["plot", "branches", "--model", str(model_dir), "--audio", str(audio[0])]
+    assert main([*argv, "-o", str(tmp_path / "b.png")]) == 2
+    err = capsys.readouterr().err
+    assert "asr plot: error: --model" in err and "has no branching encoder" in err
+    assert "--set encoder=branching" in err and not (tmp_path / "b.png").exists()
 
 
 def test_plot_attention_writes_a_png(audio, tmp_path, capsys):

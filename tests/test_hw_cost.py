@@ -58,6 +58,7 @@ def check_single(c: Cost, zeros: int, times: int = 1, w_read: bool = True):
     assert c.macs_total == times * M * K * N
     assert c.macs_skipped == times * M * zeros
     assert c.macs_done == c.macs_total - c.macs_skipped
+    assert c.macs_skipped_rows == 0  # no row-activity operand: every row computed
     assert c.bytes_read == times * (M * K + (K * N if w_read else 0))
     assert c.bytes_written == times * M * N * 4
     assert c.per_primitive["edge_int_matmul"]["calls"] == times

@@ -25,6 +25,7 @@ from hw.primitives import (
     dequantize_multiplier,
     field_sizes,
     int_matmul,
+    int_matmul_p,
     int_matmul_reference,
     quantize_multiplier,
     requantize,
@@ -392,6 +393,14 @@ def test_int_matmul_matches_reference(x_shape, w_shape):
         assert got.dtype == jnp.int32 and got.shape == ref.shape
         np.testing.assert_array_equal(got, ref)
         np.testing.assert_array_equal(jax.jit(int_matmul)(x, w, mult, shift), ref)
+        # with a row-activity operand: the active rows as before, the others 0
+        rows = rng.random(x_shape[:-1]) < 0.5
+        masked = int_matmul_reference(x, w, mult, shift, rows)
+        np.testing.assert_array_equal(masked, np.where(rows[..., None], ref, 0))
+        np.testing.assert_array_equal(int_matmul(x, w, mult, shift, rows), masked)
+        np.testing.assert_array_equal(jax.jit(int_matmul)(x, w, mult, shift, rows), masked)
+        as_int8 = int_matmul(x, w, mult, shift, rows.astype(np.int8))  # nonzero = active
+        np.testing.assert_array_equal(as_int8, masked)
 
 
 def test_int_matmul_extremes():
@@ -420,12 +429,17 @@ def test_int_matmul_extremes():
         ((None, None, 0, None), ()),  # only the multipliers batched
     ],
 )
-def test_int_matmul_vmap(in_axes, w_lead):
+@pytest.mark.parametrize("rows_axis", ["none", 0, None])  # no rows; batched; shared
+def test_int_matmul_vmap(in_axes, w_lead, rows_axis):
     rng = np.random.default_rng(len(w_lead))
     b, m, k, n = 4, 5, 6, 3
     x_lead = w_lead or (2,)
     x, w, mult, shift = _operands(rng, (b, *x_lead, m, k), (b, *w_lead, k, n))
-    args = [a if ax == 0 else a[0] for a, ax in zip((x, w, mult, shift), in_axes, strict=True)]
+    ops = (x, w, mult, shift)
+    if rows_axis != "none":
+        ops += (rng.random((b, *x_lead, m)) < 0.6,)
+        in_axes = (*in_axes, rows_axis)
+    args = [a if ax == 0 else a[0] for a, ax in zip(ops, in_axes, strict=True)]
     full = [
         a if ax == 0 else np.broadcast_to(a, (b, *a.shape))
         for a, ax in zip(args, in_axes, strict=True)
@@ -451,6 +465,12 @@ def test_int_matmul_nested_vmap_and_axes():
     np.testing.assert_array_equal(g(np.moveaxis(x, 0, 2), w, mult, shift), np.moveaxis(ref, 0, 2))
     names = _primitives(jax.make_jaxpr(g)(np.moveaxis(x, 0, 2), w, mult, shift))
     assert names.count("edge_int_matmul") == 1, names
+    rows = np.random.default_rng(4).random((2, 3, 5)) < 0.5  # with rows, batch axes moved too
+    want = np.where(rows[..., None], ref, 0)
+    inner_r = jax.vmap(int_matmul, in_axes=(0, None, None, None, 0))
+    h = jax.vmap(inner_r, in_axes=(2, 0, 0, 0, 1), out_axes=2)
+    got = h(np.moveaxis(x, 0, 2), w, mult, shift, np.moveaxis(rows, 0, 1))
+    np.testing.assert_array_equal(got, np.moveaxis(want, 0, 2))
 
 
 def test_int_matmul_errors():
@@ -466,6 +486,7 @@ def test_int_matmul_errors():
         ((x, np.zeros((3, 7, 3), np.int8), m, m), "leading dims"),
         ((x, w, np.ones(4, np.int32), m), "mult must have shape"),
         ((x[0, 0], w, m, m), r"\[..., M, K\]"),
+        ((x, w, m, m, np.ones((2, 7), bool)), r"rows must be bool\[2, 5\]"),
     ]
     for args, match in bad:
         with pytest.raises(ValueError, match=match):
@@ -480,6 +501,8 @@ def test_int_matmul_errors():
     )
     with pytest.raises(ValueError, match="overflow"):
         jax.eval_shape(int_matmul, *big)
+    with pytest.raises(ValueError, match="rows must be bool"):  # the primitive itself
+        int_matmul_p.bind(*(jnp.asarray(a) for a in (x, w, m, m)), jnp.ones((2, 5), jnp.int8))
 
 
 def test_zero_weight_macs():
@@ -492,6 +515,11 @@ def test_zero_weight_macs():
         zero_weight_macs((5, 3), w)
     with pytest.raises(ValueError):
         zero_weight_macs((3, 5, 2), wb)
+    rows = np.array([[1, 0, 0, 1, 1], [0, 0, 0, 0, 1]])  # 3 and 1 active rows
+    assert zero_weight_macs((2, 5, 2), w, rows) == 4 * 4
+    assert zero_weight_macs((2, 5, 2), wb, rows) == 3 * 4 + 1 * 0
+    with pytest.raises(ValueError):
+        zero_weight_macs((2, 5, 2), w, rows[:, :4])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def assert_fake_quant_matches(got, x, bits, axes):
 def np_contracting_axes(names, shape):
     """Independent statement of which kernel axes a product contracts: axis 0 of the attention
     projections that output (heads, head width), all but the output axis otherwise."""
-    if len(names) >= 2 and names[-2] in ("qkv", "query", "key", "value"):
+    if len(names) >= 2 and names[-2] in ("qkv", "query", "key", "value", "cheap_kv_up"):
         return (0,)
     return tuple(range(len(shape) - 1))
 
@@ -368,6 +368,8 @@ def _cfg(variant):
     base = get_config("tiny").replace(vocab_size=32, num_layers=1)
     if variant == "plain":
         return base
+    if variant == "branching":  # asr.models.branching: both branches and the arbiter
+        return base.replace(encoder="branching", branch_rank=4, branch_ff=8, arbiter_dim=8)
     return base.replace(bias_dim=32, bias_heads=2, **VARIANTS[variant])
 
 
@@ -436,7 +438,7 @@ def _jaxpr_text(variant, quant):
     )
 
 
-@pytest.mark.parametrize("variant", ["plain", "lstm", "transformer"])
+@pytest.mark.parametrize("variant", ["plain", "lstm", "transformer", "branching"])
 def test_float_policy_is_the_plain_model_bit_for_bit(variant):
     cfg = _cfg(variant)
     assert build_model(cfg).quant == QuantPolicy() == FLOAT
@@ -493,7 +495,7 @@ def _products(jaxpr):
                     yield from _products(sub.jaxpr)
 
 
-@pytest.mark.parametrize("variant", ["lstm", "transformer"])
+@pytest.mark.parametrize("variant", ["lstm", "transformer", "branching"])
 def test_the_hook_sees_every_kernel_with_its_contracting_axes(variant):
     variables = _variables(variant)
     # each kernel filled with its own constant (exact in f32), so operands name their kernels

@@ -21,7 +21,14 @@ from asr.manifest import ManifestError
 from asr.model_io import LoadedModel
 from asr.models import build_model, get_config
 from asr.models.transducer import init_variables
-from asr.recognizer import DecodeSettings, Hypothesis, Recognizer, Timing, evaluate_manifest
+from asr.recognizer import (
+    DecodeSettings,
+    EncoderCost,
+    Hypothesis,
+    Recognizer,
+    Timing,
+    evaluate_manifest,
+)
 from asr.tokenizer import Tokenizer
 
 SR = SAMPLE_RATE
@@ -86,8 +93,8 @@ class StubRecognizer:
     """Stands in for Recognizer in evaluate_manifest: fixed hypotheses per path; a path in
     `bad` is unreadable."""
 
-    def __init__(self, hyps: dict[str, str], bad: tuple[str, ...] = ()):
-        self.hyps, self.bad = hyps, bad
+    def __init__(self, hyps: dict[str, str], bad: tuple[str, ...] = (), costs=None):
+        self.hyps, self.bad, self.costs = hyps, bad, costs or {}
         self.timing = Timing()
         self.settings = DecodeSettings()
         self.loaded = type("L", (), {"source": "stub"})()
@@ -99,7 +106,7 @@ class StubRecognizer:
             if p in self.bad:
                 yield p, AudioError(f"{p}: not a readable audio file")
             else:
-                yield p, [Hypothesis(self.hyps[p], -1.0)]
+                yield p, [Hypothesis(self.hyps[p], -1.0, self.costs.get(p))]
 
 
 def test_unreadable_rows_are_excluded_and_reported():
@@ -122,6 +129,76 @@ def test_unreadable_rows_are_excluded_and_reported():
     assert [d["audio"] for d in detail] == ["a.wav", "b.wav", "c.wav"]  # every row, in order
     assert "error" in detail[1] and "errors" not in detail[1]
     assert [p["ref"] for p in res["pairs"]] == ["call mom", "go"]
+
+
+def test_encoder_cost_summed_over_scored_rows_and_groups():
+    rows = [
+        {"audio": "a.wav", "text": "call mom", "speaker": "x"},
+        {"audio": "b.wav", "keywords": ["stop"], "speaker": "y"},
+        {"audio": "c.wav", "text": "go", "speaker": "y"},
+        {"audio": "d.wav", "text": "go", "speaker": "y"},
+    ]
+    hyps = {"a.wav": "call mom", "b.wav": "stop", "c.wav": "go"}
+    costs = {
+        "a.wav": EncoderCost(macs=100.0, frames=10, audio_s=2.0, expensive_frames=5.0),
+        "b.wav": EncoderCost(macs=60.0, frames=6, audio_s=1.0, expensive_frames=0.0),
+        "c.wav": EncoderCost(macs=40.0, frames=4, audio_s=1.0, expensive_frames=4.0),
+    }
+    rec = StubRecognizer(hyps, bad=("d.wav",), costs=costs)
+    res = evaluate_manifest(rec, rows, by=("speaker",), details=True)
+    # d is unreadable: not counted; b (a keyword row) is
+    assert res["encoder_macs_per_second"] == pytest.approx(200.0 / 4.0)
+    assert res["expensive_frame_share"] == pytest.approx(9 / 20)
+    y = res["by"]["speaker"]["y"]
+    assert y["encoder_macs_per_second"] == pytest.approx(50.0) and y["expensive_frame_share"] == 0.4
+    detail = res["utterances_detail"]
+    assert (
+        detail[0]["encoder_macs_per_second"] == 50.0 and detail[0]["expensive_frame_share"] == 0.5
+    )
+    assert detail[1]["expensive_frame_share"] == 0.0
+    assert "encoder_macs_per_second" not in detail[3]  # unreadable
+    # a plain encoder: MACs, no share
+    plain = {k: EncoderCost(c.macs, c.frames, c.audio_s) for k, c in costs.items()}
+    res = evaluate_manifest(StubRecognizer(hyps, ("d.wav",), plain), rows, details=True)
+    assert res["encoder_macs_per_second"] == pytest.approx(50.0)
+    assert "expensive_frame_share" not in res
+    assert "expensive_frame_share" not in res["utterances_detail"][0]
+    # a recognizer that does not count (no costs): None, and no share
+    res = evaluate_manifest(StubRecognizer(hyps, ("d.wav",)), rows)
+    assert res["encoder_macs_per_second"] is None and "expensive_frame_share" not in res
+
+
+def test_encoder_cost_of_segments_add_up():
+    a = EncoderCost(macs=10.0, frames=2, audio_s=0.5, expensive_frames=1.0)
+    b = EncoderCost(macs=30.0, frames=6, audio_s=1.5, expensive_frames=3.0)
+    s = a + b
+    assert (s.macs, s.frames, s.audio_s, s.expensive_frames) == (40.0, 8, 2.0, 4.0)
+    assert s.macs_per_second == 20.0 and s.expensive_share == 0.5
+    assert (a + EncoderCost(1.0, 1, 1.0)).expensive_share is None
+    assert Hypothesis("go", -1.0, a) == Hypothesis("go", -1.0)  # the cost is not compared
+
+
+def test_decoder_counts_only_models_whose_encode_aux_matches_encode(tiny):
+    from asr.models.transducer import Transducer
+
+    def wrapped(method):
+        def run(self, *args, **kwargs):
+            return method(self, *args, **kwargs)
+
+        return run
+
+    class EncodeOnly(Transducer):  # overrides encode only: its inherited encode_aux differs
+        encode = wrapped(Transducer.encode)
+
+    class Both(Transducer):
+        encode = wrapped(Transducer.encode)
+        encode_aux = wrapped(Transducer.encode_aux)
+
+    m = tiny.model
+    kw = dict(config=m.config, predictor_cls=m.predictor_cls, encoder_cls=m.encoder_cls)
+    assert recognizer_mod._counts_encoder(m)
+    assert recognizer_mod._counts_encoder(Both(**kw))
+    assert not recognizer_mod._counts_encoder(EncodeOnly(**kw))
 
 
 def test_unreadable_fail_and_all_unreadable_raise():
@@ -200,6 +277,8 @@ def test_evaluate_manifest_on_real_files_skips_unreadable(tiny, tmp_path):
     alone = evaluate_manifest(rec, rows[:1])
     assert res["utterances"] == 1 and res["unreadable"] == 2 and res["words"] == 2
     assert res["wer"] == alone["wer"]
+    assert res["encoder_macs_per_second"] == alone["encoder_macs_per_second"] > 0
+    assert "expensive_frame_share" not in res  # a plain encoder
     assert [r["audio"] for r in res["unreadable_rows"]] == [str(junk), rows[2]["audio"]]
     assert "no such file" in res["unreadable_rows"][1]["error"]
 

@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from asr.models.config import BIAS_ENCODERS, CONFIGS, ModelConfig, get_config
+from asr.models.config import BIAS_ENCODERS, CONFIGS, ENCODERS, ModelConfig, get_config
 
 INT_MAX = 2**31 - 1  # the step counter is int32 on the device; every integer field stays below
 
@@ -165,6 +165,48 @@ class TrainConfig:
     sparsity_every: int = _f(10, "steps between mask updates (and every step at the end)", min=1)
     sparsity_embeddings: bool = _f(False, "also sparsify embedding tables")
 
+    # branching encoder (asr.models.branching; Macoskey et al. 2021): a cheap branch and an
+    # arbiter choosing per frame, trained jointly (straight-through Gumbel-sigmoid choices)
+    encoder: str = _f(
+        "transformer",
+        "encoder: transformer (plain) or branching; with init_from a plain model, it becomes "
+        "the expensive branch and the cheap branch is fitted to it",
+    )
+    encoder_layers: int = _f(
+        0,
+        "encoder layers (0: the model size's); with init_from a deeper model, its first "
+        "layers are kept (a static shallower baseline)",
+        min=0,
+    )
+    branch_budget: float = _f(
+        0.5, "branching: target share of frames through the expensive branch", above=0.0,
+        below=1.0,
+    )  # fmt: skip
+    branch_weight: float = _f(
+        50.0, "branching: loss += this x (share of expensive frames - budget)^2", min=0.0
+    )
+    branch_imitation: float = _f(
+        0.0,
+        "branching: loss += this x the cheap branch's relative squared error against the "
+        "expensive one, per layer from the same input (teaches the cheap branch on every frame)",
+        min=0.0,
+    )
+    branch_noise: float = _f(
+        1.0, "branching: scale of the choices' logistic noise at the first step", min=0.0
+    )
+    branch_noise_end: float = _f(
+        0.0,
+        "branching: ... at the last step, linearly (0: training ends on the inference choices)",
+        min=0.0,
+    )
+    branch_tau: float = _f(2.0, "branching: Gumbel temperature at the first step", above=0.0)
+    branch_tau_end: float = _f(
+        0.3, "branching: Gumbel temperature at the last step (geometric anneal)", above=0.0
+    )
+    branch_rank: int = _f(16, "branching: rank of the cheap projections", min=1)
+    branch_ff: int = _f(32, "branching: hidden width of the cheap feed-forward blocks", min=1)
+    arbiter_dim: int = _f(32, "branching: hidden units of the arbiter", min=1)
+
     def __post_init__(self):
         problems = []
         for f in dataclasses.fields(self):
@@ -186,6 +228,7 @@ class TrainConfig:
                     f"bias_encoder: expected one of {expected}, got {self.bias_encoder!r}"
                 )
             for name, allowed in (
+                ("encoder", ENCODERS),
                 ("quant_method", ("none", "acos", "mr-acos", "ste")),
                 ("sparsity_method", ("penalty", "hard")),
                 ("sparsity_scope", ("layer", "global")),
@@ -208,12 +251,24 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The model this recipe trains, with the tokenizer's vocabulary size."""
-        return get_config(self.model).replace(
+        base = get_config(self.model)
+        branch = {}
+        if self.encoder == "branching":
+            branch = {
+                "branch_rank": self.branch_rank,
+                "branch_ff": self.branch_ff,
+                "arbiter_dim": self.arbiter_dim,
+                "branch_budget_init": self.branch_budget,
+            }
+        return base.replace(
             vocab_size=vocab_size or self.vocab_size,
             ctc_head=self.ctc_weight > 0,
             bias_dim=self.bias_dim,
             bias_heads=self.bias_heads,
             bias_encoder=self.bias_encoder,
+            encoder=self.encoder,
+            num_layers=self.encoder_layers or base.num_layers,
+            **branch,
         )
 
     def replace(self, **kw) -> TrainConfig:

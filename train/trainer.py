@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from asr.features import log_mel
 from asr.model_io import load_model, save_model_folder
+from asr.models.branching import init_cheap_branch
 from asr.models.config import ModelConfig
 from asr.models.quant import (
     FLOAT,
@@ -236,22 +237,34 @@ def loss_fn(
     teacher_lattice: jax.Array | None = None,
     distill_weight: float = 0.0,
     distill_temperature: float = 1.0,
+    branch_temperature=1.0,
+    branch_budget: float = 0.5,
+    branch_weight: float = 0.0,
+    branch_imitation: float = 0.0,
+    branch_noise=1.0,
 ):
     """Mean per-utterance transducer loss over utterances that have frames, plus `ctc_weight`
     times the mean auxiliary CTC loss when the model has a CTC head, plus `distill_weight` times
     the mean KL divergence of the student's collapsed lattice from `teacher_lattice`
     (f32[B, T, U+1, 3], `teacher_collapsed`) when one is given. The batch's biasing lists
     (`batch_context`), when it has them, go to the encoder (a model without a biasing network
-    ignores them)."""
+    ignores them). A branching encoder adds `branch_weight` times the squared distance of its
+    share of expensive frames (over the batch's frames; the sampled choices, straight through)
+    from `branch_budget`; its choices are sampled at `branch_temperature` with logistic noise
+    scaled by `branch_noise`, and with `branch_imitation` > 0 that weight
+    times its cheap branch's relative error against the expensive one (aux "imitation")."""
     variables = {"params": params, "norm": norm}
     rngs = {"dropout": rng} if train else {}
-    enc_p, enc_pad = model.apply(
+    enc_p, enc_pad, aux = model.apply(
         variables,
         batch["feats"],
         batch["feat_paddings"],
         train,
         batch_context(batch),
-        method=Transducer.encode,
+        branch_temperature,
+        branch_imitation > 0,
+        branch_noise,
+        method=Transducer.encode_aux,
         rngs=rngs,
     )
     history = blank_prefixed(batch["labels"], model.config.blank_id)
@@ -314,6 +327,21 @@ def loss_fn(
         metrics.setdefault("transducer", loss)
         loss = loss + ctc_weight * metrics["ctc"]
         metrics["loss"] = loss
+    frames = jnp.maximum(jnp.sum(1.0 - enc_pad), 1.0)
+    metrics["encoder_macs_per_frame"] = jnp.sum(aux["macs"]) / frames
+    if "expensive" in aux:
+        keep = 1.0 - enc_pad
+        share = jnp.sum(aux["expensive"] * keep) / frames
+        branch = (share - branch_budget) ** 2
+        metrics.setdefault("transducer", loss)
+        metrics["expensive_share"] = jax.lax.stop_gradient(share)
+        metrics["expected_share"] = jnp.sum(aux["expensive_prob"] * keep) / frames
+        metrics["branch_penalty"] = branch
+        loss = loss + branch_weight * branch
+        if "imitation" in aux:
+            metrics["imitation"] = aux["imitation"]
+            loss = loss + branch_imitation * aux["imitation"]
+        metrics["loss"] = loss
     return loss, metrics
 
 
@@ -337,6 +365,21 @@ def init_state(
         norm=variables["norm"],
         extras=extras,
     )
+
+
+def branch_temperature(cfg: TrainConfig, step) -> jax.Array:
+    """The branching encoder's Gumbel temperature at `step`: geometric from `branch_tau` at
+    step 0 to `branch_tau_end` at the last step."""
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(cfg.steps - 1, 1), 0.0, 1.0)
+    return cfg.branch_tau * (cfg.branch_tau_end / cfg.branch_tau) ** frac
+
+
+def branch_noise(cfg: TrainConfig, step) -> jax.Array:
+    """The scale of the branching encoder's choice noise at `step`: linear from `branch_noise`
+    at step 0 to `branch_noise_end` at the last step (0: the inference choice, so the model
+    finishes training on the choices it will make)."""
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(cfg.steps - 1, 1), 0.0, 1.0)
+    return cfg.branch_noise + (cfg.branch_noise_end - cfg.branch_noise) * frac
 
 
 def make_train_step(
@@ -378,6 +421,11 @@ def make_train_step(
                 lattice,
                 cfg.distill_weight,
                 cfg.distill_temperature,
+                branch_temperature(cfg, state.step),
+                cfg.branch_budget,
+                cfg.branch_weight,
+                cfg.branch_imitation,
+                branch_noise(cfg, state.step),
             )
             reg, reg_metrics = regularizer_terms(cfg, params, state.step, state.extras)
             if reg_metrics:
@@ -546,8 +594,9 @@ def _tokenizer_and_model(wd: Workdir, cfg: TrainConfig, train_rows: list[dict], 
         raise ValueError(
             f"init_from={cfg.init_from!r} is a {init.config.name} model whose config differs "
             f"from recipe {cfg.model!r} (with ctc_weight {cfg.ctc_weight}, bias_dim "
-            f"{cfg.bias_dim}); pick the matching --config and ctc_weight (a biasing network "
-            "can be added to a model without one, not removed or resized)"
+            f"{cfg.bias_dim}, encoder {cfg.encoder}); pick the matching --config and ctc_weight "
+            "(a biasing network can be added to a model without one, not removed or resized; "
+            "a plain encoder can become a branching one and keep fewer layers)"
         )
     if teacher is not None:
         pieces = [tokenizer.piece(i) for i in range(tokenizer.vocab_size)]
@@ -567,10 +616,26 @@ def _tokenizer_and_model(wd: Workdir, cfg: TrainConfig, train_rows: list[dict], 
 
 def can_start_from(init: ModelConfig, target: ModelConfig) -> bool:
     """Whether a model of config `target` can be fine-tuned from one of config `init`: the same
-    config, or `target` adds a biasing network to a model that has none."""
-    if init == target:
-        return True
-    return init.bias_dim == 0 and init == target.without_biasing()
+    config, except that `target` may add a biasing network to a model that has none, make a
+    plain encoder the expensive branch of a branching one, and keep fewer encoder layers."""
+    if init.bias_dim == 0:
+        target = target.without_biasing()
+    if init.encoder == "transformer":
+        target = target.without_branching()
+    if init.num_layers >= target.num_layers:
+        target = target.replace(num_layers=init.num_layers)
+    return init == target
+
+
+def keep_layers(params, num_layers: int):
+    """`params` without the encoder layers from `num_layers` on (a shallower model fine-tuned
+    from a deeper one keeps its first layers)."""
+    enc = {
+        k: v
+        for k, v in params["encoder"].items()
+        if not (k.startswith("layer_") and int(k.split("_")[1]) >= num_layers)
+    }
+    return dict(params, encoder=enc)
 
 
 def merge_params(fresh, given):
@@ -603,7 +668,10 @@ def _initial_state(mngr, start, model, tx, cfg: TrainConfig, init, train_rows) -
     if init is not None:
         tqdm.write(f"initialized from {init.source}")
         v = jax.tree_util.tree_map(jnp.asarray, init.variables)
-        params = merge_params(state.params, v["params"])
+        given = keep_layers(flax.core.unfreeze(v["params"]), model.config.num_layers)
+        params = merge_params(state.params, given)
+        if model.config.encoder == "branching" and init.config.encoder != "branching":
+            params = init_cheap_branch(params, model.config)
         state = state.replace(params=params, opt_state=tx.init(params), norm=v["norm"])
     else:
         norm = feature_stats(train_rows, seed=cfg.seed)

@@ -36,6 +36,13 @@ class ModelConfig:
     bias_dim: int = 0  # width of the phrase embeddings and attention (0 = no biasing network)
     bias_heads: int = 4  # attention heads (bias_dim must be a multiple)
     bias_encoder: str = "lstm"  # phrase encoder: "lstm" (BLSTM final states) or "transformer"
+    # branching encoder (asr.models.branching): "transformer" is the plain encoder; "branching"
+    # adds a cheap branch and a per-frame arbiter (the fields below matter only then)
+    encoder: str = "transformer"
+    branch_rank: int = 16  # rank of the cheap branch's key/value and front-end projections
+    branch_ff: int = 32  # hidden width of the cheap branch's feed-forward blocks
+    arbiter_dim: int = 32  # hidden units of the arbiter
+    branch_budget_init: float = 0.5  # the arbiter's initial share of expensive frames
 
     def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
@@ -57,8 +64,16 @@ class ModelConfig:
         defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in BIAS_FIELDS}
         return self.replace(**defaults)
 
+    def without_branching(self) -> ModelConfig:
+        """This config with the branching fields at their defaults (the plain encoder): what a
+        plain model must match to become a branching model's expensive branch."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in BRANCH_FIELDS}
+        return self.replace(**defaults)
+
 
 BIAS_FIELDS = ("bias_dim", "bias_heads", "bias_encoder")
+BRANCH_FIELDS = ("encoder", "branch_rank", "branch_ff", "arbiter_dim", "branch_budget_init")
+ENCODERS = ("transformer", "branching")
 BIAS_ENCODERS = ("lstm", "transformer")
 
 

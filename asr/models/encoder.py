@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from asr.models.config import ModelConfig
+from asr.models.macs import count_macs
 from asr.models.quant import FLOAT, QuantPolicy
 
 NEG_INF = -1e9
@@ -78,14 +79,22 @@ class SelfAttention(nn.Module):
     quant: QuantPolicy = FLOAT
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """x: f32[B, T, D]; mask: bool[B, 1, T, T] -> f32[B, T, D]."""
+    def __call__(self, x: jax.Array, mask: jax.Array, kv=None, gate=None) -> jax.Array:
+        """x: f32[B, T, D]; mask: bool[B, 1, T, T] -> f32[B, T, D].
+
+        Branching encoder (`asr.models.branching`): `kv` f32[B, T, 2, H, Dh] are keys and values
+        another branch produced, used on the frames where `gate` f32[B, T] is 0 (1: this
+        module's own); the attention cache holds whichever branch produced each frame."""
         b, t, _ = x.shape
         dh = self.d_model // self.num_heads
         qkv = self.quant.dense_general((3, self.num_heads, dh), name="qkv")(
             x
         )  # -> [B, T, 3, H, Dh]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if kv is not None:
+            g = gate[:, :, None, None]
+            k = g * k + (1.0 - g) * kv[:, :, 0]
+            v = g * v + (1.0 - g) * kv[:, :, 1]
         pos = jnp.arange(t)
         q, k = rotary(q, pos), rotary(k, pos)
         logits = self.quant.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(dh).astype(x.dtype)
@@ -104,11 +113,15 @@ class CausalConvModule(nn.Module):
     quant: QuantPolicy = FLOAT
 
     @nn.compact
-    def __call__(self, x: jax.Array, paddings: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, paddings: jax.Array, gate=None) -> jax.Array:
+        """x f32[B, T, D] -> f32[B, T, D]. With `gate` f32[B, T] (branching encoder), frames
+        where it is 0 feed zeros to the depthwise convolution (they skip this module)."""
         x = x * (1.0 - paddings)[..., None]
         q = self.quant
         x = q.dense(2 * self.d_model)(x)
         x = nn.glu(x, axis=-1)
+        if gate is not None:
+            x = x * gate[..., None]
         x = jnp.pad(x, ((0, 0), (self.kernel - 1, 0), (0, 0)))
         x = q.conv_module(
             self.d_model, (self.kernel,), feature_group_count=self.d_model, padding="VALID"
@@ -137,13 +150,18 @@ class EncoderLayer(nn.Module):
 
 class Encoder(nn.Module):
     """feats f32[B, T, n_mels], feat_paddings f32[B, T] (1.0 = pad)
-    -> (f32[B, T', d_model], f32[B, T'] paddings), T' = ceil(T / 4)."""
+    -> (f32[B, T', d_model], f32[B, T'] paddings, aux), T' = ceil(T / 4); aux = {"macs":
+    f32[B, T'] multiply-accumulates per frame (`asr.models.macs`)}. `temperature`,
+    `imitate` and `noise` are the branching encoder's (`asr.models.branching`); this one ignores them."""
 
     config: ModelConfig
     quant: QuantPolicy = FLOAT
 
     @nn.compact
-    def __call__(self, feats, feat_paddings, train: bool = False):
+    def __call__(
+        self, feats, feat_paddings, train: bool = False, temperature=1.0, imitate=False, noise=1.0
+    ):
+        del temperature, imitate, noise
         c = self.config
         x = ConvSubsampling(c.subsample_channels, c.d_model, self.quant)(feats)
         paddings = subsample_paddings(feat_paddings)
@@ -153,4 +171,5 @@ class Encoder(nn.Module):
         for i in range(c.num_layers):
             x = EncoderLayer(c, self.quant, name=f"layer_{i}")(x, paddings, mask, train)
         x = nn.LayerNorm()(x)
-        return x * (1.0 - paddings)[..., None], paddings
+        aux = {"macs": count_macs(c, mask, paddings, jnp.ones_like(paddings))}
+        return x * (1.0 - paddings)[..., None], paddings, aux

@@ -2,6 +2,10 @@
 
   encode(feats, feat_paddings, train, context=None)
                                            -> (enc_p f32[B, T', J], enc_paddings f32[B, T'])
+  encode_aux(feats, feat_paddings, train, context=None, temperature=1.0)
+                                           -> (enc_p, enc_paddings, aux): aux is the encoder's
+                                              auxiliary outputs (per-frame "macs"; a branching
+                                              encoder's "expensive" choices and probabilities)
   bias_attention(feats, feat_paddings, context=None)
                                            -> f32[B, H, T', P+1] biasing attention weights
   predict(labels int32[B, U+1], train)     -> pred_p f32[B, U+1, J]   (blank-prefixed history)
@@ -34,21 +38,26 @@ import jax
 import jax.numpy as jnp
 
 from asr.models.biasing import PHRASE_ENCODERS, ContextBiasing
-from asr.models.config import BIAS_ENCODERS, ModelConfig
+from asr.models.branching import BranchingEncoder
+from asr.models.config import BIAS_ENCODERS, ENCODERS, ModelConfig
 from asr.models.encoder import Encoder
 from asr.models.joiner import Joiner
 from asr.models.predictor import PREDICTORS
 from asr.models.quant import FLOAT, QuantPolicy
+
+ENCODER_CLASSES = {"transformer": Encoder, "branching": BranchingEncoder}
 
 
 class Transducer(nn.Module):
     config: ModelConfig
     predictor_cls: type[nn.Module]
     quant: QuantPolicy = FLOAT  # how every matrix product runs (asr.models.quant)
+    # feats, feat_paddings, train, temperature -> (states, paddings, aux dict)
+    encoder_cls: type[nn.Module] = Encoder
 
     def setup(self):
         c, q = self.config, self.quant
-        self.encoder = Encoder(c, q)
+        self.encoder = self.encoder_cls(c, q)
         self.predictor = self.predictor_cls(c, q)
         self.joiner = Joiner(c, q)
         if c.ctc_head:
@@ -58,18 +67,23 @@ class Transducer(nn.Module):
         self.feat_mean = self.variable("norm", "mean", jnp.zeros, (c.n_mels,))
         self.feat_istd = self.variable("norm", "istd", jnp.ones, (c.n_mels,))
 
-    def _encode(self, feats, feat_paddings, train: bool, context):
+    def _encode(
+        self, feats, feat_paddings, train: bool, context, temperature=1.0, imitate=False,
+        noise=1.0,
+    ):  # fmt: skip
         """(biased encoder output f32[B, T', d_model], paddings f32[B, T'], biasing attention
-        weights f32[B, H, T', P+1] or None without a biasing network)."""
+        weights f32[B, H, T', P+1] or None without a biasing network, encoder aux dict)."""
         c = self.config
         if feats.ndim != 3 or feats.shape[-1] != c.n_mels:
             raise ValueError(f"feats must be [B, T, {c.n_mels}], got {feats.shape}")
         if feat_paddings.shape != feats.shape[:2]:
             raise ValueError(f"feat_paddings must be {feats.shape[:2]}, got {feat_paddings.shape}")
         x = (feats - self.feat_mean.value) * self.feat_istd.value
-        enc, paddings = self.encoder(x, feat_paddings, train=train)
+        enc, paddings, aux = self.encoder(
+            x, feat_paddings, train=train, temperature=temperature, imitate=imitate, noise=noise
+        )
         if c.bias_dim <= 0:
-            return enc, paddings, None
+            return enc, paddings, None, aux
         if context is not None:
             tokens, cpads = context
             if tokens.ndim != 3 or tokens.shape[0] != feats.shape[0]:
@@ -79,13 +93,28 @@ class Transducer(nn.Module):
             if cpads.shape != tokens.shape:
                 raise ValueError(f"context paddings must be {tokens.shape}, got {cpads.shape}")
         enc, weights = self.biasing(enc, paddings, context, train)
-        return enc, paddings, weights
+        return enc, paddings, weights, aux
 
     def encode(self, feats, feat_paddings, train: bool = False, context=None):
         """feats f32[B, T, n_mels], feat_paddings f32[B, T] (1.0 = pad), context (see the
         module docstring) -> (enc_p f32[B, T', joint_dim], enc_paddings f32[B, T'])."""
-        enc, paddings, _ = self._encode(feats, feat_paddings, train, context)
+        enc, paddings, _, _ = self._encode(feats, feat_paddings, train, context)
         return self.joiner.project_encoder(enc), paddings
+
+    def encode_aux(
+        self, feats, feat_paddings, train: bool = False, context=None, temperature=1.0,
+        imitate: bool = False, noise=1.0,
+    ):  # fmt: skip
+        """`encode` plus the encoder's auxiliary outputs: (enc_p, enc_paddings, aux), aux =
+        {"macs": f32[B, T'] multiply-accumulates per frame} and, for a branching encoder,
+        "expensive" (choices, 1: expensive) and "expensive_prob" f32[B, T']. `temperature`:
+        the branching encoder's Gumbel temperature in training; `imitate`: also its cheap
+        branch's error against the expensive one (aux["imitation"], `asr.models.branching`);
+        `noise`: the scale of the training choices' logistic noise."""
+        enc, paddings, _, aux = self._encode(
+            feats, feat_paddings, train, context, temperature, imitate, noise
+        )
+        return self.joiner.project_encoder(enc), paddings, aux
 
     def bias_attention(self, feats, feat_paddings, context=None):
         """The biasing network's attention weights f32[B, H, T', P+1] (inference mode): for each
@@ -139,7 +168,23 @@ def build_model(config: ModelConfig, quant: QuantPolicy = FLOAT) -> Transducer:
                 f"bias_dim ({config.bias_dim}) must be a multiple of bias_heads "
                 f"({config.bias_heads}), which must be >= 1"
             )
-    return Transducer(config=config, predictor_cls=PREDICTORS[config.predictor], quant=quant)
+    if config.encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {list(ENCODERS)}, got {config.encoder!r}")
+    assert set(ENCODERS) == set(ENCODER_CLASSES), ENCODER_CLASSES
+    if config.encoder == "branching":
+        for name in ("branch_rank", "branch_ff", "arbiter_dim"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+        if not 0.0 < config.branch_budget_init < 1.0:
+            raise ValueError(
+                f"branch_budget_init must be in (0, 1), got {config.branch_budget_init}"
+            )
+    return Transducer(
+        config=config,
+        predictor_cls=PREDICTORS[config.predictor],
+        quant=quant,
+        encoder_cls=ENCODER_CLASSES[config.encoder],
+    )
 
 
 def init_variables(model: Transducer, rng: jax.Array, num_frames: int = 64, num_labels: int = 4):

@@ -3,7 +3,8 @@
 - `decode_weights` (primitive `edge_decode_weights`): packed low-bit / sparse weight streams ->
   int8 codes (`decode.py`).
 - `int_matmul` (primitive `edge_int_matmul`): int8 x int8 -> int32 accumulation, requantized by
-  per-channel fixed-point multipliers, zero weights skipped (`int_matmul.py`).
+  per-channel fixed-point multipliers, zero weights skipped, optionally only on the active rows
+  of a row-activity operand (`int_matmul.py`).
 - `fixedpoint.py`: real <-> (mult, shift) multipliers and the NumPy references.
 
 Each primitive keeps its implementation (a jnp function), shape rule, lowering

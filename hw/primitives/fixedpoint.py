@@ -20,7 +20,8 @@ Owns:
 - `dequantize_multiplier`: (mult, shift) -> float64.
 - `requantize_reference`: the rounding rule above in exact integer NumPy.
 - `int_matmul_reference`: the NumPy reference of `hw.primitives.int_matmul` (int8 x int8 ->
-  int32 accumulate, wrapping modulo 2**32 like the hardware accumulator, then requantize).
+  int32 accumulate, wrapping modulo 2**32 like the hardware accumulator, then requantize; 0 on
+  the rows an optional row-activity operand marks inactive).
 
 References:
   Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
@@ -131,7 +132,7 @@ def requantize_reference(acc: ArrayLike, mult: ArrayLike, shift: ArrayLike) -> n
 
 
 def int_matmul_reference(
-    x: ArrayLike, w: ArrayLike, mult: ArrayLike, shift: ArrayLike
+    x: ArrayLike, w: ArrayLike, mult: ArrayLike, shift: ArrayLike, rows: ArrayLike | None = None
 ) -> np.ndarray:
     """NumPy reference of `hw.primitives.int_matmul`, bit for bit.
 
@@ -140,10 +141,12 @@ def int_matmul_reference(
       w: int8[K, N] (shared) or int8[..., K, N] (leading dims equal to x's) weights.
       mult: int32[N] or int32[..., N] (leading dims like w): multipliers in [0, 2**31).
       shift: int32, same shape as mult: right shifts in [1, 62].
+      rows: optional [..., M] row activity (nonzero = active); None: every row.
 
     Returns:
       int32[..., M, N]: requantize(acc) with acc = x @ w accumulated in int32 (wrapping modulo
-      2**32 like the hardware accumulator; callers keep K * 127 * 127 < 2**31 so it never does).
+      2**32 like the hardware accumulator; callers keep K * 127 * 127 < 2**31 so it never does),
+      0 on the inactive rows.
     """
     x = np.asarray(x)
     w = np.asarray(w)
@@ -151,4 +154,7 @@ def int_matmul_reference(
     acc = acc.astype(np.int32)  # the int32 accumulator wraps modulo 2**32
     mult = np.asarray(mult)[..., None, :]  # -> [..., 1, N], broadcast over M
     shift = np.asarray(shift)[..., None, :]
-    return requantize_reference(acc, mult, shift)
+    out = requantize_reference(acc, mult, shift)
+    if rows is None:
+        return out
+    return np.where(np.asarray(rows)[..., None] != 0, out, np.int32(0)).astype(np.int32)

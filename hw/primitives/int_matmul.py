@@ -1,9 +1,17 @@
 """The integer matrix product of the edge processor: int8 x int8 -> int32, requantized.
 
-`int_matmul(x, w, mult, shift)` is the custom primitive `edge_int_matmul`:
+`int_matmul(x, w, mult, shift, rows=None)` is the custom primitive `edge_int_matmul`:
 
     acc[..., m, n] = sum_k int32(x[..., m, k]) * int32(w[..., k, n])          (exact in int32)
     out[..., m, n] = saturate_int32(floor((acc * mult[n] + 2**(shift[n]-1)) / 2**shift[n]))
+                     where rows[..., m], else 0
+
+Row activity: the optional operand `rows` bool[..., M] (x's leading dims and M) says which rows
+of x the product is needed on (the frames of a branching encoder's chosen branch,
+`asr.models.branching.only_rows`). The hardware computes, reads and writes only the active rows;
+the inactive rows of the output are 0. Without it every row is active (the primitive then has
+four operands, as before). The cost model (`hw.cost`) reads the operand to count only the active
+rows' products.
 
 `mult * 2**-shift` is the per-output-channel real scale in the fixed-point form of integer
 accelerators (TFLite/gemmlowp, Arm Ethos-U): see `fixedpoint.py` for how reals are converted and
@@ -28,11 +36,12 @@ exact signed 64-bit value with pairs of 32-bit limbs (hi: high word, lo: low wor
    is clamped to INT32_MAX (hi' >= 0) or INT32_MIN.
 
 Zero skipping: products with a zero weight contribute nothing, and the hardware does not issue
-them; `zero_weight_macs` counts them (NumPy, on concrete weights) for the cost model.
+them; `zero_weight_macs` counts them (NumPy, on concrete weights; on the active rows only when
+given `rows`).
 
 Batching: the primitive accepts arbitrary leading dims, and its batching rule binds
 `edge_int_matmul` again with the vmapped axis folded into leading dims (or into M when the
-weights are shared), so a jaxpr of a vmapped model still shows every integer matmul to the cost
+weights are shared; `rows` follows x), so a jaxpr of a vmapped model still shows every integer matmul to the cost
 model that interprets it. No differentiation rule: this is an inference-only datapath.
 
 References:
@@ -136,17 +145,23 @@ def requantize(acc: ArrayLike, mult: ArrayLike, shift: ArrayLike) -> jax.Array:
     return jnp.where(fits, q_lo, jnp.where(q_hi >= 0, _INT32_MAX, _INT32_MIN))
 
 
-def _int_matmul_impl(x: jax.Array, w: jax.Array, mult: jax.Array, shift: jax.Array) -> jax.Array:
+def _int_matmul_impl(
+    x: jax.Array, w: jax.Array, mult: jax.Array, shift: jax.Array, rows: jax.Array | None = None
+) -> jax.Array:
     """The jnp implementation: the primitive's eager impl and (via `mlir.lower_fun`) lowering."""
     acc = jnp.matmul(x, w, preferred_element_type=jnp.int32)  # -> int32[..., M, N]
-    return requantize(acc, mult[..., None, :], shift[..., None, :])
+    out = requantize(acc, mult[..., None, :], shift[..., None, :])
+    if rows is None:
+        return out
+    return jnp.where(rows[..., None], out, jnp.int32(0))
 
 
 _int_matmul_jit = jax.jit(_int_matmul_impl)
 
 
-def _int_matmul_abstract_eval(x, w, mult, shift) -> ShapedArray:
-    """Shape/dtype rule: int8[..., M, K] x int8[(...,) K, N] -> int32[..., M, N]."""
+def _int_matmul_abstract_eval(x, w, mult, shift, *rows) -> ShapedArray:
+    """Shape/dtype rule: int8[..., M, K] x int8[(...,) K, N] (rows bool[..., M]) ->
+    int32[..., M, N]."""
     for name, a, dt in (("x", x, np.int8), ("w", w, np.int8), ("mult", mult, np.int32)):
         if a.dtype != dt:
             raise ValueError(f"int_matmul: {name} must be {np.dtype(dt)}, got {a.dtype}")
@@ -172,12 +187,20 @@ def _int_matmul_abstract_eval(x, w, mult, shift) -> ShapedArray:
     for name, a in (("mult", mult), ("shift", shift)):
         if tuple(a.shape) != want:
             raise ValueError(f"int_matmul: {name} must have shape {want}, got {tuple(a.shape)}")
+    if len(rows) > 1:
+        raise ValueError(f"int_matmul: at most one rows operand, got {len(rows)}")
+    for r in rows:
+        if r.dtype != np.bool_ or tuple(r.shape) != tuple(x.shape[:-1]):
+            raise ValueError(
+                f"int_matmul: rows must be bool{list(x.shape[:-1])} (x's leading dims and M), "
+                f"got {r.dtype}{list(r.shape)}"
+            )
     return ShapedArray((*lead, x.shape[-2], n), jnp.int32)
 
 
-def _int_matmul_eager(x, w, mult, shift):
-    _int_matmul_abstract_eval(x, w, mult, shift)  # same errors eagerly as under jit
-    return _int_matmul_jit(x, w, mult, shift)
+def _int_matmul_eager(*args):
+    _int_matmul_abstract_eval(*args)  # same errors eagerly as under jit
+    return _int_matmul_jit(*args)
 
 
 def _to_front(a: jax.Array, dim: int | None, size: int) -> jax.Array:
@@ -188,25 +211,29 @@ def _to_front(a: jax.Array, dim: int | None, size: int) -> jax.Array:
 
 
 def _int_matmul_batch(args, dims):
-    """Batching rule: bind `edge_int_matmul` again with the vmapped axis in the leading dims."""
-    x, w, mult, shift = args
-    bx, bw, bm, bs = dims
+    """Batching rule: bind `edge_int_matmul` again with the vmapped axis in the leading dims
+    (the rows operand, if any, moved like x)."""
+    x, w, mult, shift, *rows = args
+    bx, bw, bm, bs, *brows = dims
     size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
     x = _to_front(x, bx, size)  # -> [B, ..., M, K]
+    rows = [_to_front(r, d, size) for r, d in zip(rows, brows, strict=True)]  # -> [B, ..., M]
     if bw is None and bm is None and bs is None:  # shared weights
         if w.ndim == 2:
-            return int_matmul_p.bind(x, w, mult, shift), 0
+            return int_matmul_p.bind(x, w, mult, shift, *rows), 0
         # w [..., K, N] matches x's per-example leading dims: fold B into M, never copy w.
         x = jnp.moveaxis(x, 0, -3)  # -> [..., B, M, K]
         *lead, b, m, k = x.shape
-        out = int_matmul_p.bind(x.reshape(*lead, b * m, k), w, mult, shift)
+        rows = [jnp.moveaxis(r, 0, -2).reshape(*lead, b * m) for r in rows]
+        out = int_matmul_p.bind(x.reshape(*lead, b * m, k), w, mult, shift, *rows)
         return out.reshape(*lead, b, m, w.shape[-1]), len(lead)
     w, mult, shift = (_to_front(a, d, size) for a, d in ((w, bw), (mult, bm), (shift, bs)))
     if w.ndim == 3:  # per-example weights are 2-D: x's other leading dims fold into M
         lead, (m, k) = x.shape[1:-2], x.shape[-2:]
-        out = int_matmul_p.bind(x.reshape(size, math.prod(lead) * m, k), w, mult, shift)
+        rows = [r.reshape(size, math.prod(lead) * m) for r in rows]
+        out = int_matmul_p.bind(x.reshape(size, math.prod(lead) * m, k), w, mult, shift, *rows)
         return out.reshape(size, *lead, m, w.shape[-1]), 0
-    return int_matmul_p.bind(x, w, mult, shift), 0
+    return int_matmul_p.bind(x, w, mult, shift, *rows), 0
 
 
 int_matmul_p = jax.extend.core.Primitive("edge_int_matmul")
@@ -216,7 +243,9 @@ mlir.register_lowering(int_matmul_p, mlir.lower_fun(_int_matmul_impl, multiple_r
 batching.primitive_batchers[int_matmul_p] = _int_matmul_batch
 
 
-def int_matmul(x: ArrayLike, w: ArrayLike, mult: ArrayLike, shift: ArrayLike) -> jax.Array:
+def int_matmul(
+    x: ArrayLike, w: ArrayLike, mult: ArrayLike, shift: ArrayLike, rows: ArrayLike | None = None
+) -> jax.Array:
     """Integer matmul with per-output-channel requantization (primitive `edge_int_matmul`).
 
     Args:
@@ -226,27 +255,36 @@ def int_matmul(x: ArrayLike, w: ArrayLike, mult: ArrayLike, shift: ArrayLike) ->
       mult: int32[N] (or int32[..., N], leading dims like w): multipliers in [0, 2**31).
       shift: int32, same shape as mult: right shifts in [1, 62]. mult * 2**-shift is the real
         scale of output channel n (`fixedpoint.quantize_multiplier`).
+      rows: optional [..., M] (x's leading dims and M), nonzero = the row is needed: only those
+        rows are computed (converted to bool). None: every row.
 
     Returns:
       int32[..., M, N]: saturate_int32(round_half_up(acc * mult * 2**-shift)) with
-      acc = x @ w accumulated exactly in int32.
+      acc = x @ w accumulated exactly in int32; 0 on inactive rows.
 
     Raises:
-      ValueError: on wrong dtypes or ranks, mismatched K or leading dims, K > 133000.
+      ValueError: on wrong dtypes or ranks, mismatched K or leading dims, a rows operand not
+        shaped like x's leading dims and M, K > 133000.
     """
-    return int_matmul_p.bind(jnp.asarray(x), jnp.asarray(w), jnp.asarray(mult), jnp.asarray(shift))
+    ops = [jnp.asarray(x), jnp.asarray(w), jnp.asarray(mult), jnp.asarray(shift)]
+    if rows is not None:
+        rows = jnp.asarray(rows)
+        ops.append(rows if rows.dtype == jnp.bool_ else rows != 0)
+    return int_matmul_p.bind(*ops)
 
 
-def zero_weight_macs(x_shape: tuple[int, ...], w: ArrayLike) -> int:
-    """Multiply-accumulates that `int_matmul(x, w, ...)` skips because the weight is zero.
+def zero_weight_macs(x_shape: tuple[int, ...], w: ArrayLike, rows: ArrayLike | None = None) -> int:
+    """Multiply-accumulates that `int_matmul(x, w, ..., rows)` skips because the weight is zero.
 
     Args:
       x_shape: the shape of x, (..., M, K).
       w: concrete int8[K, N] or int8[..., K, N] weights (leading dims equal to x's).
+      rows: optional concrete [..., M] row activity (nonzero = active); None: every row.
 
     Returns:
-      (product of x's leading and M dims) * (number of zero weights) per weight matrix: each
-      zero w[k, n] saves one MAC for every row of x it would have multiplied.
+      The sum over weight matrices of (active rows of x that the matrix multiplies) * (its
+      number of zero weights): each zero w[k, n] saves one MAC for every active row of x it
+      would have multiplied.
     """
     w = np.asarray(w)
     x_shape = tuple(int(d) for d in x_shape)
@@ -256,5 +294,10 @@ def zero_weight_macs(x_shape: tuple[int, ...], w: ArrayLike) -> int:
         )
     if w.ndim > 2 and tuple(w.shape[:-2]) != x_shape[:-2]:
         raise ValueError(f"zero_weight_macs: w's leading dims {w.shape[:-2]} != x's {x_shape[:-2]}")
-    rows = math.prod(x_shape[:-1]) if w.ndim == 2 else x_shape[-2]  # rows of x per matrix of w
-    return int(rows * np.count_nonzero(w == 0))
+    active = np.ones(x_shape[:-1], bool) if rows is None else np.asarray(rows) != 0
+    if active.shape != x_shape[:-1]:
+        raise ValueError(f"zero_weight_macs: rows {active.shape} != x's leading dims and M")
+    if w.ndim == 2:
+        return int(np.count_nonzero(active)) * int(np.count_nonzero(w == 0))
+    per_matrix = np.count_nonzero(active, axis=-1).astype(np.int64)  # -> [...]
+    return int(np.sum(per_matrix * np.count_nonzero(w == 0, axis=(-2, -1))))
