@@ -26,7 +26,7 @@ BIAS_SET = spec_start_step=0 real_phrases=0.3 noise_pad_prob=0.3 noise_only=0.03
 TRAIN_DATA9 = $(RUNS)/corpus6/train.jsonl $(RUNS)/corpus6/dev.jsonl $(RUNS)/corpus9/train.jsonl $(RUNS)/corpus9/dev.jsonl \
   $(RUNS)/kokoro9/train.jsonl $(RUNS)/kokoro9/dev.jsonl $(RUNS)/world9_fsdd/train.jsonl $(RUNS)/world9_sc/train.jsonl $(REAL_DATA)
 
-.PHONY: demo test lint default-model bias-benchmark compression-table edge-benchmark benchmarks
+.PHONY: demo test lint default-model bias-benchmark compression-table edge-benchmark branching-table benchmarks
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -173,3 +173,22 @@ benchmarks: $(BIN)/.installed
 	$(BIN)/python -m train.benchmarks.long_audio
 	$(BIN)/python -m train.benchmarks.unseen_voices --steps 1500 --workdir $(RUNS)/unseen
 	$(BIN)/python -m train.benchmarks.transcribe --model default --manifest $(RUNS)/corpus6/test.jsonl $(RUNS)/real/fsdd_test.jsonl $(RUNS)/real/sc_test.jsonl --limit 300
+
+# The branching-encoder table, curve and pictures of the README (after compression-table, whose
+# corpus, real-speech manifests and float control run it reuses): fine-tunes of the shipped
+# model with the COMP_SET recipe, branching at four budgets and a static 2-layer model of about
+# the same MACs, evaluated against the expensive-only encoder (train/benchmarks/branching.py).
+BRANCH_B = encoder=branching,branch_rank=32,branch_ff=128,branch_imitation=1
+BRANCH_RUNS ?= static2:encoder_layers=2 i45:$(BRANCH_B),branch_budget=0.45 i60:$(BRANCH_B),branch_budget=0.6 \
+  i75:$(BRANCH_B),branch_budget=0.75 i90:$(BRANCH_B),branch_budget=0.9
+branching-table: $(BIN)/.installed
+	for r in $(BRANCH_RUNS); do name=$${r%%:*}; set=$$(echo $${r#*:} | tr , ' '); \
+	  $(BIN)/asr train --config small --workdir $(RUNS)/branch/$$name --noise-dir $(SHARED)/speech_commands/_silence_ \
+	  --data $(COMP_DATA) --set $(COMP_SET) $$set || exit 1; done
+	$(BIN)/python -m train.benchmarks.branching --baseline default --control $(RUNS)/comp/float/model --runs $(RUNS)/branch \
+	  --limit 400 $(EDGE_SETS) --plot docs/branching_curve.png
+	$(BIN)/asr plot branches --model $(RUNS)/branch/i90/model --audio $(RUNS)/corpus6/audio/0010/0010288.flac -o docs/branching_frames.png
+	for m in $(RUNS)/comp/float/model $(RUNS)/branch/i90/model $(RUNS)/branch/i75/model; do \
+	  $(BIN)/python -m hw.benchmarks.edge --model $$m --what cost --bits 8 --sparsity 0 --cost-part encoder \
+	  --set synth=$(RUNS)/corpus6/test.jsonl --cost-utterances 1 --out $(RUNS)/branch/edge_cost_encoder_1utt.jsonl || exit 1; done
+	$(BIN)/python -m hw.benchmarks.edge --from-results $(RUNS)/branch/edge_cost_encoder_1utt.jsonl

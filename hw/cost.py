@@ -43,10 +43,32 @@ products only on the frames that chose it (`hw.runtime` passes the choice as the
 activity): the rules above then count the chosen rows only, so MACs, activation and output
 bytes scale with each branch's share of frames, a weight stream is read only by a program in
 which some frame chose its branch, and macs_skipped_rows says what the unchosen rows would have
-cost. DSP operations (activation quantization, norms, softmax, the mixing of the branches) are
-still counted on every frame: the emulator computes them on all rows and the jaxpr does not say
-which belong to an unchosen branch, so the saving shows fully in NPU cycles and diluted in the
-DSP's.
+cost. The DSP too runs a branch only on its frames (the emulator computes every row: the
+unchosen ones are then dropped by the mixing). `only_rows` opens a named scope
+(`only_rows_<n>`, unique) that the equations traced inside carry in their name stack; a
+callee's, a scan body's or a loop body's equations are inside the regions around the equation
+that runs them. A DSP equation whose innermost region is R counts dsp_ops * a / m instead of
+dsp_ops, a / m being the share of active elements of R's rows mask: the `rows` operand of R's
+first `edge_int_matmul` in the same compiled segment (or scan body), counted on the concrete
+mask (every product of a region takes the same mask, broadcast over further row axes), rounded
+per run of the segment. Counted in full, as before, are:
+  - every DSP equation of a region without a product with `rows` in its segment (a region of
+    DSP work only, or a runtime computing every row: `EdgePolicy(branch_rows=False)`);
+  - the work of R whose result reaches, through equations of R, an operand of an R product
+    other than x: the weights, multipliers and the row mask itself, and the keys and values
+    attention reads from every frame (the mixing of both branches' keys and values, their
+    rotary positions and quantization). The walk back stops at products: the projection that
+    made those keys still counts only its active rows, but the DSP work between it and the
+    keys (requantization, bias) counts in full, although it too runs on the active rows only
+    (an overcount, conservative);
+  - values made by R's DSP work that are used later inside R but not seen (they leave their
+    segment, across a loop or a branch, or a scan body inside R, or enter a scan body), and
+    the work of R behind them: so a region around a loop or a scan counts the work of its
+    body in full, while a region opened inside the body counts its share;
+  - everything outside any region: the norms both branches share, the mixing of the branches'
+    outputs, the arbiter, the first subsampling convolution; float products (float_macs) too.
+The values a region hands on (its output, mixed by the choice) are needed on its active rows
+only: that is what `only_rows` declares.
 
 Cycles. Each NPU operation takes max(MAC cycles, memory cycles): its DMA is double-buffered and
 overlaps with the MAC array (Sze et al. 2017, roofline of a layer). MAC cycles = macs_done /
@@ -61,7 +83,8 @@ would take minutes; instead every maximal run of equations between control-flow 
 cond, or a call/scan that contains them) is bound under one `jax.jit`: traced once, so each
 equation is still bound with its own parameters and counted from its shapes, then compiled once;
 the counts that depend on values (active rows and zero weights of every weight matrix of every
-`edge_int_matmul`, whether each decode is charged) are extra outputs of that compiled segment (a
+`edge_int_matmul`, whether each decode is charged, the active elements of each branch-rows
+region's mask) are extra outputs of that compiled segment (a
 `scan` inside a segment becomes a `lax.scan` stacking them). A `while` iteration is then one or
 two dispatches, and the per-operation cycle maxima are taken at the end in NumPy.
 
@@ -77,6 +100,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -92,9 +116,11 @@ try:
 except ImportError:  # older JAX: the jaxpr types lived in jax.core only
     from jax.core import ClosedJaxpr, Jaxpr, Literal
 
+from asr.models.branching import ROWS_SCOPE
 from hw.primitives import decode_weights_p, int_matmul_p
 
 _TRACER = getattr(jax.core, "Tracer", ())  # public in jax.core; () matches nothing
+_INSTANCES = itertools.count()  # ids of traced callee instances (region keys)
 
 
 @dataclass(frozen=True)
@@ -397,6 +423,14 @@ def _kind(eqn) -> str:
     return "first"
 
 
+def _regions(eqn) -> tuple[str, ...]:
+    """The `only_rows` scopes (`asr.models.branching.ROWS_SCOPE`) of the equation's name stack,
+    outermost first (relative to its jaxpr)."""
+    stack = getattr(getattr(eqn.source_info, "name_stack", None), "stack", ())
+    names = (getattr(s, "name", None) for s in stack)
+    return tuple(n for n in names if isinstance(n, str) and ROWS_SCOPE.fullmatch(n))
+
+
 @dataclass(frozen=True, eq=False)
 class _Columns:
     """How to read a traced segment's dynamic vector int32[width] (one per run of the segment):
@@ -409,21 +443,29 @@ class _Columns:
     ops: int64[O, 3], one row per product: (its first pair; its pairs run to the next product's
       first), bytes per active row of x, bytes per active row of the output.
     decodes: int64[D, 3], one row per decode: (column of its flag 0/1: charged or not, bytes of
-      its fields, codes it decodes)."""
+      its fields, codes it decodes).
+    dsp: int64[S, 3], one row per (branch-rows region, primitive) of DSP work counted on the
+      region's active rows: (column of the active elements of the region's rows mask, the mask's
+      elements, the DSP ops of every row); dsp_names[s] is row s's primitive."""
 
     width: int
     pairs: np.ndarray
     ops: np.ndarray
     decodes: np.ndarray
+    dsp: np.ndarray
+    dsp_names: tuple[str, ...]
 
     def tiled(self, times: int) -> _Columns:
         """The columns of `times` runs' vectors laid end to end (a scan's stacked iterations)."""
         i = np.arange(times, dtype=np.int64)
-        pairs, ops, decodes = (np.tile(a, (times, 1)) for a in (self.pairs, self.ops, self.decodes))
+        pairs, ops, decodes, dsp = (
+            np.tile(a, (times, 1)) for a in (self.pairs, self.ops, self.decodes, self.dsp)
+        )
         pairs[:, :2] += np.repeat(i * self.width, len(self.pairs))[:, None]
         ops[:, 0] += np.repeat(i * len(self.pairs), len(self.ops))
         decodes[:, 0] += np.repeat(i * self.width, len(self.decodes))
-        return _Columns(self.width * times, pairs, ops, decodes)
+        dsp[:, 0] += np.repeat(i * self.width, len(self.dsp))
+        return _Columns(self.width * times, pairs, ops, decodes, dsp, self.dsp_names * times)
 
 
 class _Recorder:
@@ -434,9 +476,16 @@ class _Recorder:
     Decode attribution: the decodes of this trace are charged unless every use of their output
     is the weight operand of a product of this same trace (through layout operations and calls)
     and none of those products has an active row; a decoded weight that leaves the trace (an
-    output, into a scan body) or meets any other operation is charged."""
+    output, into a scan body) or meets any other operation is charged.
 
-    def __init__(self):
+    Branch rows: the DSP work of the equations of an `only_rows` region (`nodes`, with their
+    inputs' nodes of the same trace) is counted at `close()`: on the region's active rows when
+    a product of this trace gave the region its rows mask (`mask`), except the work whose
+    result reaches, through equations of the region, an operand of one of its products other
+    than x (`full`; also a region's values leaving the trace); in full otherwise."""
+
+    def __init__(self, dsp_ops_per_cycle: float):
+        self.dsp_rate = dsp_ops_per_cycle
         self.static: dict[str, dict[str, float]] = {}
         self.values: list[jax.Array] = []  # traced int32[...] pieces of the dynamic vector
         self.width = 0
@@ -445,6 +494,11 @@ class _Recorder:
         self.decodes: list[np.ndarray] = []
         self.n_pairs = 0
         self.pending: list[dict] = []  # this trace's decodes: bytes, codes, uses, escaped
+        self.nodes: list[tuple] = []  # DSP equations of regions: (region, name, ops, parents)
+        self.masks: dict = {}  # region -> (column of its active mask elements, mask elements)
+        self.roots: list[tuple] = []  # (node ids, region): needed on every row
+        self.dsp: list[list[int]] = []
+        self.dsp_names: list[str] = []
 
     def add(self, name: str, times: float = 1, **counts) -> None:
         c = self.static.setdefault(name, dict.fromkeys(FIELDS, 0))
@@ -477,6 +531,54 @@ class _Recorder:
         self.ops.append(np.array([[self.n_pairs, x_row, out_row]], np.int64))
         self.n_pairs += count
 
+    def node(self, region, name: str, ops: int, parents) -> int:
+        """A first-order DSP (or free) equation of `region` doing `ops` operations on inputs
+        made by nodes `parents`; returns its id (the node of its outputs)."""
+        self.nodes.append((region, name, ops, tuple(parents)))
+        return len(self.nodes) - 1
+
+    def mask(self, region, rows: jax.Array) -> None:
+        """The row activity of a product of `region`: the region's mask (its first product's)."""
+        if region is not None and region not in self.masks:
+            col = self._push(jnp.count_nonzero(rows).astype(jnp.int32))
+            self.masks[region] = (col, math.prod(rows.shape))
+
+    def full(self, ids, region=None) -> None:
+        """The values of nodes `ids` are needed on every row by `region` (an operand of its
+        product other than x, or, with `region` None, leaving the trace inside each node's own
+        region): the region's nodes they come from are counted in full."""
+        for i in ids:
+            if i is not None:
+                self.roots.append((i, self.nodes[i][0] if region is None else region))
+
+    def region_of(self, i: int | None):
+        """The region of node i (None: no node)."""
+        return None if i is None else self.nodes[i][0]
+
+    def _close_nodes(self) -> None:
+        full, stack = set(), list(self.roots)
+        while stack:
+            i, region = stack.pop()
+            if i in full or self.nodes[i][0] != region:
+                continue
+            full.add(i)
+            stack.extend((j, region) for j in self.nodes[i][3])
+        scaled: dict[tuple, int] = {}
+        for i, (region, name, ops, _) in enumerate(self.nodes):
+            if not ops:
+                continue
+            if i in full or region not in self.masks:
+                c = self.static.setdefault(name, dict.fromkeys(FIELDS, 0))
+                c["dsp_ops"] += ops
+                c["dsp_cycles"] += ops / self.dsp_rate
+                c["cycles"] += ops / self.dsp_rate
+            else:
+                scaled[region, name] = scaled.get((region, name), 0) + ops
+        for (region, name), ops in scaled.items():
+            self.dsp.append([*self.masks[region], ops])
+            self.dsp_names.append(name)
+        self.nodes, self.roots = [], []
+
     def decode(self, nbytes: int, codes: int) -> int:
         """A decode of this trace; returns its id (provenance of the decoded weights)."""
         self.pending.append({"bytes": nbytes, "codes": codes, "uses": [], "escaped": False})
@@ -494,7 +596,9 @@ class _Recorder:
             self.pending[i]["escaped"] = True
 
     def close(self) -> None:
-        """Ends the trace: appends every decode's flag (1: charged) to the dynamic vector."""
+        """Ends the trace: appends every decode's flag (1: charged) to the dynamic vector and
+        counts the regions' DSP work (class docstring)."""
+        self._close_nodes()
         for d in self.pending:
             if d["escaped"] or not d["uses"]:
                 flag = jnp.ones((), jnp.int32)
@@ -512,6 +616,9 @@ class _Recorder:
         pairs[:, :2] += self.width
         ops[:, 0] += self.n_pairs
         decodes[:, 0] += self.width
+        for col, size, n in cols.dsp.tolist():
+            self.dsp.append([col + self.width, size, n])
+        self.dsp_names.extend(cols.dsp_names)
         self._push(values)
         self.pairs.append(pairs)
         self.ops.append(ops)
@@ -528,35 +635,46 @@ class _Recorder:
         def cat(parts, cols):
             return np.concatenate(parts) if parts else np.zeros((0, cols), np.int64)
 
-        return _Columns(self.width, cat(self.pairs, 5), cat(self.ops, 3), cat(self.decodes, 3))
+        dsp = np.array(self.dsp, np.int64).reshape(-1, 3)
+        return _Columns(self.width, cat(self.pairs, 5), cat(self.ops, 3), cat(self.decodes, 3),
+                        dsp, tuple(self.dsp_names))  # fmt: skip
 
 
 class _Segment:
-    """A run of traceable equations compiled as one function (one per decoded-input pattern)."""
+    """A run of traceable equations compiled as one function (one per decoded-input pattern and
+    regions around it); regions[i]: the `only_rows` scopes of the later equations that read
+    outputs[i]."""
 
-    def __init__(self, interp: _Interpreter, eqns: list, inputs: list, outputs: list):
+    def __init__(self, interp: _Interpreter, eqns: list, inputs: list, outputs: list, regions):
         self.interp, self.eqns, self.inputs, self.outputs = interp, eqns, inputs, outputs
+        self.regions = regions
         self.compiled: dict[tuple, tuple] = {}
 
-    def __call__(self, invals: list, flags: tuple):
-        entry = self.compiled.get(flags)
+    def __call__(self, invals: list, flags: tuple, ctx: tuple = ()):
+        """ctx: the branch-rows regions around the segment's jaxpr (`_Interpreter.run`)."""
+        entry = self.compiled.get((flags, ctx))
         if entry is None:
             holder: dict = {}
 
             def run(*vals):
-                rec = _Recorder()
+                rec = _Recorder(self.interp.p.dsp_ops_per_cycle)
                 env = dict(zip(self.inputs, vals, strict=True))
                 dec = {v: frozenset() for v, f in zip(self.inputs, flags, strict=True) if f}
-                self.interp.trace_eqns(self.eqns, env, dec, rec)
-                for v in self.outputs:  # decoded weights leaving the segment: charged
-                    rec.escape(dec.get(v, ()))
+                nodes: dict = {}
+                self.interp.trace_eqns(self.eqns, env, dec, rec, nodes, ctx, "run")
+                for v, regs in zip(self.outputs, self.regions, strict=True):
+                    rec.escape(dec.get(v, ()))  # decoded weights leaving the segment: charged
+                    # a region's values read later in the region: needed on every row
+                    region = rec.region_of(nodes.get(v))
+                    if region is not None and (region in ctx or region[1] in regs):
+                        rec.full([nodes[v]])
                 rec.close()
                 # last trace wins: a retrace records the same counts again
                 holder["template"] = (rec.static, rec.columns(),
                                       tuple(v in dec for v in self.outputs))  # fmt: skip
                 return [_read(env, v) for v in self.outputs], rec.vector()
 
-            entry = self.compiled[flags] = (jax.jit(run), holder)
+            entry = self.compiled[flags, ctx] = (jax.jit(run), holder)
         fn, holder = entry
         outs, vector = fn(*invals)
         return outs, vector, holder["template"]
@@ -608,17 +726,21 @@ class _Interpreter:
             runs.append(i)
         if start is not None:
             runs.append((start, len(eqns)))
-        # vars read at or after each run's end (segment outputs are those it defines)
-        later: set = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+        # vars read at or after each run's end (segment outputs are those it defines), with the
+        # branch-rows regions of the equations that read them
+        later: dict = {v: set() for v in jaxpr.outvars if not isinstance(v, Literal)}
         needed_after = {}
         pos = len(eqns)
         for r in reversed(runs):
             lo, hi = r if isinstance(r, tuple) else (r, r + 1)
             for e in eqns[hi:pos]:
-                later.update(v for v in e.invars if not isinstance(v, Literal))
+                regs = _regions(e)
+                for v in e.invars:
+                    if not isinstance(v, Literal):
+                        later.setdefault(v, set()).update(regs)
             pos = hi
             if isinstance(r, tuple):
-                needed_after[r] = set(later)
+                needed_after[r] = {v: frozenset(g) for v, g in later.items()}
         steps = []
         for r in runs:
             if not isinstance(r, tuple):
@@ -633,21 +755,24 @@ class _Interpreter:
                         inputs.append(v)
                 defined.update(e.outvars)
             outputs = [v for e in seg for v in e.outvars if v in needed_after[r]]
-            steps.append(_Segment(self, seg, inputs, outputs))
+            regions = [needed_after[r][v] for v in outputs]
+            steps.append(_Segment(self, seg, inputs, outputs, regions))
         self._plans[id(jaxpr)] = (jaxpr, steps)
         return steps
 
     # -- concrete evaluation ---------------------------------------------------------------------
 
-    def run(self, jaxpr: Jaxpr, consts, args, flags) -> tuple[list, tuple]:
-        """Evaluate `jaxpr` on concrete values; flags[i]: args[i] is a decoded weight."""
+    def run(self, jaxpr: Jaxpr, consts, args, flags, ctx: tuple = ()) -> tuple[list, tuple]:
+        """Evaluate `jaxpr` on concrete values; flags[i]: args[i] is a decoded weight; ctx: the
+        branch-rows regions around it (keys ("run", scope name): a jaxpr's name stacks are
+        relative to its caller's)."""
         env = dict(zip(jaxpr.constvars, consts, strict=True))
         env.update(zip(jaxpr.invars, args, strict=True))
         dec = {v for v, f in zip(jaxpr.invars, flags, strict=True) if f}
         for step in self.plan(jaxpr):
             if isinstance(step, _Segment):
                 invals = [env[v] for v in step.inputs]
-                outs, vector, template = step(invals, tuple(v in dec for v in step.inputs))
+                outs, vector, template = step(invals, tuple(v in dec for v in step.inputs), ctx)
                 self.log.append((template, vector))
                 env.update(zip(step.outputs, outs, strict=True))
                 dec.update(v for v, f in zip(step.outputs, template[2], strict=True) if f)
@@ -655,23 +780,24 @@ class _Interpreter:
             eqn = step
             invals = [_read(env, v) for v in eqn.invars]
             inflags = tuple(not isinstance(v, Literal) and v in dec for v in eqn.invars)
-            outs, oflags = getattr(self, "_run_" + _kind(eqn))(eqn, invals, inflags)
+            regs = ctx + tuple(("run", s) for s in _regions(eqn))
+            outs, oflags = getattr(self, "_run_" + _kind(eqn))(eqn, invals, inflags, regs)
             env.update(zip(eqn.outvars, outs, strict=True))
             dec.update(v for v, f in zip(eqn.outvars, oflags, strict=True) if f)
         outs = [_read(env, v) for v in jaxpr.outvars]
         return outs, tuple(v in dec for v in jaxpr.outvars)
 
-    def _run_call(self, eqn, invals, flags):
+    def _run_call(self, eqn, invals, flags, ctx):
         jaxpr, consts = _callee(eqn)
-        return self.run(jaxpr, consts, invals, flags)
+        return self.run(jaxpr, consts, invals, flags, ctx)
 
-    def _run_cond(self, eqn, invals, flags):
+    def _run_cond(self, eqn, invals, flags, ctx):
         branches = eqn.params["branches"]
         i = min(max(int(np.asarray(invals[0])), 0), len(branches) - 1)
         jaxpr, consts = _open(branches[i])
-        return self.run(jaxpr, consts, invals[1:], flags[1:])
+        return self.run(jaxpr, consts, invals[1:], flags[1:], ctx)
 
-    def _run_while(self, eqn, invals, flags):
+    def _run_while(self, eqn, invals, flags, ctx):
         cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
         cj, cc = _open(eqn.params["cond_jaxpr"])
         bj, bc = _open(eqn.params["body_jaxpr"])
@@ -679,12 +805,12 @@ class _Interpreter:
         cflags = flags[:cn] + (False,) * len(carry)  # carries are never decoded weights
         bflags = flags[cn : cn + bn] + (False,) * len(carry)
         while True:
-            (pred,), _ = self.run(cj, cc, [*cconst, *carry], cflags)
+            (pred,), _ = self.run(cj, cc, [*cconst, *carry], cflags, ctx)
             if not bool(pred):
                 return carry, (False,) * len(carry)
-            carry, _ = self.run(bj, bc, [*bconst, *carry], bflags)
+            carry, _ = self.run(bj, bc, [*bconst, *carry], bflags, ctx)
 
-    def _run_scan(self, eqn, invals, flags):
+    def _run_scan(self, eqn, invals, flags, ctx):
         prm = eqn.params
         nc, ncar, length = prm["num_consts"], prm["num_carry"], prm["length"]
         jaxpr, bconsts = _open(prm["jaxpr"])
@@ -693,7 +819,7 @@ class _Interpreter:
         ys: list[list] = [[None] * length for _ in eqn.outvars[ncar:]]
         for it in range(length):
             i = length - 1 - it if prm["reverse"] else it
-            outs, _ = self.run(jaxpr, bconsts, [*consts, *carry, *(x[i] for x in xs)], bflags)
+            outs, _ = self.run(jaxpr, bconsts, [*consts, *carry, *(x[i] for x in xs)], bflags, ctx)
             carry = outs[:ncar]
             for acc, y in zip(ys, outs[ncar:], strict=True):
                 acc[i] = y
@@ -705,58 +831,80 @@ class _Interpreter:
 
     # -- tracing (inside a segment's jit) --------------------------------------------------------
 
-    def trace_jaxpr(self, jaxpr: Jaxpr, consts, args, prov, rec: _Recorder):
-        """Trace a callee; prov[i]: None, or the decodes args[i] is the decoded weights of."""
+    def trace_jaxpr(self, jaxpr: Jaxpr, consts, args, prov, rec: _Recorder, innodes=None,
+                    ctx: tuple = ()):  # fmt: skip
+        """Trace a callee; prov[i]: None, or the decodes args[i] is the decoded weights of;
+        innodes[i]: None, or the region node args[i] comes from; ctx: the regions around it.
+        Returns (outputs, their provenance, their nodes)."""
         env = dict(zip(jaxpr.constvars, consts, strict=True))
         env.update(zip(jaxpr.invars, args, strict=True))
         dec = {v: p for v, p in zip(jaxpr.invars, prov, strict=True) if p is not None}
-        self.trace_eqns(jaxpr.eqns, env, dec, rec)
-        return [_read(env, v) for v in jaxpr.outvars], [dec.get(v) for v in jaxpr.outvars]
+        nodes = {v: n for v, n in zip(jaxpr.invars, innodes or [None] * len(args), strict=True)
+                 if n is not None}  # fmt: skip
+        self.trace_eqns(jaxpr.eqns, env, dec, rec, nodes, ctx, next(_INSTANCES))
+        outs = [_read(env, v) for v in jaxpr.outvars]
+        return outs, [dec.get(v) for v in jaxpr.outvars], [nodes.get(v) for v in jaxpr.outvars]
 
-    def trace_eqns(self, eqns, env: dict, dec: dict, rec: _Recorder) -> None:
+    def trace_eqns(self, eqns, env: dict, dec: dict, rec: _Recorder, nodes: dict,
+                   ctx: tuple, inst) -> None:  # fmt: skip
         """Bind each equation (on tracers), count it, and follow decoded-weight provenance:
         `dec` maps a decoded weight to the decodes of this trace it comes from (empty: decoded
-        outside this trace)."""
+        outside this trace). Branch rows: an equation's region is the innermost of `ctx` (the
+        regions around this jaxpr) and the `only_rows` scopes of its name stack, keyed (inst,
+        scope name) with `inst` this jaxpr's instance; `nodes` maps a value made by a DSP
+        equation of a region to its node (`_Recorder.node`)."""
         for eqn in eqns:
             invals = [_read(env, v) for v in eqn.invars]
             prov = [None if isinstance(v, Literal) else dec.get(v) for v in eqn.invars]
+            innodes = [None if isinstance(v, Literal) else nodes.get(v) for v in eqn.invars]
+            regs = ctx + tuple((inst, s) for s in _regions(eqn))
             kind = _kind(eqn)
             if kind == "call":
                 jaxpr, consts = _callee(eqn)
-                outs, oprov = self.trace_jaxpr(jaxpr, consts, invals, prov, rec)
+                outs, oprov, onodes = self.trace_jaxpr(jaxpr, consts, invals, prov, rec, innodes,
+                                                       regs)  # fmt: skip
                 env.update(zip(eqn.outvars, outs, strict=True))
                 dec.update((v, p) for v, p in zip(eqn.outvars, oprov, strict=True) if p is not None)
+                nodes.update(
+                    (v, n) for v, n in zip(eqn.outvars, onodes, strict=True) if n is not None
+                )
                 continue
             if kind == "scan":
                 for p in prov:  # the body is traced apart: its weights are not attributed
                     rec.escape(p or ())
-                outs = self._trace_scan(eqn, invals, [p is not None for p in prov], rec)
+                if regs:  # ... nor are its rows: what it reads is needed on every row
+                    rec.full(innodes, regs[-1])
+                outs = self._trace_scan(eqn, invals, [p is not None for p in prov], rec, regs)
                 env.update(zip(eqn.outvars, outs, strict=True))
                 continue
             assert kind == "first", (kind, eqn.primitive.name)
             out = eqn.primitive.bind(*invals, **eqn.params)
             outs = out if eqn.primitive.multiple_results else [out]
             env.update(zip(eqn.outvars, outs, strict=True))
-            oprov = self._count(eqn, invals, prov, rec)
+            oprov, onode = self._count(eqn, invals, prov, rec, innodes, regs[-1] if regs else None)
             if oprov is not None:
                 dec.update((v, oprov) for v in eqn.outvars)
+            if onode is not None:
+                nodes.update((v, onode) for v in eqn.outvars)
 
-    def _count(self, eqn, invals, prov, rec: _Recorder) -> frozenset | None:
-        """Tally one first-order equation; returns the provenance of its outputs when they are
-        decoded weights (None otherwise), recording how decoded inputs are used."""
+    def _count(self, eqn, invals, prov, rec: _Recorder, innodes, region):
+        """Tally one first-order equation of branch-rows region `region` (None: outside any);
+        returns (the provenance of its outputs when they are decoded weights, else None; the
+        region node of its outputs, else None), recording how decoded inputs are used."""
         name = eqn.primitive.name
         p = self.p
         inflags = [q is not None for q in prov]
         if name == DECODE:
             rec.add(name)
             nbytes = sum(_nbytes(v.aval) for v in eqn.invars)
-            return frozenset({rec.decode(nbytes, _size(eqn.outvars[0].aval))})
+            return frozenset({rec.decode(nbytes, _size(eqn.outvars[0].aval))}), None
         if name == MATMUL:
             x, w = (v.aval for v in eqn.invars[:2])
             k, n = w.shape[-2:]
             mats = math.prod(w.shape[:-2])  # weight matrices (1: shared)
             rows = math.prod(x.shape[:-1]) // max(mats, 1)  # rows of x per matrix
             if len(invals) > 4:  # row activity
+                rec.mask(region, invals[4])
                 active = invals[4].reshape(max(mats, 1), -1)
                 active = jnp.count_nonzero(active, axis=1).astype(jnp.int32)
             else:
@@ -771,32 +919,39 @@ class _Interpreter:
                 rec.use(prov[1], jnp.any(active > 0))
             for q in prov[:1] + prov[2:]:
                 rec.escape(q or ())
-            return None
+            if region is not None:  # weights, multipliers, row mask: needed on every row
+                rec.full(innodes[1:], region)
+            return None, None
         if name in PRODUCTS:
             macs = _product_macs(eqn)
             cyc = macs / p.dsp_ops_per_cycle
             rec.add(name, float_macs=macs, dsp_cycles=cyc, cycles=cyc)
             for q in prov:
                 rec.escape(q or ())
-            return None
+            return None, None
         decoded = name in LAYOUT and any(inflags) and _layout_keeps(name, inflags)
         keep = [0] if decoded and name not in ("concatenate", "stack") else range(len(prov))
         oprov = frozenset().union(*(prov[i] for i in keep if prov[i] is not None))
         for i, q in enumerate(prov):
             if q is not None and not (decoded and i in keep):
                 rec.escape(q)
-        if name in FREE or decoded:
+        if decoded:
             rec.add(name)
-            return oprov if decoded else None
-        if (name.startswith("reduce_") and name != "reduce_precision") or name in REDUCTIONS:
+            return oprov, None
+        if name in FREE:
+            ops = 0
+        elif (name.startswith("reduce_") and name != "reduce_precision") or name in REDUCTIONS:
             ops = _size(eqn.invars[0].aval)
         else:
             ops = sum(_size(v.aval) for v in eqn.outvars)
+        if region is not None:  # counted when the trace closes (`_Recorder.close`)
+            rec.add(name)
+            return None, rec.node(region, name, ops, (n for n in innodes if n is not None))
         cyc = ops / p.dsp_ops_per_cycle
         rec.add(name, dsp_ops=ops, dsp_cycles=cyc, cycles=cyc)
-        return None
+        return None, None
 
-    def _trace_scan(self, eqn, invals, inflags, rec: _Recorder) -> list:
+    def _trace_scan(self, eqn, invals, inflags, rec: _Recorder, ctx: tuple) -> list:
         """A scan inside a segment: `lax.scan` over the interpreted body, stacking the body's
         dynamic vectors; the body's static counts times `length`."""
         prm = eqn.params
@@ -808,10 +963,12 @@ class _Interpreter:
         holder = {}
 
         def body(carry, x):
-            sub = _Recorder()
-            outs, oprov = self.trace_jaxpr(jaxpr, bconsts, [*consts, *carry, *x], bprov, sub)
+            sub = _Recorder(self.p.dsp_ops_per_cycle)
+            outs, oprov, onodes = self.trace_jaxpr(jaxpr, bconsts, [*consts, *carry, *x], bprov,
+                                                   sub, None, ctx)  # fmt: skip
             for q in oprov:
                 sub.escape(q or ())
+            sub.full([n for n in onodes if sub.region_of(n) in ctx])  # out, still in a region
             sub.close()
             holder["sub"] = sub  # last trace wins
             return outs[:ncar], (outs[ncar:], sub.vector())
@@ -847,6 +1004,13 @@ class _Interpreter:
             z = np.stack([np.asarray(a, np.int64) for a in vs])  # -> [runs, width]
             if len(cols.ops):
                 add(MATMUL, _product_counts(z, cols, p))
+            if len(cols.dsp):
+                active = z[:, cols.dsp[:, 0]]  # -> [runs, S]
+                size, ops = np.maximum(cols.dsp[:, 1], 1), cols.dsp[:, 2]
+                scaled = ((2 * ops * active + size) // (2 * size)).sum(axis=0)  # rounded per run
+                for name, n in zip(cols.dsp_names, scaled.tolist(), strict=True):
+                    cyc = n / p.dsp_ops_per_cycle
+                    add(name, {"dsp_ops": n, "dsp_cycles": cyc, "cycles": cyc})
             if len(cols.decodes):
                 flag = z[:, cols.decodes[:, 0]]  # -> [runs, D]
                 nbytes = int((flag * cols.decodes[:, 1]).sum())

@@ -36,7 +36,8 @@ Branch rows. A branching encoder (`asr.models.branching`) runs each branch's pro
 `only_rows(mask)`, mask f32[B, T'] nonzero on the frames that chose the branch. While a mask is
 active the interceptor passes it to `int_matmul` as the row-activity operand, so only the
 chosen frames' rows are computed (the others are 0; the model mixes the branches by the choice,
-so they change nothing) and the cost model (`hw.cost`) counts only them: a Dense or
+so they change nothing) and the cost model (`hw.cost`) counts only them (and the DSP work inside
+the mask on the share of chosen rows, from the named scope `only_rows` opens): a Dense or
 DenseGeneral over x[B, T', ...] takes rows = mask[b, t] (broadcast over further leading dims);
 a convolution whose output is [B, T', ...] takes mask[b, t] for every output position of time
 step t (the subsampling convolutions' frequency rows, every channel of a depthwise one). The

@@ -44,6 +44,8 @@ the runtime then computes (and the cost model counts) only the rows of the chose
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
 from collections.abc import Iterator
 
 import flax.linen as nn
@@ -64,6 +66,8 @@ from asr.models.quant import FLOAT, QuantPolicy
 # --------------------------------------------------------------------------- rows on the device
 
 _ROWS: list = []
+ROWS_SCOPE = re.compile(r"only_rows_[0-9]+")  # the named scopes `only_rows` opens
+_SCOPES = itertools.count()
 
 
 @contextlib.contextmanager
@@ -71,10 +75,16 @@ def only_rows(rows: jax.Array) -> Iterator[None]:
     """Within it, the products of the branch being traced are needed only on the frames where
     `rows` (f32/bool[B, T']) is nonzero. Float and fake-quant execution ignore it (they compute
     every row and the branches are mixed by the choice); the emulated processor's runtime
-    (`active_rows`) computes and counts only those rows."""
+    (`active_rows`) computes and counts only those rows.
+
+    It also opens a `jax.named_scope` of its own (`only_rows_<n>`, n unique in the process,
+    matching `ROWS_SCOPE`): metadata only, so that the equations traced inside carry the region
+    in their name stack and the cost model (`hw.cost`) can count their DSP work on the active
+    rows only."""
     _ROWS.append(rows)
     try:
-        yield
+        with jax.named_scope(f"only_rows_{next(_SCOPES)}"):
+            yield
     finally:
         _ROWS.pop()
 

@@ -22,6 +22,7 @@ Every result is one JSON line in `--out`; the tables print as Markdown with the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -145,7 +146,10 @@ def program_inputs(loaded, audios, trace_key):
     return _decoder(loaded.model, trace_key).run, x, pads
 
 
-def run_cost(arts, sets, n_utts, model_name, beam):
+def run_cost(arts, sets, n_utts, model_name, beam, part="program"):
+    """Cost rows per artifact: of the recognizer's whole program (`part` "program": encoder,
+    search, predictor and joiner) or of the encoder alone ("encoder": `encode_aux`, so a
+    branching encoder's saving is seen apart from the search's cost)."""
     from asr.recognizer import DecodeSettings
     from hw.cost import EDGE_NPU, cost
     from hw.runtime import compile_artifact
@@ -156,12 +160,16 @@ def run_cost(arts, sets, n_utts, model_name, beam):
     for (b, s), art in arts.items():
         lm = compile_artifact(art, "cost")
         run, x, pads = program_inputs(lm, audios, trace_key)
+        if part == "encoder":
+            run = functools.partial(lm.model.apply, method="encode_aux")
+
         t0 = time.perf_counter()
         c = cost(run, lm.variables, x, pads, processor=EDGE_NPU)
         per = c.per_audio(seconds)
         rows.append(
             {
                 "what": "cost",
+                "part": part,
                 "model": model_name,
                 "bits": b,
                 "sparsity": s,
@@ -233,17 +241,23 @@ def tables(rows: list[dict]) -> str:
         ]
     co = [r for r in rows if r["what"] == "cost"]
     if co:
-        dense = {r["bits"]: r for r in co if r["sparsity"] == 0}
+        dense = {
+            (r["model"], r.get("part", "program"), r["bits"]): r for r in co if r["sparsity"] == 0
+        }
         out += ["", "per 10 ms of audio, processor " + co[0]["processor"], "",
-                "| bits | sparsity | MACs done | MACs skipped | MAC cycles | vs dense | bytes read "
-                "| cycles | time (us) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                "| model | part | bits | sparsity | MACs done | MACs skipped (zeros) | MACs not "
+                "run (branch) | MAC cycles | vs dense | bytes read | NPU cycles | DSP cycles "
+                "| cycles | time (us) |", "|" + "---|" * 14]  # fmt: skip
         for r in co:
-            d = dense.get(r["bits"])
+            part = r.get("part", "program")
+            d = dense.get((r["model"], part, r["bits"]))
             ratio = d["per10ms_mac_cycles"] / r["per10ms_mac_cycles"] if d else float("nan")
             out.append(
-                f"| {r['bits']} | {r['sparsity']:.0%} | {r['per10ms_macs_done']:,.0f} | "
-                f"{r['per10ms_macs_skipped']:,.0f} | {r['per10ms_mac_cycles']:,.0f} | "
-                f"{ratio:.2f}x | {r['per10ms_bytes_read']:,.0f} | {r['per10ms_cycles']:,.0f} | "
+                f"| {r['model']} | {part} | {r['bits']} | {r['sparsity']:.0%} | "
+                f"{r['per10ms_macs_done']:,.0f} | {r['per10ms_macs_skipped']:,.0f} | "
+                f"{r.get('per10ms_macs_skipped_rows', 0):,.0f} | {r['per10ms_mac_cycles']:,.0f} | "
+                f"{ratio:.2f}x | {r['per10ms_bytes_read']:,.0f} | {r['per10ms_npu_cycles']:,.0f} | "
+                f"{r['per10ms_dsp_cycles']:,.0f} | {r['per10ms_cycles']:,.0f} | "
                 f"{1e6 * r['per10ms_seconds']:.1f} |"
             )
     sp = [r for r in rows if r["what"] == "speed"]
@@ -300,6 +314,8 @@ def main(argv=None) -> int:
                     help="sparsities of the equivalence runs (default 0)")  # fmt: skip
     ap.add_argument("--limit", type=int, default=None, help="utterances per set (equiv)")
     ap.add_argument("--cost-utterances", type=int, default=4)
+    ap.add_argument("--cost-part", choices=["program", "encoder"], default="program",
+                    help="cost of the whole recognizer program or of the encoder alone")  # fmt: skip
     ap.add_argument("--speed-utterances", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--beam", type=int, default=4)
@@ -330,7 +346,7 @@ def main(argv=None) -> int:
         eq_arts = artifacts(loaded, args.bits, args.equiv_sparsity)
         rows += run_equiv(eq_arts, sets, args.limit, args.model, args.beam)
     if "cost" in args.what:
-        rows += run_cost(arts, sets, args.cost_utterances, args.model, args.beam)
+        rows += run_cost(arts, sets, args.cost_utterances, args.model, args.beam, args.cost_part)
     if "speed" in args.what:
         art = artifacts(loaded, [min(args.bits)], [0.0])[(min(args.bits), 0.0)]
         rows += run_speed(loaded, art, sets, args.speed_utterances, args.repeats, args.beam)
