@@ -4,12 +4,16 @@ products run only on the rows (frames) that chose it.
 - the primitive's row-activity operand against the NumPy reference (eager, jit, vmap);
 - the cost model on small programs: only active rows are counted, a product without an active
   row reads nothing, a decode whose only products have no active row is not charged (and is
-  charged whenever its weights are used otherwise);
+  charged whenever its weights are used otherwise); the DSP work of an `only_rows` region counts
+  its mask's active share (through calls, scans and loops, per call of a shared function), in
+  full where it feeds a product's weights or the region has no product with rows, and the work
+  outside regions is unchanged;
 - a small exported branching model: its emulated encoder output with the chosen rows only equals
   the output with every row computed, and the fake-quant model's; the cost of the encoder
   follows the arbiter's choice exactly as `asr.models.macs` predicts (up to the attention's keys
   and the joiner's projection, computed here), the unchosen branch's weights are not read, and
-  cycles drop with the share of expensive frames;
+  NPU, DSP and total cycles drop with the share of expensive frames (the DSP's every-row count
+  is that of the runtime computing every row);
 - `asr export` of a branching model folder and the `.edge` file loaded back: config fields,
   every cheap-branch and arbiter kernel packed, a branching `EdgeTransducer` rebuilt,
   `encode_aux` on the processor.
@@ -28,7 +32,7 @@ from conftest import random_variables
 
 from asr.cli import main
 from asr.model_io import LoadedModel, load_model, save_model_folder
-from asr.models.branching import BranchingEncoder
+from asr.models.branching import ROWS_SCOPE, BranchingEncoder, only_rows
 from asr.models.config import BRANCH_FIELDS, get_config
 from asr.models.macs import frame_macs
 from asr.models.transducer import Transducer, build_model
@@ -198,6 +202,151 @@ def test_decodes_inside_a_scan_are_charged_per_iteration_with_an_active_row():
     np.testing.assert_array_equal(np.asarray(c.outputs), np.asarray(fn(xs, rows, fields)))
 
 
+def _region(x, w, mask):
+    """An `only_rows(mask)` region around a product with rows and a tanh of its output."""
+    with only_rows(mask):
+        y = product(x, w, mask != 0).astype(jnp.float32)  # 3 DSP ops per element: ne, convert,
+        return jnp.tanh(y)  # tanh (the row mask is needed in full: ne counts every element)
+
+
+def _dsp(c, name: str) -> int:
+    return c.per_primitive.get(name, {}).get("dsp_ops", 0)
+
+
+def test_a_region_counts_its_dsp_work_on_its_active_rows():
+    x, w = acts(2, M, K), weights(K, N, 2)
+    mask = np.zeros((2, M), np.float32)
+    mask[0, [0, 2]] = mask[1, [1, 3, 5]] = 1.0  # 5 of 12 rows
+    rows, out = 2 * M, 2 * M * N  # mask elements, output elements
+
+    def fn(x, w, mask):
+        h = _region(x, w, mask)
+        return jnp.sin(h) + jnp.sum(mask)  # outside: sin, add (out each), reduce_sum (rows)
+
+    c = cost(fn, x, w, mask)
+    # by hand: the region's convert and tanh on 5 of 12 rows; its mask test on every element
+    assert _dsp(c, "tanh") == _dsp(c, "convert_element_type") == 5 * out // rows == 5 * N
+    assert _dsp(c, "ne") == rows
+    assert _dsp(c, "sin") == _dsp(c, "add") == out and _dsp(c, "reduce_sum") == rows
+    assert c.dsp_ops == 2 * 5 * N + rows + 2 * out + rows
+    assert c.dsp_cycles == c.dsp_ops / c.processor.dsp_ops_per_cycle
+    np.testing.assert_array_equal(np.asarray(c.outputs), np.asarray(fn(x, w, mask)))
+    # the same code outside a region: every row, as is every op of a region without a mask
+    plain = cost(lambda x, w, m: jnp.sin(jnp.tanh(product(x, w, m != 0).astype(jnp.float32))),
+                 x, w, mask)  # fmt: skip
+
+    def no_product(x, w, mask):
+        with only_rows(mask):
+            return jnp.tanh(x.astype(jnp.float32))
+
+    bare = cost(no_product, x, w, mask)
+    assert _dsp(plain, "tanh") == _dsp(plain, "sin") == out
+    assert _dsp(bare, "tanh") == _dsp(bare, "convert_element_type") == x.size
+    # nothing active: only the mask test is left; everything active: the full count
+    none = cost(fn, x, w, np.zeros_like(mask))
+    assert _dsp(none, "tanh") == 0 and _dsp(none, "ne") == rows
+    assert _dsp(cost(fn, x, w, np.ones_like(mask)), "tanh") == out
+    # per-example weights: the share of the [2, M] mask, whatever the matrices
+    ws = np.stack([w, weights(K, N, 4, seed=3)])
+    per = cost(lambda x, w, m: jax.vmap(_region)(x, w, m), x, ws, mask)
+    assert _dsp(per, "tanh") == 5 * N
+
+
+def test_region_work_feeding_a_products_weights_counts_in_full():
+    x, w = acts(2, M, K), weights(K, N, 2)
+    mask = np.zeros((2, M), np.float32)
+    mask[1, :3] = 1.0  # 3 of 12 rows
+
+    def fn(x, w, mask):
+        with only_rows(mask):
+            v = jnp.tanh(x.astype(jnp.float32))  # -> keys-like: the weights of the second
+            k = jnp.round(v[0].T[:, :N] * 100).astype(jnp.int8)  # product, needed on every row
+            y = product(x, w, mask != 0) + product(x, k, mask != 0)
+            return jnp.exp(y.astype(jnp.float32))  # row work: 3 of 12 rows
+
+    c = cost(fn, x, w, mask)
+    assert _dsp(c, "tanh") == x.size  # it reaches the weights of a product
+    assert _dsp(c, "round") == K * N and _dsp(c, "exp") == 3 * N
+    np.testing.assert_array_equal(np.asarray(c.outputs), np.asarray(fn(x, w, mask)))
+
+
+def test_regions_through_calls_scans_and_loops():
+    x, w = acts(2, M, K), weights(K, N, 2)
+    masks = np.zeros((3, 2, M), np.float32)
+    masks[0, 0, :4] = masks[1, 1, :1] = masks[2] = 1.0  # 4, 1 and 12 of 12 rows
+    active = masks.reshape(3, -1).sum(1).astype(int)
+    shared = jax.jit(_region)  # one jaxpr for both calls: each call is its own region
+
+    def calls(x, w, masks):
+        return shared(x, w, masks[0]) + shared(x, w, masks[1])
+
+    def scan(x, w, masks):
+        return _scan(lambda c, m: (c, _region(x, w, m)), masks)
+
+    def loop(x, w, masks):  # a while: each iteration's body is a segment of its own
+        def body(carry):
+            i, acc = carry
+            return i + 1, acc + _region(x, w, masks[i])
+
+        return jax.lax.while_loop(lambda c: c[0] < 3, body, (0, jnp.zeros((2, M, N))))[1]
+
+    def around(x, w, masks):  # a region around a jitted tanh: its equations are inside
+        with only_rows(masks[0]):
+            return jax.jit(jnp.tanh)(product(x, w, masks[0] != 0).astype(jnp.float32))
+
+    def around_loop(x, w, masks):  # a region around a while: the bodies are inside it, but
+        # their results go on in the region unseen (the next iteration): counted in full
+        def body(carry):
+            i, acc = carry
+            return i + 1, acc + jnp.tanh(product(x, w, masks[0] != 0).astype(jnp.float32))
+
+        with only_rows(masks[0]):
+            return jax.lax.while_loop(lambda c: c[0] < 2, body, (0, jnp.zeros((2, M, N))))[1]
+
+    rows = 2 * M
+    for fn, share in [
+        (calls, active[:2]),
+        (scan, active),
+        (loop, active),
+        (around, active[:1]),
+        (around_loop, [rows, rows]),
+    ]:
+        c = cost(fn, x, w, masks)
+        assert _dsp(c, "tanh") == int(np.sum(share)) * N, fn.__name__
+        got, want = jax.tree.leaves(c.outputs), jax.tree.leaves(fn(x, w, jnp.asarray(masks)))
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_only_rows_is_a_named_scope_and_changes_no_value():
+    x = np.random.default_rng(3).standard_normal((2, 5)).astype(np.float32)
+    mask = np.array([[1, 0, 1, 0, 0], [0, 1, 1, 1, 0]], np.float32)
+
+    def fn(x, mask, region: bool):
+        if not region:
+            return jnp.tanh(x) * 2
+        with only_rows(mask):
+            return jnp.tanh(x) * 2
+
+    jaxpr = jax.make_jaxpr(functools.partial(fn, region=True))(x, mask)
+    scopes = {
+        getattr(s, "name", "") for e in jaxpr.jaxpr.eqns for s in e.source_info.name_stack.stack
+    }
+    assert len([s for s in scopes if ROWS_SCOPE.fullmatch(s)]) == 1
+
+    def nested(x):  # two scopes, unique names
+        with only_rows(mask), only_rows(mask):
+            return x + 1
+
+    inner = jax.make_jaxpr(nested)(x).jaxpr.eqns[0].source_info.name_stack
+    names = [s.name for s in inner.stack if ROWS_SCOPE.fullmatch(s.name)]
+    assert len(set(names)) == 2
+    want = np.asarray(jax.jit(functools.partial(fn, region=False))(x, mask))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jit(functools.partial(fn, region=True))(x, mask)), want
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # A small branching model on the processor.
 
@@ -345,9 +494,24 @@ def test_the_cost_follows_the_choice_of_branch():
     assert exp.macs_done > mix.macs_done > cheap.macs_done
     assert exp.bytes_read > cheap.bytes_read
     assert exp.npu_cycles > mix.npu_cycles > cheap.npu_cycles
+    assert exp.dsp_ops > mix.dsp_ops > cheap.dsp_ops  # each branch's DSP work on its rows
+    assert exp.dsp_cycles > mix.dsp_cycles > cheap.dsp_cycles
     assert exp.cycles > mix.cycles > cheap.cycles
-    assert exp.dsp_cycles == cheap.dsp_cycles  # the DSP still works on every frame
     assert cheap.npu_cycles < 0.7 * exp.npu_cycles
+    # the runtime computing every row: no row mask, every region's DSP work in full, whatever
+    # the choice; with the rows, never more, and the mix of both branches well below it
+    every_row = edge.model.clone(quant=dataclasses.replace(edge.model.quant, branch_rows=False))
+    full = {
+        name: cost(
+            lambda v, f, p: every_row.apply(v, f, p, method="encode_aux"),
+            _with_bias(edge.variables, bias),
+            feats,
+            pads,
+        ).dsp_ops
+        for name, bias in (("expensive", 50.0), ("cheap", -50.0))
+    }
+    assert full["expensive"] == full["cheap"] > exp.dsp_ops
+    assert mix.dsp_ops < 0.75 * full["expensive"]
 
 
 def test_a_branching_model_round_trips_through_asr_export(tmp_path, capsys):
