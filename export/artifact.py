@@ -24,7 +24,8 @@ The manifest is a JSON object:
                   "fields": {field: {"offset", "length", "dtype", "shape", "crc32"}}}]}
 
 A tensor is either packed codes (`encoding` one of `export.encodings.ENCODINGS`: uint8 fields,
-lengths given by `field_lengths(encoding, bits, n, count)`) or a plain array (encoding "raw",
+lengths given by `field_lengths(encoding, bits, n, count)`; the reader checks those lengths, and
+`export.encodings.decode` the fields' content) or a plain array (encoding "raw",
 bits 0, n = count = size, one field "data" of dtype uint8, int8, int32, float16 or float32).
 Regions are written in order: tensors as listed, each tensor's fields by sorted name, then blobs
 by sorted name. The same `Artifact` always gives the same bytes.
@@ -89,9 +90,10 @@ class ArtifactError(ValueError):
 @dataclass
 class TensorRecord:
     """One stored tensor. encoding: one of ENCODINGS or "raw"; bits: code width (0 for raw);
-    n: number of elements; count: stored values (see export.encodings); fields: name -> array
-    (uint8[length] for encoded tensors, the array itself as "data" for raw ones); meta: the
-    caller's JSON-able description (shape, scales...), stored as is."""
+    n: number of elements; count: stored values, or stream bytes for "huffman" (see
+    export.encodings); fields: name -> array (uint8[length] for encoded tensors, the array
+    itself as "data" for raw ones); meta: the caller's JSON-able description (shape,
+    scales...), stored as is."""
 
     name: str
     meta: dict

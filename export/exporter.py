@@ -8,7 +8,8 @@ What goes in (`export_model`):
   Codes are `bits`-bit symmetric integers, one step per output channel, computed exactly as the
   fake-quantization hook computes them (`asr.models.quant.fake_quant`), so the artifact holds
   what the fake-quant model multiplies by. Codes are packed by `export.encodings.choose` (dense
-  int8 / int4, a bitmap of nonzeros plus the nonzero values, or 4-bit gaps for high sparsity);
+  int8 / int4, a bitmap of nonzeros plus the nonzero values, 4-bit gaps for high sparsity, or a
+  per-tensor Huffman code when the codes' distribution is skewed enough to pay for it);
   the steps are a float32[N] record `<name>@scale`;
 - with `sparsity` s: every kernel first pruned by magnitude to at least a share s of exact zeros
   (one-shot, per kernel; a model trained sparse already has them and is left as it is);

@@ -11,7 +11,9 @@ checkpoint) are entered. It returns the counts and the program's outputs (`Cost.
 Counting rules (per executed equation):
 
 - `edge_decode_weights` (NPU, weight decoder): bytes_read += the fields' bytes (the compressed
-  weight stream read from memory); weights_decoded += the decoded codes; no MACs. Every decode
+  weight stream read from memory: an entropy-coded "huffman" tensor counts at its compressed
+  size, code lengths, block lengths and stream; the decoder is assumed to keep pace with memory,
+  its lookups are not counted); weights_decoded += the decoded codes; no MACs. Every decode
   streams its weights again: no reuse of decoded weights across decodes is assumed. A decode is
   not charged (it still counts in `calls`) when its weights are never needed: every use of its
   output is the weight operand of an `edge_int_matmul` of the same compiled segment (through

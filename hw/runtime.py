@@ -9,7 +9,8 @@ activation x activation products of attention:
   NPU (integer, `hw.primitives`)                      DSP (float32, as a vector DSP would)
   ------------------------------------------------    -----------------------------------------
   decode_weights: packed low-bit codes + zero map     activation scale per row (max |x| / 127)
-     -> int8 weights, in circuitry                    and rounding to int8 (`quantize_rows`)
+     or Huffman-coded codes -> int8 weights, in       and rounding to int8 (`quantize_rows`)
+     circuitry
   int_matmul: int8 x int8 -> int32 accumulators,      int32 -> float32 times row scale times
      products on zero weights skipped, requantized    the layer's output scale; bias add;
      per output channel by a fixed-point multiplier   softmax, LayerNorm, GLU, swish, tanh,
@@ -88,6 +89,7 @@ FIELD_ORDER = {
     "int4": ("values",),
     "bitmap": ("bitmap", "values"),
     "gaps": ("gaps", "values"),
+    "huffman": ("lengths", "blocks", "stream"),
 }
 UNIT_MULT, UNIT_SHIFT = 1 << 30, 30  # the fixed-point multiplier 1.0
 
@@ -404,7 +406,10 @@ def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedMode
         assert col == "params", name
         k, n = int(rec.meta["K"]), int(rec.meta["N"])
         step = np.asarray(artifact.tensors[name + SCALE_SUFFIX].fields["data"], np.float32)
-        codes = decode(rec.to_encoded()).reshape(k, n)  # the compiler reads them once
+        try:
+            codes = decode(rec.to_encoded()).reshape(k, n)  # the compiler reads them once
+        except ValueError as e:  # well-formed file (checksums hold), non-canonical codes
+            raise ModelLoadError(f"{source}: tensor {name!r}: {e}") from None
         mult, shift, oscale = requantization(step, codes, act_bits)
         fields = tuple(np.asarray(rec.fields[f]) for f in FIELD_ORDER[rec.encoding])
         edge["edge/" + path] = {"fields": fields, "mult": mult, "shift": shift, "oscale": oscale}

@@ -42,7 +42,7 @@ def make_artifact(seed: int = 0) -> Artifact:
     rng = np.random.default_rng(seed)
     codes = (rng.integers(-7, 8, size=(24, 10)) * (rng.random((24, 10)) < 0.3)).astype(np.int8)
     tensors = {}
-    for encoding in ("int8", "int4", "bitmap", "gaps"):
+    for encoding in ("int8", "int4", "bitmap", "gaps", "huffman"):
         name = f"encoder/layer_0/{encoding}/kernel"
         meta = {"shape": [24, 10], "kind": "kernel"}
         tensors[name] = TensorRecord.from_encoded(name, meta, encode(codes, 4, encoding))
@@ -142,7 +142,7 @@ def test_layout():
     assert min(offsets) >= 28 + mlen and offsets == sorted(offsets)  # file order = manifest order
     for r in regions:
         assert zlib.crc32(data[r["offset"] : r["offset"] + r["length"]]) == r["crc32"]
-    raw = manifest["tensors"][4]
+    raw = manifest["tensors"][5]
     assert raw["encoding"] == "raw" and raw["fields"]["data"]["dtype"] == "uint8"
     assert raw["fields"]["data"]["shape"] == [3, 5] and raw["bits"] == 0
 
@@ -354,6 +354,61 @@ def test_damaged_field_names_tensor_and_field(small_file):
         ArtifactError, match="tensor 'k' field 'values': checksum mismatch \\(damaged\\)"
     ):
         read_artifact(bytes(bad))
+
+
+def _huffman_record() -> tuple[TensorRecord, np.ndarray]:
+    """A 4-bit kernel [64, 40] of peaked codes, which `choose` Huffman-codes (10 blocks)."""
+    rng = np.random.default_rng(11)
+    codes = np.clip(np.round(rng.laplace(0, 1.2, (64, 40))), -7, 7).astype(np.int8)
+    enc = choose(codes, 4)
+    assert enc.encoding == "huffman"
+    return TensorRecord.from_encoded("k", {"shape": [64, 40]}, enc), codes
+
+
+def test_huffman_tensor_round_trip_and_damage():
+    rec, codes = _huffman_record()
+    data = to_bytes(Artifact(dict(HEADER), {"k": rec}, {}))
+    back = read_artifact(data)
+    np.testing.assert_array_equal(decode(back.tensors["k"].to_encoded()), codes.ravel())
+    entry = read_manifest(data)["tensors"][0]
+    assert (entry["encoding"], entry["count"]) == ("huffman", rec.count)
+    assert {k: f["length"] for k, f in entry["fields"].items()} == {
+        "lengths": 8,
+        "blocks": 20,
+        "stream": rec.count,
+    }
+    for name, f in entry["fields"].items():  # damage to any field: its checksum
+        bad = bytearray(data)
+        bad[f["offset"] + f["length"] - 1] ^= 0x04
+        with pytest.raises(ArtifactError, match=f"tensor 'k' field '{name}': checksum mismatch"):
+            read_artifact(bytes(bad))
+    # a manifest whose count (stream bytes) disagrees with the stream, checksums made valid
+    for count in (rec.count - 1, 10**6):
+        with pytest.raises(ArtifactError, match="huffman"):
+            read_artifact(resealed(data, lambda m, c=count: m["tensors"][0].update(count=c)))
+
+
+@pytest.mark.parametrize(
+    "field, mutate, match",
+    [
+        ("lengths", lambda a: a.__setitem__(0, 0xFF), "length over 12"),
+        ("blocks", lambda a: a.__setitem__(0, a[0] ^ 1), "huffman: block|huffman: blocks"),
+        ("stream", lambda a: a.__setitem__(-1, a[-1] | 1), "padding bits"),
+        ("stream", lambda a: a.fill(0), "huffman: block 0 decodes in"),  # shortest codes
+    ],
+)
+def test_huffman_content_errors_surface_at_decode(field, mutate, match):
+    """A well-formed file (a writer's valid checksums) of non-canonical Huffman content: the
+    reader checks sizes only; `export.encodings.decode` (what every loader runs) rejects it."""
+    rec, _ = _huffman_record()
+    total = int(rec.fields["blocks"].view("<u2").sum())
+    assert total % 8, total  # the stream has padding bits to damage
+    fields = {k: v.copy() for k, v in rec.fields.items()}
+    mutate(fields[field])
+    bad = TensorRecord("k", rec.meta, "huffman", 4, rec.n, rec.count, fields)
+    back = read_artifact(to_bytes(Artifact(dict(HEADER), {"k": bad}, {})))
+    with pytest.raises(ValueError, match=match):
+        decode(back.tensors["k"].to_encoded())
 
 
 def _read_or_artifact_error(data: bytes) -> None:

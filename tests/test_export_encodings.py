@@ -16,6 +16,7 @@ from export.encodings import (
     encode,
     entry_count,
     field_lengths,
+    huffman_lengths,
     pack_values,
     unpack_values,
     valid_encodings,
@@ -182,7 +183,10 @@ def test_choose_gaps_when_sparse_dense_when_full():
     rng = np.random.default_rng(1)
     sparse = random_codes(rng, 4096, 4, 0.9)
     assert choose(sparse, 4).encoding == "gaps"
-    assert choose(random_codes(rng, 4096, 4, 0.0), 4).encoding == "int4"
+    # small: huffman's 8 bytes of lengths and 2 per block do not pay off
+    assert choose(random_codes(rng, 64, 4, 0.0), 4).encoding == "int4"
+    # 14 nonzero levels, uniform: 2 codewords of 3 bits, 12 of 4 -> 3.86 bits a code
+    assert choose(random_codes(rng, 4096, 4, 0.0), 4).encoding == "huffman"
     assert choose(random_codes(rng, 4096, 8, 0.0), 8).encoding == "int8"
     assert choose(random_codes(rng, 4096, 8, 0.6), 8).encoding == "bitmap"
 
@@ -336,3 +340,205 @@ def test_decode_succeeds_iff_canonical(encoding, bits, n, count, data):
     again = encode(codes, bits, encoding)
     assert (again.n, again.count) == (n, count)
     assert fields_list(again) == fields_list(enc)
+
+
+# --- huffman -------------------------------------------------------------------------------
+
+
+def skewed_codes(rng: np.random.Generator, n: int, bits: int, width: float) -> np.ndarray:
+    """int8[n]: Laplace-distributed levels of `bits` (width in steps), clipped: a trained
+    layer's peaked weight histogram."""
+    q = qmax(bits)
+    return np.clip(np.round(rng.laplace(0.0, width, n)), -q, q).astype(np.int8)
+
+
+def heap_huffman_cost(freq) -> int:
+    """sum_s freq_s * l_s of Huffman's own (unlimited) code, by the textbook heap merge."""
+    import heapq
+
+    heap = [int(f) for f in freq if f > 0]
+    if len(heap) == 1:
+        return heap[0]
+    heapq.heapify(heap)
+    cost = 0
+    while len(heap) > 1:
+        merged = heapq.heappop(heap) + heapq.heappop(heap)
+        cost += merged  # every merge adds one bit to each of its symbols
+        heapq.heappush(heap, merged)
+    return cost
+
+
+def test_huffman_layout_of_the_docstring_example():
+    enc = encode(np.array([0, 0, 1, -1, 0], np.int8), 2, "huffman")
+    # symbols 1 1 2 0 1; lengths 2, 1, 2; codewords 1 = "0", 0 = "10", 2 = "11"
+    assert fields_list(enc) == {"lengths": [0x12, 0x02], "blocks": [7, 0], "stream": [0x38]}
+    assert (enc.n, enc.count) == (5, 1)
+    assert decode(enc).tolist() == [0, 0, 1, -1, 0]
+
+
+def test_huffman_codewords_are_canonical_and_msb_first():
+    # counts 8, 4, 2, 1, 1 on codes 0, 1, -1, 2, -2 -> lengths 1, 2, 3, 4, 4
+    codes = np.array([0] * 8 + [1] * 4 + [-1] * 2 + [2, -2], np.int8)
+    enc = encode(codes, 3, "huffman")  # symbols: code + 3
+    lengths = [b >> s & 15 for b in enc.fields["lengths"].tolist() for s in (0, 4)][:7]
+    assert lengths == [0, 4, 3, 1, 2, 4, 0]  # -3..3
+    # canonical: 0 -> 0, 1 -> 10, -1 -> 110, -2 -> 1110, 2 -> 1111 (symbol 1 before 5)
+    bits = "0" * 8 + "10" * 4 + "110" * 2 + "1111" + "1110"
+    assert enc.fields["blocks"].view("<u2").tolist() == [len(bits)]
+    padded = bits + "0" * (-len(bits) % 8)
+    want = [int(padded[i : i + 8], 2) for i in range(0, len(padded), 8)]
+    assert enc.fields["stream"].tolist() == want
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 1000])
+@pytest.mark.parametrize("kind", ["uniform", "skewed", "single", "zeros"])
+def test_huffman_round_trip(bits, n, kind):
+    rng = np.random.default_rng([bits, n, len(kind)])
+    q = qmax(bits)
+    codes = {
+        "uniform": lambda: rng.integers(-q, q + 1, n).astype(np.int8),
+        "skewed": lambda: skewed_codes(rng, n, bits, 0.3 * q),
+        "single": lambda: np.full(n, -q, np.int8),
+        "zeros": lambda: np.zeros(n, np.int8),
+    }[kind]()
+    enc = encode(codes, bits, "huffman")
+    assert enc.count == entry_count(codes, "huffman")
+    assert {k: v.size for k, v in enc.fields.items()} == field_lengths(
+        "huffman", bits, n, enc.count
+    )
+    blocks = enc.fields["blocks"].view("<u2")
+    assert blocks.size == -(-n // 256) and int(blocks.sum()) <= 8 * enc.count < blocks.sum() + 8
+    np.testing.assert_array_equal(decode(enc), codes)
+    if kind in ("single", "zeros") and n:  # one symbol: codeword "0", one bit a code
+        assert enc.count == (n + 7) // 8 and not enc.fields["stream"].any()
+
+
+def test_huffman_lengths_optimal_and_limited():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        s = int(rng.integers(2, 40))
+        freq = rng.integers(0, 1000, s) * (rng.random(s) < 0.8)
+        lengths = huffman_lengths(freq)
+        present = freq > 0
+        assert ((lengths > 0) == present).all()
+        if present.sum() >= 2:
+            assert np.sum(2.0 ** -lengths[present].astype(int)) == 1.0  # complete
+        if present.sum() >= 1:
+            # Huffman's cost when his code fits in 12 bits (it does for < 40 symbols and
+            # counts < 1000, since a depth-13 tree needs counts growing like Fibonacci)
+            assert int(np.dot(freq, lengths)) == heap_huffman_cost(freq)
+        np.testing.assert_array_equal(huffman_lengths(freq), lengths)  # deterministic
+    assert huffman_lengths([0, 5, 0]).tolist() == [0, 1, 0]
+    assert huffman_lengths([0, 0]).tolist() == [0, 0]
+    fib = [1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610]  # Huffman depth 14
+    lengths = huffman_lengths(fib)
+    assert lengths.max() == 12 and np.sum(2.0 ** -lengths.astype(int)) == 1.0
+    assert int(np.dot(fib, lengths)) > heap_huffman_cost(fib)  # the limit costs a little
+    with pytest.raises(ValueError, match="5 symbols need codewords over max_len 2"):
+        huffman_lengths([1, 1, 1, 1, 1], max_len=2)
+
+
+def test_huffman_lengths_limited_match_brute_force():
+    """Package-merge against every length vector with Kraft sum <= 1, under small limits."""
+    import itertools
+
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        s, max_len = int(rng.integers(2, 6)), int(rng.integers(2, 5))
+        if s > 2**max_len:
+            continue
+        freq = rng.integers(1, 60, s) ** 2
+        best = min(
+            int(np.dot(freq, ln))
+            for ln in itertools.product(range(1, max_len + 1), repeat=s)
+            if sum(2.0**-x for x in ln) <= 1
+        )
+        lengths = huffman_lengths(freq, max_len)
+        assert lengths.max() <= max_len and int(np.dot(freq, lengths)) == best
+
+
+def test_choose_huffman_for_skewed_codes():
+    rng = np.random.default_rng(5)
+    codes = skewed_codes(rng, 576 * 16, 4, 1.5)
+    best = choose(codes, 4)
+    assert best.encoding == "huffman"
+    sizes = {e: encode(codes, 4, e).nbytes for e in valid_encodings(4)}
+    assert best.nbytes == min(sizes.values()) < 0.85 * sizes["int4"]
+    assert best.nbytes == sum(field_lengths("huffman", 4, codes.size, best.count).values())
+    np.testing.assert_array_equal(decode(best), codes)
+    wide = skewed_codes(rng, 4096, 8, 6.0)  # 8-bit codes in a narrow band: ~5 bits each
+    assert choose(wide, 8).encoding == "huffman"
+
+
+def _huffman(lengths, blocks, stream, bits=2, n=None) -> Encoded:
+    nb = len(blocks)
+    n = nb * 256 if n is None else n
+    return Encoded(
+        "huffman",
+        bits,
+        n,
+        len(stream),
+        {
+            "lengths": np.array(lengths, np.uint8),
+            "blocks": np.array(blocks, "<u2").view(np.uint8),
+            "stream": np.array(stream, np.uint8),
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "enc, match",
+    [
+        # 2-bit: 3 symbols, 2 bytes of lengths; single code "0" for symbol 1 (code 0)
+        (_huffman([0x10, 0x00], [5], [0x00], n=5), None),  # canonical: five zeros
+        (_huffman([0x10, 0x10], [5], [0x00], n=5), "pad nibble"),
+        (_huffman([0xD0, 0x00], [5], [0x00], n=5), "length over 12"),
+        (_huffman([0x11, 0x01], [5], [0x00], n=5), r"no prefix code \(Kraft sum > 1\)"),
+        (_huffman([0x10, 0x00], [9], [0x00], n=5), "add up to 9 bits, stream has 1 bytes"),
+        (_huffman([0x10, 0x00], [5], [0x04], n=5), "padding bits"),
+        (_huffman([0x10, 0x00], [5], [0x40], n=5), "stream bit 1 starts no codeword"),
+        (_huffman([0x10, 0x00], [4], [0x00], n=5), "runs out of its 4 bits after 4 codes"),
+        # lengths 2, 1, 2 (a full code) for five codes "0": decodes, but is not the code of
+        # those counts (one symbol: length 1 for it, 0 for the others)
+        (_huffman([0x12, 0x02], [5], [0x00], n=5), "not the code of the decoded counts"),
+        # two blocks: 256 + 1 codes of one bit each; the first block claims 255 bits
+        (_huffman([0x10, 0x00], [255, 2], [0] * 33, n=257), "block 0 runs out of its 255"),
+        (_huffman([0x10, 0x00], [257, 0], [0] * 33, n=257), "block 1 runs out of its 0 bits"),
+        # code 0 = "10" stated as 1 bit: the codeword overruns its block
+        (_huffman([0x12, 0x02], [1], [0x80], n=1), "block 0 decodes in 2 bits, blocks says 1"),
+    ],
+)
+def test_huffman_decode_rejects_noncanonical(enc, match):
+    if match is None:
+        assert decode(enc).tolist() == [0] * enc.n
+        assert fields_list(encode(decode(enc), enc.bits, "huffman")) == fields_list(enc)
+        return
+    with pytest.raises(ValueError, match=match):
+        decode(enc)
+
+
+@SETTINGS
+@given(
+    bits=st.integers(2, 8),
+    n=st.integers(1, 600),
+    width=st.floats(0.05, 20),
+    seed=st.integers(0, 2**32 - 1),
+    field=st.sampled_from(["lengths", "blocks", "stream"]),
+    where=st.floats(0, 1, exclude_max=True),
+    bit=st.integers(0, 7),
+)
+def test_huffman_mutations_are_rejected_or_canonical(bits, n, width, seed, field, where, bit):
+    """One flipped bit in a huffman tensor: decode raises ValueError, or the result is the
+    canonical encoding of other codes (e.g. two codewords of one length swapped)."""
+    codes = skewed_codes(np.random.default_rng(seed), n, bits, width)
+    enc = encode(codes, bits, "huffman")
+    fields = {k: v.copy() for k, v in enc.fields.items()}
+    fields[field][int(where * fields[field].size)] ^= np.uint8(1 << bit)
+    bad = enc._replace(fields=fields)
+    try:
+        got = decode(bad)
+    except ValueError:
+        return
+    assert not np.array_equal(got, codes)
+    assert fields_list(encode(got, bits, "huffman")) == fields_list(bad)

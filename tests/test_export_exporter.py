@@ -77,7 +77,7 @@ def test_size_report_counts_bytes_zeros_and_the_large_model():
     assert rs["zero_fraction"] >= 0.7 and rd["zero_fraction"] < 0.5
     assert rs["kernel_bytes"] < 0.75 * rd["kernel_bytes"]  # bitmap / gaps forms pay off
     assert sum(r["zero_fraction"] is not None for r in rd["tensors"]) == len(kernels)
-    assert rd["bits"] == 4 and set(rs["encodings"]) <= {"int4", "bitmap", "gaps"}
+    assert rd["bits"] == 4 and set(rs["encodings"]) <= {"int4", "bitmap", "gaps", "huffman"}
 
 
 def test_matrix_shape_of_every_kernel():

@@ -536,7 +536,13 @@ def test_a_branching_model_round_trips_through_asr_export(tmp_path, capsys):
     assert packed == kernels  # every kernel, the cheap branch's and the arbiter's included
     for name in ("cheap_conv", "cheap_down", "cheap_up", "arbiter/hidden", "layer_0/cheap_kv_up"):
         assert any(name in p for p in packed), name
-    assert edge.model == _pair()[1].model
+
+    # the same model; the packing may differ (the folder's round trip moves a few codes, and
+    # a Huffman-coded kernel's stream length with them)
+    def unpacked(m):
+        return m.clone(layout=tuple(lay._replace(encoding="", count=0) for lay in m.layout))
+
+    assert unpacked(edge.model) == unpacked(_pair()[1].model)
     enc, _, aux = _encode(edge.model)(edge.variables)
     assert enc.shape == (2, 16, lm.config.joint_dim) and set(aux) >= {"expensive", "macs"}
     assert np.all(np.isfinite(np.asarray(enc)))

@@ -93,6 +93,28 @@ def test_decode_reshape_product_counts_the_stream_not_the_decoded_weights():
     np.testing.assert_array_equal(np.asarray(c.outputs), np.asarray(fn(x, fields)))
 
 
+def test_huffman_decode_is_charged_its_compressed_bytes():
+    encodings = pytest.importorskip("export.encodings")
+    k, n = 64, 48  # 3072 peaked 4-bit codes: 12 blocks
+    rng = np.random.default_rng(2)
+    codes = np.clip(np.round(rng.laplace(0, 1.0, (k, n))), -7, 7).astype(np.int8)
+    enc = encodings.encode(codes, 4, "huffman")
+    fields = tuple(enc.fields[f] for f in ("lengths", "blocks", "stream"))
+
+    def fn(x, fields):
+        wd = decode_weights(fields, encoding="huffman", bits=4, n=k * n, count=enc.count)
+        return product(x, wd.reshape(k, n))
+
+    x = acts(M, k)
+    c = cost(fn, x, fields)
+    stored = 8 + 2 * 12 + enc.count  # lengths, block lengths, stream
+    assert stored == enc.nbytes < (k * n) // 2  # smaller than int4
+    assert c.per_primitive["edge_decode_weights"]["bytes_read"] == stored
+    assert c.bytes_read == stored + M * k and c.weights_decoded == k * n
+    assert c.macs_skipped == M * np.count_nonzero(codes == 0)
+    np.testing.assert_array_equal(np.asarray(c.outputs), np.asarray(fn(x, fields)))
+
+
 def test_decoded_weights_stay_on_chip_through_jit_transpose_and_loop_constants():
     codes = weights(N, K, 4)  # stored transposed
     fields = (codes.reshape(-1).view(np.uint8),)

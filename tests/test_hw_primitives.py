@@ -1,7 +1,8 @@
 """Tests of hw/primitives: weight decoding and the requantized integer matmul, bit for bit.
 
 References are NumPy: a decoder/encoder written here from the byte-layout spec (cross-checked
-against export/encodings.py), `requantize_reference` / `int_matmul_reference` in exact integer
+against export/encodings.py; Huffman codes by the textbook heap merge and RFC 1951's canonical
+code assignment, decoded bit by bit), `requantize_reference` / `int_matmul_reference` in exact integer
 arithmetic. Every primitive is checked eagerly, under jit, under vmap (each operand batched or
 not, nested, batch axis not first), that vmapped jaxprs still contain the primitive, that bad
 inputs raise ValueError, and that jitted callers do not retrace.
@@ -9,6 +10,8 @@ inputs raise ValueError, and that jitted callers do not retrace.
 
 from __future__ import annotations
 
+import functools
+import heapq
 import itertools
 
 import jax
@@ -18,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import hw.primitives.decode as decode_module
 from hw.primitives import (
     ENCODINGS,
     MAX_K,
@@ -66,9 +70,82 @@ def _unpack_values(buf: np.ndarray, count: int, bits: int) -> np.ndarray:
     return np.where(nib >= 8, nib - 16, nib).astype(np.int8)
 
 
+HUFF_MAX_LEN, HUFF_BLOCK = 12, 256  # the layout's constants
+
+
+def _heap_huffman_lengths(freq: np.ndarray) -> np.ndarray:
+    """Huffman's code lengths by the heap merge (any optimal code: the decoder takes any)."""
+    heap = [(int(f), i, (i,)) for i, f in enumerate(freq) if f > 0]
+    lengths = np.zeros(freq.size, np.int64)
+    if len(heap) == 1:
+        lengths[heap[0][1]] = 1
+    heapq.heapify(heap)
+    while len(heap) > 1:
+        a, b = heapq.heappop(heap), heapq.heappop(heap)
+        lengths[list(a[2] + b[2])] += 1
+        heapq.heappush(heap, (a[0] + b[0], min(a[1], b[1]), a[2] + b[2]))
+    assert lengths.max(initial=0) <= HUFF_MAX_LEN, lengths
+    return lengths
+
+
+def _canonical_codewords(lengths: np.ndarray) -> dict[int, str]:
+    """symbol -> codeword bits, by RFC 1951 section 3.2.2 (bl_count, next_code)."""
+    bl_count = np.bincount(lengths[lengths > 0], minlength=HUFF_MAX_LEN + 1)
+    code, next_code = 0, {}
+    for length in range(1, HUFF_MAX_LEN + 1):  # bl_count[0] is 0: absent symbols
+        code = (code + int(bl_count[length - 1])) << 1
+        next_code[length] = code
+    out = {}
+    for sym, length in enumerate(lengths.tolist()):
+        if length:
+            out[sym] = format(next_code[length], f"0{length}b")
+            next_code[length] += 1
+    return out
+
+
+def _bytes_msb_first(bitstr: str) -> np.ndarray:
+    bitstr += "0" * (-len(bitstr) % 8)
+    return np.array([int(bitstr[i : i + 8], 2) for i in range(0, len(bitstr), 8)], np.uint8)
+
+
+def _huffman_encode(codes: np.ndarray, bits: int) -> tuple[tuple[np.ndarray, ...], int]:
+    q = 2 ** (bits - 1) - 1
+    sym = codes.astype(np.int64) + q
+    lengths = _heap_huffman_lengths(np.bincount(sym, minlength=2 * q + 1))
+    words = _canonical_codewords(lengths)
+    per_block = [
+        "".join(words[s] for s in sym[i : i + HUFF_BLOCK]) for i in range(0, sym.size, HUFF_BLOCK)
+    ]
+    blocks = np.array([len(b) for b in per_block], "<u2").view(np.uint8)
+    stream = _bytes_msb_first("".join(per_block))
+    return (_pack_nibbles(lengths), blocks, stream), stream.size
+
+
+def _huffman_decode(fields, bits: int, n: int) -> np.ndarray:
+    """Bit by bit through the whole stream; checks every block's stated length on the way."""
+    q = 2 ** (bits - 1) - 1
+    lengths = _unpack_nibbles(fields[0], 2 * q + 1).astype(np.int64)
+    words = {w: s for s, w in _canonical_codewords(lengths).items()}
+    bitstr = "".join(format(b, "08b") for b in fields[2].tolist())
+    blocks = fields[1].view("<u2").tolist()
+    out, pos, word = [], 0, ""
+    for k, size in enumerate(blocks):
+        start = pos
+        for _ in range(min(HUFF_BLOCK, n - k * HUFF_BLOCK)):
+            while word not in words:
+                word += bitstr[pos]
+                pos += 1
+            out.append(words[word] - q)
+            word = ""
+        assert pos - start == size, (k, pos - start, size)
+    return np.array(out, np.int8)
+
+
 def np_encode(codes: np.ndarray, bits: int, encoding: str) -> tuple[tuple[np.ndarray, ...], int]:
     """codes: int8[n] -> (fields, count) in `encoding`'s layout."""
     n = codes.size
+    if encoding == "huffman":
+        return _huffman_encode(codes, bits)
     if encoding == "int8":
         return (codes.view(np.uint8).copy(),), n
     if encoding == "int4":
@@ -92,6 +169,8 @@ def np_encode(codes: np.ndarray, bits: int, encoding: str) -> tuple[tuple[np.nda
 
 def np_decode(fields, encoding: str, bits: int, n: int, count: int) -> np.ndarray:
     """The reference decoder: int8[n] from the fields, by loops over the spec's definitions."""
+    if encoding == "huffman":
+        return _huffman_decode(fields, bits, n)
     if encoding == "int8":
         return fields[0].view(np.int8).copy()
     if encoding == "int4":
@@ -164,34 +243,55 @@ def test_decode_gap_fillers_and_edges():
 
 def test_decode_cross_checks_export_encodings():
     encodings = pytest.importorskip("export.encodings")
+    assert encodings.ENCODINGS == ENCODINGS
+    assert (encodings.HUFFMAN_MAX_LEN, encodings.HUFFMAN_BLOCK) == (HUFF_MAX_LEN, HUFF_BLOCK)
+    assert (decode_module.HUFFMAN_MAX_LEN, decode_module.HUFFMAN_BLOCK) == (12, 256)
     rng = np.random.default_rng(7)
     for enc, bits, sp in CASES:
         codes = random_codes(rng, N, bits, sp)
         ref = encodings.encode(codes, bits, enc)
         fields, count = np_encode(codes, bits, enc)
-        assert ref.count == count, (enc, bits, sp)
-        for mine, theirs in zip(fields, ref.fields.values(), strict=True):
-            np.testing.assert_array_equal(mine, theirs)
+        if enc == "huffman":  # optimal lengths may differ at ties: same cost, same layout
+            assert ref.count == count and len(fields) == len(ref.fields), (bits, sp)
+            np.testing.assert_array_equal(
+                np_decode(tuple(ref.fields.values()), enc, bits, N, 0), codes
+            )
+        else:
+            assert ref.count == count, (enc, bits, sp)
+            for mine, theirs in zip(fields, ref.fields.values(), strict=True):
+                np.testing.assert_array_equal(mine, theirs)
+        count = ref.count
         got = decode_weights(tuple(ref.fields.values()), encoding=enc, bits=bits, n=N, count=count)
         np.testing.assert_array_equal(got, encodings.decode(ref))
 
 
-def _batch(rng, encoding: str, bits: int, shape: tuple[int, ...]):
-    """Stacked fields of prod(shape) tensors with one zero pattern (so one `count`)."""
-    mask = rng.random(N) > 0.6
-    codes = np.stack([random_codes(rng, N, bits, 0, mask) for _ in range(int(np.prod(shape)))])
+def _batch(rng, encoding: str, bits: int, shape: tuple[int, ...], n: int = N):
+    """Stacked fields of prod(shape) tensors with one zero pattern (so one `count`); for
+    huffman, permutations of one tensor (one histogram: one code, one stream length)."""
+    mask = rng.random(n) > 0.6
+    base = random_codes(rng, n, bits, 0, mask)
+    codes = np.stack(
+        [
+            rng.permutation(base) if encoding == "huffman" else random_codes(rng, n, bits, 0, mask)
+            for _ in range(int(np.prod(shape)))
+        ]
+    )
     enc = [np_encode(c, bits, encoding) for c in codes]
+    assert len({e[1] for e in enc}) == 1, [e[1] for e in enc]
     fields = tuple(
         np.stack([e[0][i] for e in enc]).reshape(*shape, -1) for i in range(len(enc[0][0]))
     )
-    return fields, enc[0][1], codes.reshape(*shape, N)
+    return fields, enc[0][1], codes.reshape(*shape, n)
 
 
-@pytest.mark.parametrize("encoding,bits", [("int8", 8), ("int4", 3), ("bitmap", 5), ("gaps", 4)])
-def test_decode_batched(encoding, bits):
+@pytest.mark.parametrize(
+    "encoding,bits,n",
+    [("int8", 8, N), ("int4", 3, N), ("bitmap", 5, N), ("gaps", 4, N), ("huffman", 4, 600)],
+)
+def test_decode_batched(encoding, bits, n):
     rng = np.random.default_rng(bits)
-    fields, count, codes = _batch(rng, encoding, bits, (2, 3))
-    params = dict(encoding=encoding, bits=bits, n=N, count=count)
+    fields, count, codes = _batch(rng, encoding, bits, (2, 3), n)
+    params = dict(encoding=encoding, bits=bits, n=n, count=count)
     dec = lambda f: decode_weights(f, **params)  # noqa: E731
     np.testing.assert_array_equal(dec(fields), codes)  # leading dims, no vmap
     flat = tuple(f[0] for f in fields)  # [3, bytes]
@@ -199,11 +299,12 @@ def test_decode_batched(encoding, bits):
     np.testing.assert_array_equal(jax.jit(jax.vmap(jax.vmap(dec)))(fields), codes)
     moved = tuple(np.swapaxes(f, 0, 1) for f in fields)  # batch axis 1
     np.testing.assert_array_equal(jax.vmap(dec, in_axes=1)(moved), codes)
-    nested = jax.vmap(jax.vmap(dec), in_axes=1, out_axes=1)(moved)  # -> [3, 2, N]
+    nested = jax.vmap(jax.vmap(dec), in_axes=1, out_axes=1)(moved)  # -> [3, 2, n]
     np.testing.assert_array_equal(nested, np.swapaxes(codes, 0, 1))
-    if len(fields) == 2:  # one field shared across the batch (same zero pattern)
-        shared = (fields[0][0, 0], flat[1])
-        np.testing.assert_array_equal(jax.vmap(dec, in_axes=((None, 0),))(shared), codes[0])
+    if len(fields) >= 2:  # the first field shared (same zero pattern; same code lengths)
+        shared = (fields[0][0, 0], *flat[1:])
+        axes = ((None, *[0] * (len(fields) - 1)),)
+        np.testing.assert_array_equal(jax.vmap(dec, in_axes=axes)(shared), codes[0])
     names = _primitives(jax.make_jaxpr(jax.vmap(jax.vmap(dec)))(fields))
     assert names.count("edge_decode_weights") == 1, names
 
@@ -245,7 +346,7 @@ def test_decode_errors():
     good = (np.zeros(10, np.uint8), np.zeros(3, np.uint8))  # bitmap, n=77, count=3, bits=5
     params = dict(encoding="bitmap", bits=5, n=N, count=3)
     bad = [
-        (good, dict(params, encoding="huffman"), "encoding"),
+        (good, dict(params, encoding="rle"), "encoding"),
         (good[:1], params, "field"),
         ((good[0].astype(np.int8), good[1]), params, "uint8"),
         ((good[0][:9], good[1]), params, r"\[..., 10\]"),
@@ -546,3 +647,76 @@ def test_jitted_callers_do_not_retrace():
             got, int_matmul_reference(x, codes.reshape(4, 3), mult, shift)
         )
     assert len(traces) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Huffman: block boundaries, skewed codes, malformed streams.
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_decode_huffman_blocks(bits):
+    """Several blocks (and a short last one) of skewed codes, eager and under jit, against
+    the spec decoder and export.encodings (whose package-merge code this decodes)."""
+    encodings = pytest.importorskip("export.encodings")
+    rng = np.random.default_rng(bits)
+    q = 2 ** (bits - 1) - 1
+    for n in (1, 257, 1000):  # one code; a block and one more; a short last block
+        codes = np.clip(np.round(rng.laplace(0, 0.2 * q + 0.3, n)), -q, q).astype(np.int8)
+        fields, count = np_encode(codes, bits, "huffman")
+        params = dict(encoding="huffman", bits=bits, n=n, count=count)
+        assert tuple(f.size for f in fields) == field_sizes(**params)
+        np.testing.assert_array_equal(np_decode(fields, **params), codes)
+        dec = jax.jit(lambda f, p=params: decode_weights(f, **p))
+        np.testing.assert_array_equal(dec(fields), codes)
+        ref = encodings.encode(codes, bits, "huffman")
+        assert ref.count == count  # both codes optimal: the same stream length
+        np.testing.assert_array_equal(dec(tuple(ref.fields.values())), encodings.decode(ref))
+        if n == 257:
+            np.testing.assert_array_equal(decode_weights(fields, **params), codes)  # eager
+    for codes in (np.full(300, q, np.int8), np.zeros(300, np.int8)):  # one symbol: 1 bit
+        fields, count = np_encode(codes, bits, "huffman")
+        assert count == 38
+        got = decode_weights(fields, encoding="huffman", bits=bits, n=300, count=count)
+        np.testing.assert_array_equal(got, codes)
+
+
+@functools.cache
+def _jitted_decode(**params):
+    return jax.jit(lambda f: decode_weights(f, **params))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    data=st.data(),
+    shape=st.sampled_from([(2, 1, 1), (4, 300, 38), (4, 300, 450), (8, 600, 200)]),
+)
+def test_decode_huffman_malformed_fields_do_not_crash(data, shape):
+    """Arbitrary bytes of the right sizes: some int8[n] on the levels, never an error."""
+    bits, n, count = shape
+    sizes = field_sizes("huffman", bits, n, count)
+    fields = tuple(
+        np.frombuffer(data.draw(st.binary(min_size=m, max_size=m)), np.uint8) for m in sizes
+    )
+    out = np.asarray(_jitted_decode(encoding="huffman", bits=bits, n=n, count=count)(fields))
+    q = 2 ** (bits - 1) - 1
+    assert out.shape == (n,) and out.dtype == np.int8 and np.abs(out).max() <= q
+
+
+def test_decode_huffman_errors():
+    n, count = 600, 300  # 4-bit: lengths 8 bytes, blocks 2 * 3, stream 75..900
+    good = (np.zeros(8, np.uint8), np.zeros(6, np.uint8), np.zeros(count, np.uint8))
+    params = dict(encoding="huffman", bits=4, n=n, count=count)
+    assert field_sizes(**params) == (8, 6, count)
+    bad = [
+        ((np.zeros(7, np.uint8), *good[1:]), params, r"field 0 must be \[..., 8\]"),
+        ((good[0], np.zeros(4, np.uint8), good[2]), params, r"field 1 must be \[..., 6\]"),
+        (good[:2], params, "takes 3 field"),
+        (good, dict(params, count=74), r"count \(stream bytes\) in 75..900"),
+        (good, dict(params, count=901), r"in 75..900"),
+        (good, dict(params, n=0, count=0), r"field 1 must be \[..., 0\]"),
+    ]
+    for fields, p, match in bad:
+        with pytest.raises(ValueError, match=match):
+            decode_weights(fields, **p)
+        with pytest.raises(ValueError, match=match):
+            jax.jit(lambda f, p=p: decode_weights(f, **p))(fields)

@@ -23,7 +23,8 @@ from asr.models.config import get_config
 from asr.models.quant import fake_quant, qmax
 from asr.models.transducer import build_model
 from asr.tokenizer import Tokenizer
-from export.artifact import to_bytes, write_artifact
+from export.artifact import Artifact, TensorRecord, read_artifact, to_bytes, write_artifact
+from export.encodings import decode, encode
 from export.exporter import export_model, reference_model
 from hw.primitives import int_matmul, int_matmul_reference
 from hw.primitives.fixedpoint import dequantize_multiplier
@@ -235,3 +236,42 @@ def test_edge_files_load_through_the_entry_point(tmp_path):
     other.write_bytes(b"x")
     with pytest.raises(ModelLoadError, match=r"\.edge"):
         load_model(other)
+
+
+def _reencoded(art: Artifact, encoding: str) -> Artifact:
+    """The artifact with every kernel's codes stored in `encoding` instead (same codes)."""
+    tensors = {}
+    for name, rec in art.tensors.items():
+        if rec.meta.get("role") == "kernel":
+            enc = encode(decode(rec.to_encoded()), rec.bits, encoding)
+            rec = TensorRecord.from_encoded(name, rec.meta, enc)
+        tensors[name] = rec
+    return Artifact(dict(art.header), tensors, dict(art.blobs))
+
+
+def test_huffman_coded_kernels_run_bit_identically():
+    """Entropy-coded kernels are decoded on chip to the same codes: the outputs equal the
+    dense int4 artifact's bit for bit, after a trip through the file format."""
+    art = export_model(_loaded("lstm"), 4)
+    dense = _reencoded(art, "int4")
+    coded = read_artifact(to_bytes(_reencoded(art, "huffman")))
+    assert {r.encoding for r in coded.tensors.values() if r.meta.get("role") == "kernel"} == {
+        "huffman"
+    }
+    for got, want in zip(
+        _outputs(compile_artifact(coded, "huffman")),
+        _outputs(compile_artifact(dense, "int4")),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+    name = next(n for n, r in coded.tensors.items() if r.meta.get("role") == "kernel")
+    rec = coded.tensors[name]
+    lengths = rec.fields["lengths"].copy()
+    lengths[0] = 0xFF  # two codeword lengths of 15
+    fields = {**rec.fields, "lengths": lengths}
+    bad = TensorRecord(name, rec.meta, rec.encoding, rec.bits, rec.n, rec.count, fields)
+    data = to_bytes(Artifact(coded.header, {**coded.tensors, name: bad}, coded.blobs))
+    with pytest.raises(
+        ModelLoadError, match=f"bad.edge: tensor '{name}': huffman: a codeword length over 12"
+    ):
+        compile_artifact(read_artifact(data), "bad.edge")

@@ -1,7 +1,7 @@
 """Custom JAX primitives of the emulated edge processor: what the chip does in circuitry.
 
-- `decode_weights` (primitive `edge_decode_weights`): packed low-bit / sparse weight streams ->
-  int8 codes (`decode.py`).
+- `decode_weights` (primitive `edge_decode_weights`): packed low-bit / sparse / Huffman-coded
+  weight streams -> int8 codes (`decode.py`).
 - `int_matmul` (primitive `edge_int_matmul`): int8 x int8 -> int32 accumulation, requantized by
   per-channel fixed-point multipliers, zero weights skipped, optionally only on the active rows
   of a row-activity operand (`int_matmul.py`).
