@@ -34,6 +34,10 @@ summed); `evaluate_manifest` reports `encoder_macs_per_second` and, for a branch
 `expensive_frame_share`. The frames of the silence appended to every input
 (`DecodeSettings.tail_padding_seconds`) are counted like any other: the encoder does run them.
 
+Streaming: `Recognizer.stream()` (greedy settings) returns an `asr.streaming.StreamingRecognizer`
+that takes audio in pieces and gives partial texts, with this recognizer's weights and context
+lists; its final text is `recognize`'s greedy text for inputs of at most `max_segment_seconds`.
+
 `evaluate_manifest` scores rows with `text` by word error rate and rows with `keywords` (and no
 `text`) by keyword recall; unreadable rows are left out of both and reported. Rows with a
 `context` field are decoded with that list, and `context_wer` scores the reference words that
@@ -302,6 +306,14 @@ class Recognizer:
         self._signature = (treedef, tuple((x.shape, str(x.dtype)) for x in leaves))
         self._decoder = _decoder(loaded.model, settings.trace_key())
         self.timing = Timing(seen=self._decoder.compiled)
+
+    def stream(self, context=None):
+        """A `asr.streaming.StreamingRecognizer` of this model and settings (greedy settings
+        only), sharing this recognizer's weights on the device and context lists; `context`:
+        one list (phrases or a `ContextList`) or None."""
+        from asr.streaming import StreamingRecognizer
+
+        return StreamingRecognizer(self.loaded, self.settings, context, _recognizer=self)
 
     @property
     def has_attention_biasing(self) -> bool:

@@ -1,14 +1,68 @@
-"""Shared fixtures: paths to the real-speech folder (skipped when absent) and small models."""
+"""Shared fixtures: paths to the real-speech folder (skipped when absent) and small models;
+the run's XLA compilation cache, and the order in which parallel workers take the test files."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ASR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# The slowest files, slowest first (measured, `--durations=0` summed per file): with pytest-xdist
+# (`make test` runs two workers, each taking whole files) they are handed out first, so the
+# workers end together instead of one waiting on a long file picked up last. Only an order: a
+# stale list makes the run slower, never wrong.
+SLOW_FILES = (
+    "test_compression_training.py",
+    "test_trainer.py",
+    "test_end_to_end.py",
+    "test_biasing.py",
+    "test_decoding.py",
+    "test_hw_runtime.py",
+    "test_kill_resume.py",
+    "test_quant.py",
+    "test_branching.py",
+    "test_hw_branching.py",
+    "test_distill_training.py",
+    "test_streaming.py",
+    "test_cli.py",
+)
+
+
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the whole run, in a temporary folder removed at
+    the end: most of the suite's time is XLA compiling, and many tests compile the same
+    computations (the tiny model's train step in each training test, every call of `train` in a
+    resume test). The workers of a parallel run and the subprocesses of the command-line tests
+    inherit it through the environment. A JAX_COMPILATION_CACHE_DIR set by the caller is used
+    as it is."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") is not None:
+        return
+    path = tempfile.mkdtemp(prefix="asr-tests-xla-cache-")
+    config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the many small ones too
+    if "jax" in sys.modules:  # already imported (by a plugin): its options have been read
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """In a pytest-xdist worker: the files of SLOW_FILES first, in that order, each file's tests
+    in their own order (`--dist loadfile --no-loadscope-reorder` hands files out in this order);
+    a run without workers keeps pytest's order."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
 
 
 @pytest.fixture(scope="session")

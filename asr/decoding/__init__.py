@@ -21,7 +21,18 @@ from asr.decoding.context_graph import (
     empty_context_graph,
     stack_graphs,
 )
-from asr.decoding.greedy import NEG, DecoderFns, Fusion, decoder_fns, greedy_search, strip
+from asr.decoding.greedy import (
+    NEG,
+    DecoderFns,
+    Fusion,
+    GreedyState,
+    decoder_fns,
+    greedy_frames,
+    greedy_init,
+    greedy_result,
+    greedy_search,
+    strip,
+)
 
 __all__ = [
     "NEG",
@@ -30,12 +41,16 @@ __all__ = [
     "ContextGraph",
     "DecoderFns",
     "Fusion",
+    "GreedyState",
     "beam_search",
     "build_context_graph",
     "context_fusion",
     "context_score",
     "decoder_fns",
     "empty_context_graph",
+    "greedy_frames",
+    "greedy_init",
+    "greedy_result",
     "greedy_search",
     "stack_graphs",
     "strip",

@@ -11,6 +11,12 @@ emits the argmax symbol while it is not blank, at most `max_symbols_per_frame` t
 are fixed: tokens go into a [B, L] buffer with a per-utterance length counter. With a fusion the
 argmax is over log-probs plus the fusion's scores.
 
+The search is three pure functions over one fixed-shape state, `GreedyState`: `greedy_init`,
+`greedy_frames` (any number of frames; called again on the next frames it continues the search)
+and `greedy_result`. `greedy_search` is the three on a whole utterance; a stream
+(`asr.streaming`) runs `greedy_frames` chunk by chunk, emptying the token buffer after each
+chunk (`GreedyState.drain`) so the buffer is sized per chunk, not per utterance.
+
 References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks" (greedy and beam
 decoding of the transducer); icefall `beam_search.py::greedy_search_batch` (the algorithm,
 rewritten here as a fixed-shape loop); Gulcehre et al. 2015, "On Using Monolingual Corpora in
@@ -141,13 +147,22 @@ def check_encoder_outputs(enc_p: ArrayLike, enc_paddings: ArrayLike) -> None:
         )
 
 
-class _GreedyCarry(NamedTuple):
+class GreedyState(NamedTuple):
+    """The greedy search between frames (a pytree of fixed shapes)."""
+
     pred_state: Any  # predictor state pytree, leading axis B
     pred_p: jax.Array  # f32[B, J]: predictor output after the last emitted token
     tokens: jax.Array  # int32[B, L]: emitted tokens, 0 past `lengths`
-    lengths: jax.Array  # int32[B]: tokens emitted so far
+    lengths: jax.Array  # int32[B]: tokens emitted so far (into this buffer)
     scores: jax.Array  # f32[B]: sum of log-probs (+ fusion scores) of every chosen symbol
     extra: Any  # fusion state pytree, every leaf [B, ...] (None without a fusion)
+
+    def drain(self) -> GreedyState:
+        """This state with an empty token buffer (the tokens taken out by the caller): the
+        search goes on from the same predictor, scores and fusion state."""
+        return self._replace(
+            tokens=jnp.zeros_like(self.tokens), lengths=jnp.zeros_like(self.lengths)
+        )
 
 
 def greedy_search(
@@ -193,20 +208,39 @@ def greedy_search(
 
 @functools.partial(jax.jit, static_argnames=("max_symbols", "max_len"))
 def _greedy_search(fns, enc_p, enc_paddings, max_symbols, max_len, fusion=None):
-    enc_p = jnp.asarray(enc_p, jnp.float32)
-    b = enc_p.shape[0]
-    rows = jnp.arange(b)
-    pred_state, pred_p = initial_predictor(fns, b)
-    init = _GreedyCarry(
+    state = greedy_init(fns, jnp.shape(enc_p)[0], max_len, fusion)
+    state = greedy_frames(fns, state, enc_p, enc_paddings, max_symbols, fusion)
+    return greedy_result(state, fusion)
+
+
+def greedy_init(fns: DecoderFns, batch: int, max_len: int, fusion: Fusion | None = None):
+    """The search before the first frame of `batch` utterances, with a token buffer of
+    `max_len` (traceable: call it inside jit)."""
+    rows = jnp.arange(batch)
+    pred_state, pred_p = initial_predictor(fns, batch)
+    return GreedyState(
         pred_state=pred_state,
         pred_p=pred_p,
-        tokens=jnp.zeros((b, max_len), jnp.int32),
-        lengths=jnp.zeros((b,), jnp.int32),
-        scores=jnp.zeros((b,), jnp.float32),
-        extra=None if fusion is None else fusion.init(fusion.params, rows, b),
+        tokens=jnp.zeros((batch, max_len), jnp.int32),
+        lengths=jnp.zeros((batch,), jnp.int32),
+        scores=jnp.zeros((batch,), jnp.float32),
+        extra=None if fusion is None else fusion.init(fusion.params, rows, batch),
     )
 
-    def frame(carry: _GreedyCarry, xs):
+
+def greedy_frames(
+    fns: DecoderFns, state: GreedyState, enc_p, enc_paddings, max_symbols: int,
+    fusion: Fusion | None = None,
+) -> GreedyState:  # fmt: skip
+    """`state` after the frames enc_p f32[B, T, J] (enc_paddings f32[B, T], 1.0 = padded: emits
+    nothing); at most `max_symbols` non-blank symbols a frame; tokens past a full buffer are
+    dropped (see `greedy_search`). Traceable: call it inside jit."""
+    enc_p = jnp.asarray(enc_p, jnp.float32)
+    b = enc_p.shape[0]
+    max_len = state.tokens.shape[1]
+    rows = jnp.arange(b)
+
+    def frame(carry: GreedyState, xs):
         enc_t, valid = xs  # f32[B, J], bool[B]
 
         def cond(loop):
@@ -231,7 +265,7 @@ def _greedy_search(fns, enc_p, enc_paddings, max_symbols, max_len, fusion=None):
             scores = c.scores + jnp.where(active, gain, 0.0)
             tokens = c.tokens.at[rows, jnp.where(write, c.lengths, max_len)].set(k, mode="drop")
             new_state, new_p = fns.pred_step(fns.variables, c.pred_state, k)
-            c = _GreedyCarry(
+            c = GreedyState(
                 pred_state=select_tree(write, new_state, c.pred_state),
                 pred_p=jnp.where(write[:, None], new_p, c.pred_p),
                 tokens=tokens,
@@ -245,12 +279,20 @@ def _greedy_search(fns, enc_p, enc_paddings, max_symbols, max_len, fusion=None):
         return carry, None
 
     xs = (jnp.swapaxes(enc_p, 0, 1), jnp.swapaxes(jnp.asarray(enc_paddings) < 0.5, 0, 1))
-    out, _ = jax.lax.scan(frame, init, xs)
-    scores = out.scores
+    out, _ = jax.lax.scan(frame, state, xs)
+    return out
+
+
+def greedy_result(state: GreedyState, fusion: Fusion | None = None):
+    """(tokens int32[B, L], token_paddings f32[B, L], scores f32[B]) of the search so far, the
+    fusion's finalize term added to the scores (see `greedy_search`)."""
+    scores = state.scores
     if fusion is not None:
-        scores = scores + fusion.finalize(fusion.params, out.extra, rows).astype(jnp.float32)
-    token_paddings = (jnp.arange(max_len)[None] >= out.lengths[:, None]).astype(jnp.float32)
-    return out.tokens, token_paddings, scores
+        rows = jnp.arange(scores.shape[0])
+        scores = scores + fusion.finalize(fusion.params, state.extra, rows).astype(jnp.float32)
+    max_len = state.tokens.shape[1]
+    token_paddings = (jnp.arange(max_len)[None] >= state.lengths[:, None]).astype(jnp.float32)
+    return state.tokens, token_paddings, scores
 
 
 def strip(tokens: ArrayLike, token_paddings: ArrayLike) -> list:

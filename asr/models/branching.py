@@ -37,6 +37,14 @@ Every frame's multiply-accumulates are counted (`frame_macs`): only what its cho
 computes, with the attention products over the keys the chunked mask lets it see. The plain
 encoder reports the same count (every frame expensive, no arbiter), so `asr eval` compares them.
 
+Streaming: the stream step (`asr.models.encoder` module docstring) runs the same modules with
+the plain encoder's caches, which hold whatever branch produced each frame: the attention cache
+the keys and values each frame's branch computed (the cheap ones are mixed in before the
+rotary positions), the convolution cache the gated GLU outputs (zeros for cheap frames), the
+subsampling cache the shared first convolution's rows. The arbiter, which reads features only,
+keeps the last 3 input frames and the last encoder frame's mean of its 4 (`EncoderState.arbiter`),
+so the step's choices are the whole utterance's.
+
 On the emulated processor (`hw.runtime`) the branch's products run inside `only_rows(mask)`:
 the runtime then computes (and the cost model counts) only the rows of the chosen frames.
 """
@@ -56,8 +64,14 @@ import numpy as np
 from asr.models.config import ModelConfig
 from asr.models.encoder import (
     CausalConvModule,
+    EncoderState,
     SelfAttention,
+    causal_context,
     chunk_attention_mask,
+    layer_caches,
+    next_state,
+    stream_attention_mask,
+    stream_state,
     subsample_paddings,
 )
 from asr.models.macs import count_macs, frame_macs  # noqa: F401 - re-exported
@@ -109,17 +123,22 @@ class Arbiter(nn.Module):
     quant: QuantPolicy = FLOAT
 
     @nn.compact
-    def __call__(self, feats: jax.Array, feat_paddings: jax.Array, num_frames: int) -> jax.Array:
+    def __call__(self, feats: jax.Array, feat_paddings: jax.Array, num_frames: int, cache=None):
+        """-> f32[B, T']. Stream step (T = 4 T'): `cache` (f32[B, 3, F] the last 3 masked input
+        frames, f32[B, 1, F] the last encoder frame's mean) -> (logits, the next step's cache)."""
         b, t, f = feats.shape
         feats = feats * (1.0 - feat_paddings)[..., None]  # padding reads as zeros, batched or not
-        x = jnp.pad(feats, ((0, 0), (3, max(0, 4 * num_frames - 3 - t)), (0, 0)))
+        tail, prev_ctx = (None, None) if cache is None else cache
+        x, tail = causal_context(feats, tail, 3)  # frame t's inputs are 4t-3 .. 4t
+        x = jnp.pad(x, ((0, 0), (0, max(0, 4 * num_frames - 3 - t)), (0, 0)))
         x = x[:, : 4 * num_frames]
         cur = jnp.mean(x.reshape(b, num_frames, 4, f), axis=2)  # -> [B, T', F]
-        prev = jnp.pad(cur, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+        prev, prev_ctx = causal_context(cur, prev_ctx, 1)
+        prev = prev[:, :-1]  # the previous frame's -> [B, T', F]
         h = nn.relu(self.quant.dense(self.hidden, name="hidden")(jnp.concatenate([cur, prev], -1)))
         b0 = float(np.log(self.budget_init / (1.0 - self.budget_init)))
         out = self.quant.dense(1, bias_init=nn.initializers.constant(b0), name="out")(h)
-        return out[..., 0]
+        return out[..., 0] if cache is None else (out[..., 0], (tail, prev_ctx))
 
 
 def choose(logits: jax.Array, train: bool, temperature, rng: jax.Array | None, noise=1.0):
@@ -146,19 +165,26 @@ class BranchingSubsampling(nn.Module):
     quant: QuantPolicy = FLOAT
 
     @nn.compact
-    def __call__(self, feats: jax.Array, gate: jax.Array, valid: jax.Array, imitate: bool = False):
+    def __call__(
+        self, feats: jax.Array, gate: jax.Array, valid: jax.Array, imitate: bool = False,
+        cache=None,
+    ):  # fmt: skip
         """gate f32[B, T'] (1: expensive; 0 on padding), valid f32[B, T'] (1: not padding) ->
         (f32[B, T', d_model], the cheap half's relative squared error against the expensive
         one on the valid frames when `imitate`, else None). Padded frames run neither half on
-        the device."""
+        the device. Stream step: `cache` as `ConvSubsampling`'s (both halves read the shared
+        first convolution's rows) -> (states, error, the next step's cache)."""
         q, ch = self.quant, self.channels
-        pad = ((0, 0), (2, 0), (1, 1), (0, 0))
+        freq = ((0, 0), (0, 0), (1, 1), (0, 0))
+        ctx = (None, None) if cache is None else (cache[0][..., None], cache[1])
+        x, feats_next = causal_context(feats[..., None], ctx[0], 2)
         x = nn.relu(
             q.conv_module(ch, (3, 3), strides=(2, 2), padding="VALID", name="Conv_0")(
-                jnp.pad(feats[..., None], pad)
+                jnp.pad(x, freq)
             )
         )
-        x = jnp.pad(x, pad)
+        x, rows_next = causal_context(x, ctx[1], 2)
+        x = jnp.pad(x, freq)
         with only_rows(gate):
             e = nn.relu(
                 q.conv_module(ch, (3, 3), strides=(2, 2), padding="VALID", name="Conv_1")(x)
@@ -179,7 +205,9 @@ class BranchingSubsampling(nn.Module):
             c = q.dense(self.d_model, name="cheap_up")(c)
         g = gate[..., None]
         err = relative_error(c, e, valid) if imitate else None
-        return g * e + (1.0 - g) * c, err
+        if cache is None:
+            return g * e + (1.0 - g) * c, err
+        return g * e + (1.0 - g) * c, err, (feats_next[..., 0], rows_next)
 
 
 def relative_error(approx: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
@@ -201,7 +229,12 @@ class BranchingLayer(nn.Module):
     quant: QuantPolicy = FLOAT
 
     @nn.compact
-    def __call__(self, x, paddings, mask, gate, train: bool, imitate: bool = False):
+    def __call__(
+        self, x, paddings, mask, gate, train: bool, imitate: bool = False, positions=None,
+        cache=None,
+    ):  # fmt: skip
+        """Stream step: `positions` and `cache` as `EncoderLayer`'s -> (states, error, the next
+        step's cache)."""
         c, q = self.config, self.quant
         d, h = c.d_model, c.num_heads
         drop = nn.Dropout(c.dropout, deterministic=not train)
@@ -219,14 +252,22 @@ class BranchingLayer(nn.Module):
         with only_rows(cheap_rows):
             kv = q.dense(c.branch_rank, use_bias=False, name="cheap_kv_down")(a)
             kv = q.dense_general((2, h, d // h), name="cheap_kv_up")(kv)
+        att_cache = None if cache is None else cache[:2]
+        conv_cache = None if cache is None else cache[2]
         with only_rows(gate):
-            att = SelfAttention(h, d, q, name="SelfAttention_0")(a, mask, kv=kv, gate=gate)
+            att = SelfAttention(h, d, q, name="SelfAttention_0")(
+                a, mask, kv=kv, gate=gate, positions=positions, cache=att_cache
+            )
+        if cache is not None:
+            att, att_cache = att
         x = x + g * drop(att)
         if c.conv_kernel > 0:
             ln_conv = nn.LayerNorm(name="LayerNorm_1")
             conv_mod = CausalConvModule(d, c.conv_kernel, q, name="CausalConvModule_0")
             with only_rows(gate):
-                conv = conv_mod(ln_conv(x), paddings, gate=gate)
+                conv = conv_mod(ln_conv(x), paddings, gate=gate, cache=conv_cache)
+            if cache is not None:
+                conv, conv_cache = conv
             x = x + g * drop(conv)
         y = ln_ff(x)
         with only_rows(gate):
@@ -234,6 +275,9 @@ class BranchingLayer(nn.Module):
         with only_rows(cheap_rows):
             fc = cheap_out(drop(nn.swish(cheap_in(y))))
         out = x + g * drop(fe) + (1.0 - g) * drop(fc)
+        if cache is not None:
+            assert not imitate, "imitation is a training output; the stream step has none"
+            return out, None, (*att_cache, conv_cache)
         if not imitate:
             return out, None
         # every frame through both paths from the same input: the expensive one is the target
@@ -250,10 +294,18 @@ class BranchingEncoder(nn.Module):
     """The `Encoder` interface with per-frame branch choices: feats f32[B, T, n_mels] (already
     normalized), feat_paddings f32[B, T] -> (f32[B, T', d_model], paddings f32[B, T'], aux) with
     aux = {"expensive": f32[B, T'] choices (1: expensive), "expensive_prob": f32[B, T'] the
-    arbiter's probabilities, "macs": f32[B, T'] MACs per frame (`count_macs`)}."""
+    arbiter's probabilities, "macs": f32[B, T'] MACs per frame (`count_macs`)}.
+
+    Stream step: with `state` (`initial_state`), as `Encoder`'s (inference only: the choices
+    are the hard ones) -> (x, paddings, aux, state)."""
 
     config: ModelConfig
     quant: QuantPolicy = FLOAT
+
+    def initial_state(self, batch: int) -> EncoderState:
+        f = self.config.n_mels
+        arbiter = (jnp.zeros((batch, 3, f), jnp.float32), jnp.zeros((batch, 1, f), jnp.float32))
+        return stream_state(self.config, batch)._replace(arbiter=arbiter)
 
     @nn.compact
     def __call__(
@@ -264,29 +316,54 @@ class BranchingEncoder(nn.Module):
         temperature=1.0,
         imitate: bool = False,
         noise=1.0,
+        state: EncoderState | None = None,
     ):
         """With `imitate` (training), aux also has "imitation": the cheap branch's relative
         squared error against the expensive one, summed over the front end and the layers
         (each from the same input; `BranchingLayer`). `temperature` and `noise`: the training
         choices' (`choose`)."""
         c = self.config
+        if state is not None and (train or imitate):
+            raise ValueError("the stream step is inference only (train and imitate False)")
         paddings = subsample_paddings(feat_paddings)
         n = paddings.shape[1]
-        logits = Arbiter(c.arbiter_dim, c.branch_budget_init, self.quant, name="arbiter")(
-            feats, feat_paddings, n
-        )
+        arbiter = Arbiter(c.arbiter_dim, c.branch_budget_init, self.quant, name="arbiter")
+        if state is None:
+            logits = arbiter(feats, feat_paddings, n)
+        else:
+            logits, arbiter_cache = arbiter(feats, feat_paddings, n, cache=state.arbiter)
         rng = self.make_rng("dropout") if train else None
         gate, prob = choose(logits, train, temperature, rng, noise)
         gate = gate * (1.0 - paddings)  # padded frames: cheap (and counted as nothing)
-        x, imitation = BranchingSubsampling(
+        sub = BranchingSubsampling(
             c.subsample_channels, c.d_model, c.branch_rank, self.quant, name="ConvSubsampling_0"
-        )(feats, gate, 1.0 - paddings, imitate)
-        x = nn.Dropout(c.dropout, deterministic=not train)(x)
-        mask = chunk_attention_mask(paddings, c.chunk_size, c.left_chunks)
-        for i in range(c.num_layers):
-            x, err = BranchingLayer(c, self.quant, name=f"layer_{i}")(
-                x, paddings, mask, gate, train, imitate
+        )
+        if state is None:
+            x, imitation = sub(feats, gate, 1.0 - paddings, imitate)
+        else:
+            x, imitation, sub_cache = sub(
+                feats, gate, 1.0 - paddings, cache=(state.feats, state.sub)
             )
+        x = nn.Dropout(c.dropout, deterministic=not train)(x)
+        if state is None:
+            mask = chunk_attention_mask(paddings, c.chunk_size, c.left_chunks)
+            positions = None
+        else:
+            mask = stream_attention_mask(
+                state.key_paddings, paddings, state.frames, c.chunk_size, c.left_chunks
+            )
+            positions = state.frames + jnp.arange(n)
+        caches = []
+        for i in range(c.num_layers):
+            layer = BranchingLayer(c, self.quant, name=f"layer_{i}")
+            if state is None:
+                x, err = layer(x, paddings, mask, gate, train, imitate)
+            else:
+                x, err, cache = layer(
+                    x, paddings, mask, gate, train, positions=positions,
+                    cache=layer_caches(state, i),
+                )  # fmt: skip
+                caches.append(cache)
             if imitate:
                 imitation = imitation + err
         x = nn.LayerNorm(name="LayerNorm_0")(x)
@@ -297,7 +374,10 @@ class BranchingEncoder(nn.Module):
         }
         if imitate:
             aux["imitation"] = imitation
-        return x * (1.0 - paddings)[..., None], paddings, aux
+        x = x * (1.0 - paddings)[..., None]
+        if state is None:
+            return x, paddings, aux
+        return x, paddings, aux, next_state(state, paddings, sub_cache, caches, arbiter_cache)
 
 
 # --------------------------------------------------------------------------- initialization

@@ -6,6 +6,11 @@
                                            -> (enc_p, enc_paddings, aux): aux is the encoder's
                                               auxiliary outputs (per-frame "macs"; a branching
                                               encoder's "expensive" choices and probabilities)
+  init_stream(batch)                       -> the encoder's stream state (`EncoderState`)
+  encode_step(feats, feat_paddings, state, context=None)
+                                           -> (enc_p, enc_paddings, aux, state): `encode_aux`
+                                              of whole chunks of a stream (4 * chunk_size
+                                              feature frames each), caches in `state`
   bias_attention(feats, feat_paddings, context=None)
                                            -> f32[B, H, T', P+1] biasing attention weights
   predict(labels int32[B, U+1], train)     -> pred_p f32[B, U+1, J]   (blank-prefixed history)
@@ -24,7 +29,13 @@ network (`asr.models.biasing`) before `joiner.project_encoder`, so decoders see 
 without any change. `context` is `(tokens int32[B, P, Lp], paddings f32[B, P, Lp])`, 1.0 = pad
 (`asr.models.biasing.context_arrays` builds it); None means no list, i.e. the no-bias entry
 alone (what training shows in its batches without lists). A model without biasing ignores
-`context`: its encode is what it was before biasing existed, bit for bit.
+`context`: its encode is what it was before biasing existed, bit for bit. The biasing attention
+is per frame (each frame queries the list), so a stream step biases its chunk's frames with no
+state of its own (the phrase vectors are recomputed each step from `context`).
+
+Streaming (`asr.models.encoder` module docstring): `init_stream` then `encode_step` chunk by
+chunk gives `encode_aux`'s outputs of the whole utterance on its valid frames (float rounding
+apart); `asr.streaming` decodes on top of it.
 
 References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks"; the auxiliary
 CTC head follows the joint CTC/transducer training of icefall's recipes (Graves et al. 2006, CTC).
@@ -40,7 +51,7 @@ import jax.numpy as jnp
 from asr.models.biasing import PHRASE_ENCODERS, ContextBiasing
 from asr.models.branching import BranchingEncoder
 from asr.models.config import BIAS_ENCODERS, ENCODERS, ModelConfig
-from asr.models.encoder import Encoder
+from asr.models.encoder import Encoder, EncoderState, check_step_inputs
 from asr.models.joiner import Joiner
 from asr.models.predictor import PREDICTORS
 from asr.models.quant import FLOAT, QuantPolicy
@@ -69,21 +80,25 @@ class Transducer(nn.Module):
 
     def _encode(
         self, feats, feat_paddings, train: bool, context, temperature=1.0, imitate=False,
-        noise=1.0,
+        noise=1.0, state: EncoderState | None = None,
     ):  # fmt: skip
         """(biased encoder output f32[B, T', d_model], paddings f32[B, T'], biasing attention
-        weights f32[B, H, T', P+1] or None without a biasing network, encoder aux dict)."""
+        weights f32[B, H, T', P+1] or None without a biasing network, encoder aux dict, the
+        next stream state or None without `state`)."""
         c = self.config
         if feats.ndim != 3 or feats.shape[-1] != c.n_mels:
             raise ValueError(f"feats must be [B, T, {c.n_mels}], got {feats.shape}")
         if feat_paddings.shape != feats.shape[:2]:
             raise ValueError(f"feat_paddings must be {feats.shape[:2]}, got {feat_paddings.shape}")
         x = (feats - self.feat_mean.value) * self.feat_istd.value
-        enc, paddings, aux = self.encoder(
-            x, feat_paddings, train=train, temperature=temperature, imitate=imitate, noise=noise
-        )
+        kw = {} if state is None else {"state": state}
+        enc, paddings, aux, *new_state = self.encoder(
+            x, feat_paddings, train=train, temperature=temperature, imitate=imitate, noise=noise,
+            **kw,
+        )  # fmt: skip
+        new_state = new_state[0] if new_state else None
         if c.bias_dim <= 0:
-            return enc, paddings, None, aux
+            return enc, paddings, None, aux, new_state
         if context is not None:
             tokens, cpads = context
             if tokens.ndim != 3 or tokens.shape[0] != feats.shape[0]:
@@ -93,12 +108,12 @@ class Transducer(nn.Module):
             if cpads.shape != tokens.shape:
                 raise ValueError(f"context paddings must be {tokens.shape}, got {cpads.shape}")
         enc, weights = self.biasing(enc, paddings, context, train)
-        return enc, paddings, weights, aux
+        return enc, paddings, weights, aux, new_state
 
     def encode(self, feats, feat_paddings, train: bool = False, context=None):
         """feats f32[B, T, n_mels], feat_paddings f32[B, T] (1.0 = pad), context (see the
         module docstring) -> (enc_p f32[B, T', joint_dim], enc_paddings f32[B, T'])."""
-        enc, paddings, _, _ = self._encode(feats, feat_paddings, train, context)
+        enc, paddings, _, _, _ = self._encode(feats, feat_paddings, train, context)
         return self.joiner.project_encoder(enc), paddings
 
     def encode_aux(
@@ -111,10 +126,28 @@ class Transducer(nn.Module):
         the branching encoder's Gumbel temperature in training; `imitate`: also its cheap
         branch's error against the expensive one (aux["imitation"], `asr.models.branching`);
         `noise`: the scale of the training choices' logistic noise."""
-        enc, paddings, _, aux = self._encode(
+        enc, paddings, _, aux, _ = self._encode(
             feats, feat_paddings, train, context, temperature, imitate, noise
         )
         return self.joiner.project_encoder(enc), paddings, aux
+
+    def init_stream(self, batch: int) -> EncoderState:
+        """The encoder's stream state before the first chunk of `batch` streams (zeros, no
+        cached frame). Raises ValueError for a config with unlimited left context
+        (left_chunks < 0): its step would need an unbounded cache."""
+        return self.encoder.initial_state(batch)
+
+    def encode_step(self, feats, feat_paddings, state: EncoderState, context=None):
+        """One step of a stream (inference mode): feats f32[B, T, n_mels] whole chunks (T a
+        multiple of 4 * chunk_size; only the stream's last step may hold padding, trailing:
+        feat_paddings f32[B, T], 1.0 = pad), state from `init_stream` or the previous step,
+        context as for `encode` -> (enc_p f32[B, T/4, joint_dim], enc_paddings f32[B, T/4],
+        aux (as `encode_aux`'s, for these frames), the next state)."""
+        check_step_inputs(self.config, feats, feat_paddings, state, self.encoder.initial_state)
+        enc, paddings, _, aux, state = self._encode(
+            feats, feat_paddings, False, context, state=state
+        )
+        return self.joiner.project_encoder(enc), paddings, aux, state
 
     def bias_attention(self, feats, feat_paddings, context=None):
         """The biasing network's attention weights f32[B, H, T', P+1] (inference mode): for each
