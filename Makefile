@@ -166,6 +166,8 @@ edge-benchmark: $(BIN)/.installed
 	$(BIN)/python -m hw.benchmarks.edge --model $(RUNS)/comp/ste4_s40/model --what size equiv --bits 4 --sparsity 0 --limit 400 $(EDGE_SETS)
 	$(BIN)/python -m hw.benchmarks.edge --model default --what size cost --bits 8 4 --sparsity 0 0.5 0.7 $(EDGE_SETS) \
 	  --out $(RUNS)/edge/cost.jsonl --plot docs/edge_cost.png
+	$(BIN)/python -m hw.benchmarks.edge --model default --what cost --bits 8 4 --sparsity 0 --cost-part stream \
+	  --set synth=$(RUNS)/corpus6/test.jsonl --out $(RUNS)/edge/cost_stream.jsonl
 	$(BIN)/python -m hw.benchmarks.edge --model default --what speed --bits 4 $(EDGE_SETS)
 	$(BIN)/asr export --model $(RUNS)/comp/ste4_s40/model --bits 4 -o $(RUNS)/edge/default.edge
 

@@ -18,16 +18,25 @@ on the device, only the chunk's features go in and its tokens come out. `finish`
 `Recognizer` appends to every input (`DecodeSettings.tail_padding_seconds` of silence), pads
 the last partial chunk (paddings 1.0) and decodes it.
 
-The transcript equals `Recognizer.recognize` with greedy settings on the same audio (tested with
-random piece sizes; the encoder outputs differ by float rounding only, about 1e-6), for inputs
-of at most `max_segment_seconds`: a stream is never cut into segments. Context lists work as in
-`Recognizer` (shallow fusion and, for a model trained with one, the attention biasing network).
+A float model's transcript equals `Recognizer.recognize` with greedy settings on the same audio
+(tested with random piece sizes; the encoder outputs differ by float rounding only, about 1e-6),
+for inputs of at most `max_segment_seconds`: a stream is never cut into segments. Context lists
+work as in `Recognizer` (shallow fusion and, for a model trained with one, the attention biasing
+network).
 
 Latency: a frame's tokens come out when its chunk is complete (the encoder's attention sees the
 whole chunk); nothing waits for the end of the utterance except the tail silence.
 
-Not built: streaming beam search (the settings must ask for greedy); a model that overrides
-`encode` without a stream step (the emulated processor's, `hw.runtime`) is refused.
+The emulated edge processor (`hw.runtime`, a model loaded from a `.edge` file) streams the same
+way: its `encode_step` runs every weight product on the NPU primitives. Its transcript can differ
+slightly from its own whole-utterance run, as on the device: the int8 activations of a
+convolution input and of the attention values are scaled over every frame of one call, so per
+step here (the chunk and its cached context) and per utterance whole (`hw.runtime` docstring).
+The fake-quantized model (`asr.models.quant`) streams with the same per-step scales.
+
+Not built: streaming beam search (the settings must ask for greedy); unlimited left context
+(`left_chunks` < 0: no bounded cache); a model class that overrides `encode` but not
+`encode_step` (its step would not be the model it claims to be) is refused.
 """
 
 from __future__ import annotations
@@ -114,8 +123,9 @@ def _stream_fns(model: Transducer, max_symbols: int) -> _StreamFns:
 
 
 def _has_stream_step(model: Transducer) -> bool:
-    """A subclass that overrides `encode` (the emulated processor's) must override `encode_step`
-    too, else its step would run the float modules, not the model it claims to be."""
+    """A subclass that overrides `encode` must override `encode_step` too (the emulated
+    processor's does), else its step would run the inherited modules, not the model it claims
+    to be."""
     cls = type(model)
     return cls.encode is Transducer.encode or cls.encode_step is not Transducer.encode_step
 
@@ -151,7 +161,8 @@ class StreamingRecognizer:
         model = loaded.model
         if not _has_stream_step(model):
             raise ValueError(
-                f"{type(model).__name__} overrides encode but has no stream step (encode_step)"
+                f"{type(model).__name__} overrides encode but not encode_step: it has no stream "
+                "step of its own (decode it whole with Recognizer)"
             )
         if settings.max_symbols_per_frame < 1:
             raise ValueError(

@@ -49,8 +49,17 @@ outside any mask; the predictor, joiner and biasing network too) changes nothing
 `EdgePolicy(branch_rows=False)` computes every row, as float execution does (for comparisons).
 
 Like a float model, everything runs on the same segments, batches and chunked attention mask as
-`asr.recognizer.Recognizer` (whole-utterance encoder with the chunk mask; streaming encoder
-caches are a later issue). `load_edge(path)` is the `edge` entry of the `asr.model_loaders`
+`asr.recognizer.Recognizer` (whole-utterance encoder with the chunk mask), or step by step:
+`encode_step` (`init_stream` has no product and is inherited) runs a chunk with the encoder's
+caches (`asr.models.encoder`), so `asr.streaming.StreamingRecognizer` / `Recognizer.stream()`
+decode an artifact as it streams. Per-call scales: a convolution input is quantized with one
+step over all its frames (per utterance whole; per step when streaming: the chunk and its
+cached left context), and the attention values with one step per head and channel over the
+keys of the call (the utterance whole; the cache and the chunk in a step). So the streamed
+encoder output differs from the whole-utterance run by a few activation steps (about 3% of its
+largest value on a tiny random model, tests/test_hw_streaming.py), what the device itself
+does; the fake-quant model streams with the same scales, and the runtime's step matches it as
+its whole run does. `load_edge(path)` is the `edge` entry of the `asr.model_loaders`
 entry-point group: `asr transcribe|eval --model model.edge` finds it without `asr` importing `hw`.
 
 References: Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
@@ -372,6 +381,7 @@ class EdgeTransducer(Transducer):
 
     encode = _on_edge(Transducer.encode)
     encode_aux = _on_edge(Transducer.encode_aux)
+    encode_step = _on_edge(Transducer.encode_step)  # init_stream has no product: inherited
     bias_attention = _on_edge(Transducer.bias_attention)
     predict = _on_edge(Transducer.predict)
     predict_step = _on_edge(Transducer.predict_step)

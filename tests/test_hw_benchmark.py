@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 from test_hw_runtime import _loaded
 
@@ -52,3 +53,26 @@ def test_edge_benchmark_sections(tmp_path, capsys):
     png = tmp_path / "cost.png"
     assert main(["--from-results", str(out), "--plot", str(png)]) == 0
     assert capsys.readouterr().out.count("|") > 20 and png.stat().st_size > 10_000
+
+
+def test_stream_cost_charges_every_step(tmp_path):
+    """`--cost-part stream`: the encoder step by step against whole on the same utterance; each
+    step decodes every encoder kernel once, so weights decoded are the chunks times whole's."""
+    from hw.benchmarks.edge import artifacts, run_cost, stream_inputs
+
+    lm = _loaded("lstm")
+    audio = (0.1 * np.random.default_rng(1).standard_normal(9000)).astype(np.float32)
+    sf.write(tmp_path / "a.wav", audio, 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"audio": str(tmp_path / "a.wav"), "text": "stop"}) + "\n")
+    arts = artifacts(lm, [8], [0.0])
+    rows = {r["part"]: r for r in run_cost(arts, {"x": str(manifest)}, 1, "tiny", 2, "stream")}
+    chunks = len(stream_inputs(lm.config, audio)[0])
+    assert chunks > 2, chunks
+    stream, whole = rows["stream"], rows["whole"]
+    decoded = stream["per10ms_weights_decoded"] / whole["per10ms_weights_decoded"]
+    assert decoded == pytest.approx(chunks, rel=1e-6), (decoded, chunks)
+    assert (
+        stream["per10ms_float_macs"] == 0
+        and stream["per10ms_bytes_read"] > whole["per10ms_bytes_read"]
+    )

@@ -31,8 +31,11 @@ Two ways to run the same modules and parameters:
   hold padding (trailing: pad the final partial chunk to a whole one); after it that row's
   state is spent (in a batch the other rows go on). Unlimited left context (`left_chunks` < 0)
   has no bounded cache: the step refuses it (`stream_state` raises). Float execution only is
-  equal: a fake-quantized convolution scales its input per call (`QuantPolicy.conv`), so per
-  chunk in a step and per utterance whole.
+  equal: a fake-quantized convolution scales its input per call (`QuantPolicy.conv`), and the
+  attention-weighted values take one step per head and channel over the call's keys
+  (`QuantPolicy.einsum`), so per step (chunk and cache) and per utterance whole; the emulated
+  processor (`hw.runtime`) does the same (about 3% of the largest output on a tiny random
+  model, tests/test_hw_streaming.py).
 
 References: Zhang et al. 2020, "Transformer Transducer: A Streamable Speech Recognition Model
 with Transformer Encoders and RNN-T Loss"; Su et al. 2021, "RoFormer" (rotary positions);

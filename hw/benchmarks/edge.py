@@ -12,7 +12,10 @@ cost speed] [--bits 8 4] [--sparsity 0 0.5 0.7] [--limit N] [--out results.jsonl
 - cost: the recognizer's whole program (encoder and beam search) on the first utterances of the
   first set, interpreted by `hw.cost` on the default processor: MACs done and skipped, bytes
   read, cycles and time per 10 ms of audio, and the MAC-cycle ratio against the dense artifact
-  of the same bits;
+  of the same bits. `--cost-part encoder`: the encoder alone on the same batch; `--cost-part
+  stream`: the encoder step by step as `asr.streaming` runs it (each utterance alone, every
+  chunk one `encode_step`, all its steps interpreted), next to the whole-utterance encoder on
+  the same utterances one at a time (part "whole");
 - speed: real-time factor of the emulator and of the float JAX model on the same utterances
   (median of repeats, compile time excluded), this machine.
 
@@ -146,10 +149,42 @@ def program_inputs(loaded, audios, trace_key):
     return _decoder(loaded.model, trace_key).run, x, pads
 
 
+def stream_inputs(config, audio: np.ndarray):
+    """One request's features as `asr.streaming.StreamingRecognizer` steps them: the audio and
+    the recognizer's tail silence (`log_mel` of the whole equals the feature stream's frames),
+    the last chunk padded -> (f32[n, 1, 4C, n_mels] chunks, f32[n, 1, 4C] paddings)."""
+    from asr.features import log_mel
+    from asr.models.encoder import SUBSAMPLING
+    from asr.recognizer import DecodeSettings
+
+    tail = np.zeros(round(DecodeSettings().tail_padding_seconds * 16000), np.float32)
+    f = log_mel(np.concatenate([audio, tail]))
+    per = SUBSAMPLING * config.chunk_size
+    n = -(-len(f) // per)
+    x = np.zeros((n * per, f.shape[1]), np.float32)
+    pads = np.ones(n * per, np.float32)
+    x[: len(f)], pads[: len(f)] = f, 0.0
+    return x.reshape(n, 1, per, f.shape[1]), pads.reshape(n, 1, per)
+
+
+def stream_encoder(model, variables, state, chunks, paddings):
+    """The encoder step by step: `encode_step` on each chunk in turn from `state` (a scan, so
+    the cost model charges every step) -> (enc_p f32[n, 1, C, J], paddings f32[n, 1, C])."""
+
+    def step(s, xp):
+        enc, pads, _, s = model.apply(variables, xp[0], xp[1], s, method="encode_step")
+        return s, (enc, pads)
+
+    return jax.lax.scan(step, state, (chunks, paddings))[1]
+
+
 def run_cost(arts, sets, n_utts, model_name, beam, part="program"):
     """Cost rows per artifact: of the recognizer's whole program (`part` "program": encoder,
     search, predictor and joiner) or of the encoder alone ("encoder": `encode_aux`, so a
-    branching encoder's saving is seen apart from the search's cost)."""
+    branching encoder's saving is seen apart from the search's cost), both on the utterances
+    as one batch; "stream": two rows, the encoder step by step ("stream", `stream_encoder`,
+    the initial state an input, not charged) and whole ("whole": `encode_aux` as the
+    recognizer pads one request), each utterance alone, costs summed."""
     from asr.recognizer import DecodeSettings
     from hw.cost import EDGE_NPU, cost
     from hw.runtime import compile_artifact
@@ -159,28 +194,38 @@ def run_cost(arts, sets, n_utts, model_name, beam, part="program"):
     rows = []
     for (b, s), art in arts.items():
         lm = compile_artifact(art, "cost")
-        run, x, pads = program_inputs(lm, audios, trace_key)
-        if part == "encoder":
-            run = functools.partial(lm.model.apply, method="encode_aux")
-
-        t0 = time.perf_counter()
-        c = cost(run, lm.variables, x, pads, processor=EDGE_NPU)
-        per = c.per_audio(seconds)
-        rows.append(
-            {
-                "what": "cost",
-                "part": part,
-                "model": model_name,
-                "bits": b,
-                "sparsity": s,
-                "audio_seconds": seconds,
-                "utterances": len(audios),
-                "processor": EDGE_NPU.name,
-                "interpret_seconds": time.perf_counter() - t0,
-                **{f"per10ms_{k}": v for k, v in per.items()},
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+        encode = functools.partial(lm.model.apply, method="encode_aux")
+        jobs = {}  # row part -> [(fn, args)], one per program run
+        if part == "stream":
+            state = lm.model.apply(lm.variables, 1, method="init_stream")
+            run = functools.partial(stream_encoder, lm.model)
+            jobs["stream"] = [
+                (run, (lm.variables, state, *stream_inputs(lm.config, a))) for a in audios
+            ]
+            jobs["whole"] = [
+                (encode, (lm.variables, *program_inputs(lm, [a], trace_key)[1:])) for a in audios
+            ]
+        else:
+            run, x, pads = program_inputs(lm, audios, trace_key)
+            jobs[part] = [(encode if part == "encoder" else run, (lm.variables, x, pads))]
+        for name, runs in jobs.items():
+            t0 = time.perf_counter()
+            per = sum(cost(fn, *args, processor=EDGE_NPU) for fn, args in runs).per_audio(seconds)
+            rows.append(
+                {
+                    "what": "cost",
+                    "part": name,
+                    "model": model_name,
+                    "bits": b,
+                    "sparsity": s,
+                    "audio_seconds": seconds,
+                    "utterances": len(audios),
+                    "processor": EDGE_NPU.name,
+                    "interpret_seconds": time.perf_counter() - t0,
+                    **{f"per10ms_{k}": v for k, v in per.items()},
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -314,8 +359,9 @@ def main(argv=None) -> int:
                     help="sparsities of the equivalence runs (default 0)")  # fmt: skip
     ap.add_argument("--limit", type=int, default=None, help="utterances per set (equiv)")
     ap.add_argument("--cost-utterances", type=int, default=4)
-    ap.add_argument("--cost-part", choices=["program", "encoder"], default="program",
-                    help="cost of the whole recognizer program or of the encoder alone")  # fmt: skip
+    ap.add_argument("--cost-part", choices=["program", "encoder", "stream"], default="program",
+                    help="cost of the whole recognizer program, of the encoder alone, or of the "
+                    "encoder step by step against whole, one utterance at a time")  # fmt: skip
     ap.add_argument("--speed-utterances", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--beam", type=int, default=4)
