@@ -39,6 +39,13 @@ def add_export_command(sub) -> None:
         help="prune every kernel by magnitude to at least this share of zeros first "
         "(0-1; a model trained sparse already has its zeros)",
     )
+    p.add_argument(
+        "--no-entropy-coding",
+        dest="entropy",
+        action="store_false",
+        help="store no kernel entropy-coded (larger, but a fine-tune's delta update then "
+        "carries only the changed codes' blocks)",
+    )
     p.add_argument("-o", "--out", help="artifact file to write (e.g. model.edge)")
     p.add_argument("--json", action="store_true", help="print the size report as one JSON object")
     p.set_defaults(func=cmd_export, export_command=None)
@@ -113,7 +120,9 @@ def cmd_export(args) -> int:
         raise ValueError(
             f"-o {args.out}: artifact files end in .edge (how --model finds its loader)"
         )
-    report = export_to_file(load_model(args.model), args.out, args.bits, args.sparsity)
+    report = export_to_file(
+        load_model(args.model), args.out, args.bits, args.sparsity, entropy=args.entropy
+    )
     _print_report(report, args.json)
     return 0
 

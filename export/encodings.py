@@ -517,15 +517,19 @@ def decode(enc: Encoded) -> np.ndarray:
     return out
 
 
-def choose(codes: np.ndarray, bits: int) -> Encoded:
+def choose(codes: np.ndarray, bits: int, entropy: bool = True) -> Encoded:
     """The smallest valid encoding of `codes` (int8[...] on `bits`-bit levels); ties go to the
     dense form, then bitmap, then gaps, then huffman (the order of `valid_encodings`). Sizes
-    come from `field_lengths` and `entry_count`: only the chosen encoding is encoded."""
+    come from `field_lengths` and `entry_count`: only the chosen encoding is encoded.
+    `entropy=False` leaves huffman out: a code change then changes only its own bytes, which
+    keeps delta updates of fine-tuned models small (an entropy-coded stream shifts after it)."""
     bits = _check_bits(bits)
     flat = _check_codes(codes, bits)
     n, nnz = int(flat.size), int(np.count_nonzero(flat))
     sizes = {}
     for name in valid_encodings(bits):
+        if name == "huffman" and not entropy:
+            continue
         count = entry_count(flat, name) if name in ("gaps", "huffman") else n
         count = nnz if name == "bitmap" else count
         sizes[name] = sum(field_lengths(name, bits, n, count).values())

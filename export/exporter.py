@@ -97,9 +97,14 @@ def prune_kernel(w: np.ndarray, share: float) -> np.ndarray:
 
 
 def export_model(
-    loaded: LoadedModel, bits: int, sparsity: float | None = None, act_bits: int = ACT_BITS
+    loaded: LoadedModel,
+    bits: int,
+    sparsity: float | None = None,
+    act_bits: int = ACT_BITS,
+    entropy: bool = True,
 ) -> Artifact:
-    """The artifact of `loaded` (see module docstring) at `bits` (2..8) weight bits."""
+    """The artifact of `loaded` (see module docstring) at `bits` (2..8) weight bits;
+    `entropy=False`: no entropy-coded kernels (`export.encodings.choose`)."""
     if not isinstance(bits, int) or not 2 <= bits <= 8:
         raise ValueError(f"bits must be an integer in [2, 8], got {bits!r}")
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
@@ -122,7 +127,7 @@ def export_model(
             w = prune_kernel(w, sparsity)
         k, n = matrix_shape(path[1:], w.shape)  # path without the collection
         codes, step = quantize_kernel(w, bits, k)
-        enc = choose(codes, bits)
+        enc = choose(codes, bits, entropy=entropy)
         meta = {"shape": list(w.shape), "role": "kernel", "K": k, "N": n}
         tensors[name] = TensorRecord.from_encoded(name, meta, enc)
         sname = name + SCALE_SUFFIX
@@ -288,11 +293,13 @@ def format_report(report: dict, top: int = 12) -> str:
     return "\n".join(lines)
 
 
-def export_to_file(loaded: LoadedModel, out: str | Path, bits: int, sparsity=None) -> dict:
+def export_to_file(
+    loaded: LoadedModel, out: str | Path, bits: int, sparsity=None, entropy: bool = True
+) -> dict:
     """Exports `loaded` to `out` and returns its size report."""
     from export.artifact import write_artifact
 
-    art = export_model(loaded, bits, sparsity)
+    art = export_model(loaded, bits, sparsity, entropy=entropy)
     n = write_artifact(out, art)
     return size_report(art, n)
 

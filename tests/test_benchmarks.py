@@ -201,3 +201,15 @@ def test_compression_benchmark_one_shot_pruning_and_table(tmp_path):
     out = table(res, ["x"])
     assert out.splitlines()[0] == "| method | bits | s=0% x | s=50% x |"
     assert "| float | float | 5.00 |  |" in out and "| PTQ | 4 |  | 7.12 |" in out
+
+
+def test_unseen_voices_run_names():
+    import argparse
+
+    from train.benchmarks.unseen_voices import run_name
+
+    for ok in ("all", "teacher", "no-kokoro", "no-kokoro+teacher", "all+teacher"):
+        assert run_name(ok) == ok
+    for bad in ("teacher+teacher", "no-foo", "no-kokoro+student", "+teacher"):
+        with pytest.raises(argparse.ArgumentTypeError, match="unknown run"):
+            run_name(bad)

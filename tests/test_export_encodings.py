@@ -469,6 +469,11 @@ def test_choose_huffman_for_skewed_codes():
     np.testing.assert_array_equal(decode(best), codes)
     wide = skewed_codes(rng, 4096, 8, 6.0)  # 8-bit codes in a narrow band: ~5 bits each
     assert choose(wide, 8).encoding == "huffman"
+    # without entropy coding: the smallest of the others
+    plain = choose(codes, 4, entropy=False)
+    assert plain.encoding != "huffman"
+    assert plain.nbytes == min(v for e, v in sizes.items() if e != "huffman")
+    assert choose(wide, 8, entropy=False).encoding == "int8"
 
 
 def _huffman(lengths, blocks, stream, bits=2, n=None) -> Encoded:

@@ -15,6 +15,7 @@ from asr.models.config import get_config
 from asr.models.quant import QuantPolicy, contracting_axes, fake_quant, is_kernel, kernel_table
 from asr.models.transducer import build_model, count_params, init_variables
 from export.artifact import read_artifact, to_bytes
+from export.encodings import decode
 from export.exporter import (
     artifact_variables,
     export_model,
@@ -133,6 +134,18 @@ def test_cli_export_report_diff_apply(tmp_path, capsys):
     rebuilt = tmp_path / "r.edge"
     assert main(["export", "apply", str(out), str(patch), "-o", str(rebuilt)]) == 0
     assert rebuilt.read_bytes() == out2.read_bytes()
+    # --no-entropy-coding: no kernel entropy-coded, the same codes
+    out3 = tmp_path / "m3.edge"
+    cmd = ["export", "--model", str(folder), "--bits", "4", "--no-entropy-coding", "-o", str(out3)]
+    assert main(cmd) == 0
+    capsys.readouterr()
+    plain, coded = read_artifact(out3.read_bytes()), read_artifact(out.read_bytes())
+    assert all(rec.encoding != "huffman" for rec in plain.tensors.values())
+    for name, rec in coded.tensors.items():
+        if rec.encoding != "raw":
+            np.testing.assert_array_equal(
+                decode(plain.tensors[name].to_encoded()), decode(rec.to_encoded())
+            )
     # errors: a clear message, exit status 2
     assert main(["export", "--model", str(folder), "--bits", "4"]) == 2
     assert "-o" in capsys.readouterr().err

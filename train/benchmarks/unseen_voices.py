@@ -20,10 +20,13 @@ training run per held-out family fits in a session. Four voice families speak th
   Commands' test speakers (people never heard) and FSDD's official test takes.
 
 Runs: `all` trains on every family; `no-F` on all but F, so F's test sets are out of family;
-`teacher` is `all` with distillation (`TrainConfig.teacher`, weight 0.5) from `--teacher` (the
-shipped default model: `small`, trained for hours on requests, FSDD and Speech Commands; it
-never heard Kokoro or WORLD voices). Every run uses the teacher's tokenizer (distillation needs
-a shared one; the runs stay comparable). Each run's model is evaluated on every test set
+`teacher` is `all` with distillation (`TrainConfig.teacher`, weight 0.5) from `--teacher`, and
+`R+teacher` is run R with the same distillation (e.g. `no-kokoro+teacher`: with a teacher that
+never heard Kokoro either, such as the stage-8 model, the Kokoro test set is out of family for
+teacher and student alike). The default teacher is the shipped model (`small`, trained for
+hours on requests, FSDD and Speech Commands, and since stage 9 on Kokoro and WORLD voices).
+Every run uses the teacher's tokenizer (distillation needs a shared one; the runs stay
+comparable). Each run's model is evaluated on every test set
 (beam 4); the table marks out-of-family cells. `results.json` keeps every number, the data
 sizes and the times; a run already finished in the work folder is not trained again.
 
@@ -42,6 +45,7 @@ from pathlib import Path
 
 FAMILIES = ("espeak", "kokoro", "world", "real")
 RUNS = ("all", "no-espeak", "no-kokoro", "no-world", "no-real", "teacher")
+TEACHER_SUFFIX = "+teacher"  # any run of RUNS but `teacher` with distillation added
 TEST_FAMILY = {
     "espeak_test": "espeak",
     "kokoro_test": "kokoro",
@@ -166,7 +170,9 @@ def run_one(name: str, fams: dict, tests: dict, wd: Path, steps: int, teacher: s
     from train.demo import demo_recipe
     from train.trainer import train
 
-    held = name[3:] if name.startswith("no-") else None
+    base = name.removesuffix(TEACHER_SUFFIX)
+    distilled = name == "teacher" or name.endswith(TEACHER_SUFFIX)
+    held = base[3:] if base.startswith("no-") else None
     rows = [x for f in FAMILIES if f != held for s in ("train", "dev") for x in fams[f][s]]
     out_path = wd / name / "benchmark.json"
     if out_path.exists():
@@ -174,21 +180,33 @@ def run_one(name: str, fams: dict, tests: dict, wd: Path, steps: int, teacher: s
     cfg = demo_recipe(steps)
     folder = wd / name
     teacher_model = load_model(teacher)
-    if not (folder / "tokenizer.model").exists() and name != "teacher":
-        folder.mkdir(parents=True, exist_ok=True)  # the teacher's tokenizer, as "teacher" gets
+    if not (folder / "tokenizer.model").exists() and not distilled:
+        folder.mkdir(parents=True, exist_ok=True)  # the teacher's tokenizer, as distilled runs get
         (folder / "tokenizer.model").write_bytes(teacher_model.tokenizer.model_proto)
-    if name == "teacher":
+    if distilled:
         cfg = cfg.replace(teacher=teacher, distill_weight=0.5)
     t0 = time.perf_counter()
     train(cfg, rows, folder, progress=False)
     train_s = time.perf_counter() - t0
     rec = Recognizer(load_model(folder / "model"), DecodeSettings(method="beam", beam=4))
     res = {"run": name, "held_out": held, "train_rows": len(rows), "train_seconds": train_s}
+    if distilled:
+        res["teacher"] = str(teacher)
     for k, test_rows in tests.items():
         ev = evaluate_manifest(rec, test_rows, pairs=0)
         res[k] = {"wer": ev["wer"], "words": ev["words"], "utterances": ev["utterances"]}
     out_path.write_text(json.dumps(res, indent=1))
     return res
+
+
+def run_name(name: str) -> str:
+    """argparse type of --runs: one of RUNS, or one of them but `teacher` + TEACHER_SUFFIX."""
+    base = name.removesuffix(TEACHER_SUFFIX)
+    if name in RUNS or (name != base and base in RUNS and base != "teacher"):
+        return name
+    raise argparse.ArgumentTypeError(
+        f"unknown run {name!r}: expected one of {RUNS}, or R{TEACHER_SUFFIX} for R in them"
+    )
 
 
 def table(results: list[dict]) -> str:
@@ -213,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default="runs/unseen")
     p.add_argument("--steps", type=int, default=2000, help="training steps per run")
     p.add_argument("--synth", type=int, default=1500, help="training clips per synthetic family")
-    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
+    p.add_argument(
+        "--runs", nargs="+", default=list(RUNS), type=run_name,
+        help=f"of {', '.join(RUNS)}; R{TEACHER_SUFFIX} adds distillation to run R",
+    )  # fmt: skip
     p.add_argument("--teacher", default="default", help="teacher of the `teacher` run")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", default=None, help="write all results here too")
