@@ -24,6 +24,10 @@ from asr.models.transducer import Transducer, build_model
 from asr.tokenizer import Tokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
+# the default's edge artifact: its 4-bit STE-QAT fine-tune, entropy-coded (`asr export`); it
+# loads through the `edge` model loader (the emulated processor, `hw.runtime`)
+DEFAULT_EDGE_FILE = Path(__file__).parent / "assets" / "default.edge"
+NAMED = {"default": DEFAULT_MODEL_DIR, "default-edge": DEFAULT_EDGE_FILE}
 
 
 class ModelLoadError(ValueError):
@@ -99,11 +103,13 @@ def save_model_folder(
 
 
 def load_model(spec: str | Path) -> LoadedModel:
-    """Loads `default`, a model folder or a training work folder (see module docstring)."""
-    folder = DEFAULT_MODEL_DIR if str(spec) == "default" else Path(spec)
+    """Loads `default`, `default-edge` (the default's edge artifact, run on the emulated
+    processor), a model folder, a training work folder or a model file (see module
+    docstring)."""
+    folder = NAMED.get(str(spec), Path(spec))
     if not folder.exists():
-        if str(spec) == "default":
-            raise ModelLoadError(f"the default model is not installed at {folder}")
+        if str(spec) in NAMED:
+            raise ModelLoadError(f"the {spec} model is not installed at {folder}")
         raise ModelLoadError(f"{folder}: no such model folder")
     if folder.is_file():
         return _load_file(folder)
