@@ -66,11 +66,10 @@ from asr.models.encoder import (
     CausalConvModule,
     EncoderState,
     SelfAttention,
+    attention_inputs,
     causal_context,
-    chunk_attention_mask,
     layer_caches,
     next_state,
-    stream_attention_mask,
     stream_state,
     subsample_paddings,
 )
@@ -345,14 +344,7 @@ class BranchingEncoder(nn.Module):
                 feats, gate, 1.0 - paddings, cache=(state.feats, state.sub)
             )
         x = nn.Dropout(c.dropout, deterministic=not train)(x)
-        if state is None:
-            mask = chunk_attention_mask(paddings, c.chunk_size, c.left_chunks)
-            positions = None
-        else:
-            mask = stream_attention_mask(
-                state.key_paddings, paddings, state.frames, c.chunk_size, c.left_chunks
-            )
-            positions = state.frames + jnp.arange(n)
+        mask, positions = attention_inputs(c, paddings, state)
         caches = []
         for i in range(c.num_layers):
             layer = BranchingLayer(c, self.quant, name=f"layer_{i}")

@@ -97,6 +97,19 @@ def stream_attention_mask(
     return allowed[None, None] & valid_key[:, None, None, :]
 
 
+def attention_inputs(config: ModelConfig, paddings: jax.Array, state=None):
+    """(mask, positions) of the encoder layers' attention: the whole utterance's chunk mask and
+    default positions without `state`; a step's mask (`stream_attention_mask`) and its frames'
+    stream positions int32[T] with an `EncoderState`."""
+    c = config
+    if state is None:
+        return chunk_attention_mask(paddings, c.chunk_size, c.left_chunks), None
+    mask = stream_attention_mask(
+        state.key_paddings, paddings, state.frames, c.chunk_size, c.left_chunks
+    )
+    return mask, state.frames + jnp.arange(paddings.shape[1])
+
+
 def causal_context(x: jax.Array, ctx: jax.Array | None, width: int):
     """x f32[B, T, ...] with `width` frames of left context before it: zeros (ctx None, the
     whole-utterance path) or ctx f32[B, width, ...] (a stream step) -> (f32[B, width + T, ...],
@@ -375,14 +388,7 @@ class Encoder(nn.Module):
         paddings = subsample_paddings(feat_paddings)
         assert x.shape[1] == paddings.shape[1], (x.shape, paddings.shape)
         x = nn.Dropout(c.dropout, deterministic=not train)(x)
-        if state is None:
-            mask = chunk_attention_mask(paddings, c.chunk_size, c.left_chunks)
-            positions = None
-        else:
-            mask = stream_attention_mask(
-                state.key_paddings, paddings, state.frames, c.chunk_size, c.left_chunks
-            )
-            positions = state.frames + jnp.arange(paddings.shape[1])
+        mask, positions = attention_inputs(c, paddings, state)
         caches = []
         for i in range(c.num_layers):
             layer = EncoderLayer(c, self.quant, name=f"layer_{i}")
