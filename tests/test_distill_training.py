@@ -111,7 +111,15 @@ def test_training_with_a_teacher_logs_the_distillation_term(corpus, tmp_path):
     rows = read_manifest(corpus)
     train(_cfg(steps=4), rows, tmp_path / "teacher", progress=False)
     teacher = tmp_path / "teacher" / "model"
-    cfg = _cfg(steps=4, teacher=str(teacher), distill_weight=0.5, seed=2)
+    # the teacher hears the utterances before the room and the channel (`teacher_clean`)
+    cfg = _cfg(
+        steps=4,
+        teacher=str(teacher),
+        distill_weight=0.5,
+        seed=2,
+        teacher_clean=True,
+        channel_prob=0.5,
+    )
     res = train(cfg, rows, tmp_path / "student", progress=False)
     assert np.isfinite(res["loss"]) and res["distill"] > 0
     np.testing.assert_allclose(res["loss"], res["transducer"] + 0.5 * res["distill"], rtol=1e-3)

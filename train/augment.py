@@ -1,9 +1,11 @@
-"""Waveform augmentation on the host (NumPy): speed, pitch, VTLP, reverberation, noise.
+"""Waveform augmentation on the host (NumPy): speed, pitch, VTLP, reverberation, noise, and
+the channel (microphone response, lossy codecs, clipping).
 
 Owns the pure augmentation functions used by the corpus synthesizer and by the training data
 pipeline on real speech, the :class:`NoiseBank` of background-noise clips (Speech Commands
-``_silence_``) with a synthetic fallback, and :func:`random_augment`, their random composition.
-All audio is f32[N] mono at 16 kHz; every function returns a new float32 array.
+``_silence_``) with a synthetic fallback, and :func:`random_augment`, their random composition;
+:func:`random_channel` composes the channel effects (:func:`mic_response`,
+:func:`codec_roundtrip`, :func:`clip_peaks`). All audio is f32[N] mono at 16 kHz; every function returns a new float32 array.
 
 Measured on one CPU core for a 3 s clip (2 cores, this repository's test machine): speed
 perturbation 0.5 ms, pitch shift 5.5 ms, VTLP 6 ms, reverberation 1 ms, noise from the bank
@@ -15,17 +17,20 @@ References:
     ICML WDLASL 2013.
     Ko et al., "A study on data augmentation of reverberant speech for robust speech
     recognition", ICASSP 2017 (simulated room impulse responses).
+    R. Bristow-Johnson, "Cookbook formulae for audio EQ biquad filter coefficients" (peaking EQ).
+    Lossy codecs are libsndfile's (through soundfile): Opus, Vorbis, MP3, GSM 06.10, G.711.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import fftconvolve, istft, resample_poly, stft
+from scipy.signal import butter, fftconvolve, istft, resample_poly, sosfilt, stft
 
 SAMPLE_RATE = 16000
 NOISE_KINDS = ("white", "pink", "brown", "babble")
@@ -333,6 +338,135 @@ class NoiseBank:
         return np.concatenate(parts)[:n]
 
 
+# codec name -> (libsndfile format, subtype, sample rate, takes a compression level)
+CODECS = {
+    "opus": ("OGG", "OPUS", 16000, True),
+    "vorbis": ("OGG", "VORBIS", 16000, True),
+    "mp3": ("MP3", "MPEG_LAYER_III", 16000, True),
+    "gsm": ("WAV", "GSM610", 8000, False),  # GSM 06.10 full rate, 13 kbit/s (mobile phones)
+    "ulaw": ("WAV", "ULAW", 8000, False),  # G.711 (telephone)
+    "alaw": ("WAV", "ALAW", 8000, False),
+}
+
+
+def codec_roundtrip(
+    x: np.ndarray, codec: str, compression: float = 0.5, sr: int = SAMPLE_RATE
+) -> np.ndarray:
+    """Encode with a lossy codec in memory and decode again.
+
+    Args:
+        x: f32[N] waveform at ``sr`` (values beyond [-1, 1] are clipped, as a codec input would).
+        codec: a key of :data:`CODECS`; the 8 kHz ones (GSM, G.711) also band-limit to 4 kHz.
+        compression: libsndfile's compression level in [0, 1] (1 = fewest bits: Opus about
+            33 kbit/s, MP3 24, Vorbis 37 for speech at 16 kHz); ignored by fixed-rate codecs.
+        sr: sample rate of ``x`` in Hz.
+
+    Returns:
+        f32[N], time-aligned with ``x`` (libsndfile removes the codecs' priming delay; tested).
+    """
+    from asr.audio import resample
+
+    x = _check_audio(x)
+    if codec not in CODECS:
+        raise ValueError(f"codec: expected one of {sorted(CODECS)}, got {codec!r}")
+    compression = _check_range("compression", compression, 0.0, 1.0)
+    fmt, subtype, rate, leveled = CODECS[codec]
+    y = np.clip(resample(x, sr, rate), -1.0, 1.0)
+    buf = io.BytesIO()
+    extra = {"compression_level": compression} if leveled else {}
+    sf.write(buf, y, rate, format=fmt, subtype=subtype, **extra)
+    buf.seek(0)
+    y, _ = sf.read(buf, dtype="float32", always_2d=False)
+    return _fit_length(resample(np.asarray(y, np.float32), rate, sr).astype(np.float32), x.size)
+
+
+def peaking_sos(f0: float, gain_db: float, q: float, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """f64[1, 6] second-order section of a peaking equalizer (Bristow-Johnson's cookbook):
+    ``gain_db`` at ``f0`` Hz, 0 dB far from it, bandwidth set by ``q``."""
+    a = 10 ** (gain_db / 40)
+    w0 = 2 * np.pi * f0 / sr
+    alpha = np.sin(w0) / (2 * q)
+    b = np.array([1 + alpha * a, -2 * np.cos(w0), 1 - alpha * a])
+    den = np.array([1 + alpha / a, -2 * np.cos(w0), 1 - alpha / a])
+    return np.concatenate([b / den[0], den / den[0]])[None, :]
+
+
+def mic_response(x: np.ndarray, rng: np.random.Generator, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """A random microphone and loudspeaker-path response, the speech keeping its peak level.
+
+    A high-pass at 50-400 Hz (small capsules lose the bass; 70% of the time), a low-pass at
+    3-7.5 kHz (cheap capsules, 50%), and 1-3 resonances or dips of +-12 dB between 150 Hz and
+    6 kHz (Q 0.7-4). Frequencies are drawn log-uniformly.
+
+    Args:
+        x: f32[N] waveform; rng: randomness source; sr: sample rate in Hz.
+
+    Returns:
+        f32[N], scaled to the input's peak (silence stays silence).
+    """
+    x = _check_audio(x)
+    sections = []
+    if rng.random() < 0.7:
+        sections.append(
+            butter(2, np.exp(rng.uniform(np.log(50), np.log(400))), "highpass", fs=sr, output="sos")
+        )
+    if rng.random() < 0.5:
+        sections.append(
+            butter(
+                4, np.exp(rng.uniform(np.log(3000), np.log(7500))), "lowpass", fs=sr, output="sos"
+            )
+        )
+    for _ in range(int(rng.integers(1, 4))):
+        f0 = np.exp(rng.uniform(np.log(150), np.log(6000)))
+        sections.append(peaking_sos(f0, rng.uniform(-12, 12), rng.uniform(0.7, 4.0), sr))
+    y = sosfilt(np.concatenate(sections), x.astype(np.float64))
+    peak_in, peak_out = float(np.max(np.abs(x), initial=0.0)), float(np.max(np.abs(y), initial=0.0))
+    if peak_out > 0:
+        y = y * (peak_in / peak_out)
+    return y.astype(np.float32)
+
+
+def clip_peaks(x: np.ndarray, level: float) -> np.ndarray:
+    """Hard clipping (an overdriven input stage): samples beyond ``level`` times the peak are cut,
+    then the result is scaled back to the input's peak. ``level`` in [0.05, 1]."""
+    x = _check_audio(x)
+    level = _check_range("level", level, 0.05, 1.0)
+    peak = float(np.max(np.abs(x), initial=0.0))
+    if peak == 0:
+        return x.copy()
+    return (np.clip(x, -level * peak, level * peak) / level).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Probabilities and ranges of :func:`random_channel`."""
+
+    p_mic: float = 0.7  # probability of a microphone response
+    p_codec: float = 0.5  # probability of a lossy codec (drawn uniformly from CODECS)
+    compression: tuple[float, float] = (0.0, 1.0)
+    p_clip: float = 0.1  # probability of clipping
+    clip_level: tuple[float, float] = (0.2, 0.7)  # share of the peak kept
+
+
+def random_channel(
+    x: np.ndarray,
+    rng: np.random.Generator,
+    p: ChannelConfig = ChannelConfig(),  # noqa: B008 - frozen, immutable default
+) -> np.ndarray:
+    """The channel between a talker and the recognizer, randomly: a microphone response, then
+    clipping, then a lossy codec (in that order, as in a phone). f32[N] -> f32[N], time-aligned,
+    level kept (but for what the codec changes)."""
+    x = _check_audio(x)
+    if rng.random() < p.p_mic:
+        x = mic_response(x, rng)
+    if rng.random() < p.p_clip:
+        x = clip_peaks(x, rng.uniform(*p.clip_level))
+    if rng.random() < p.p_codec:
+        codec = sorted(CODECS)[int(rng.integers(len(CODECS)))]
+        x = codec_roundtrip(x, codec, rng.uniform(*p.compression))
+    return x
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Probabilities and ranges of :func:`random_augment` (each range is sampled uniformly)."""
@@ -355,7 +489,8 @@ def random_augment(
     rng: np.random.Generator,
     noise_bank: NoiseBank | None = None,
     p: AugmentConfig = AugmentConfig(),  # noqa: B008 - frozen, immutable default
-) -> np.ndarray:
+    return_voice: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Randomly compose speed, pitch, VTLP, reverberation and noise, then peak-normalise.
 
     Args:
@@ -363,10 +498,14 @@ def random_augment(
         rng: randomness source (the only one used).
         noise_bank: where noise comes from; ``None`` uses synthetic noise.
         p: probabilities and ranges.
+        return_voice: also return the speech after the talker's changes only (speed, pitch,
+            VTLP), before the room (reverberation, noise): what a teacher hears in
+            distillation with `teacher_clean`. The random draws are the same either way.
 
     Returns:
         f32[M], finite, peak ``p.peak`` (unless silent). ``M == N`` unless speed perturbation was
-        applied, then ``M ~= N / factor``.
+        applied, then ``M ~= N / factor``. With ``return_voice``: (that, voice f32[M], also
+        peak-normalised).
     """
     x = _check_audio(x)
     if not isinstance(rng, np.random.Generator):
@@ -378,11 +517,14 @@ def random_augment(
         y = pitch_shift(y, rng.uniform(*p.semitones))
     if rng.random() < p.p_vtlp:
         y = vtlp(y, rng.uniform(*p.alpha))
+    voice = y
     if rng.random() < p.p_reverb:
         y = reverberate(y, rng, rng.uniform(*p.rt60))
     if rng.random() < p.p_noise:
         bank = noise_bank if noise_bank is not None else _SYNTHETIC_BANK
         y = add_noise(y, bank.crop(rng, y.size), rng.uniform(*p.snr_db))
+    if return_voice:
+        return peak_normalize(y, p.peak), peak_normalize(voice, p.peak)
     return peak_normalize(y, p.peak)
 
 

@@ -71,6 +71,13 @@ class TrainConfig:
     narrowband_prob: float = _f(
         0.2, "share simulated as 8 kHz (telephone / FSDD-like) audio", min=0.0, max=1.0
     )
+    channel_prob: float = _f(
+        0.0,
+        "share passed through a random channel: microphone response, clipping, lossy codec "
+        "(Opus, Vorbis, MP3, GSM, G.711; train.augment.random_channel)",
+        min=0.0,
+        max=1.0,
+    )
     real_share: float = _f(
         0.35, "minimum share of real speech in the training stream", min=0.0, below=1.0
     )
@@ -105,6 +112,11 @@ class TrainConfig:
     )
     distill_temperature: float = _f(
         1.0, "with a teacher: temperature of the collapsed distributions", above=0.0
+    )
+    teacher_clean: bool = _f(
+        False,
+        "with a teacher: it hears each utterance before the room and the channel (reverberation, "
+        "noise, band limit, microphone, codec), the student after them",
     )
     # learned attention biasing (asr.models.biasing; Chang et al. 2021), trained jointly; the
     # lists are drawn per utterance from the names in the training rows' `context` fields

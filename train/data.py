@@ -227,6 +227,8 @@ class UtteranceLoader:
         if self.pad_s.shape != (len(rows),):
             raise ValueError(f"pad_s: expected {len(rows)} values, got {self.pad_s.shape}")
         self.labels = [tokenizer.encode(normalize_text(r["text"])) for r in rows]
+        # distillation with a teacher that hears the utterance before the room and channel
+        self.teacher_clean = bool(cfg.teacher) and cfg.teacher_clean
 
     def features(
         self, i: int, rng: np.random.Generator | None, max_frames: int | None = None
@@ -234,6 +236,14 @@ class UtteranceLoader:
         """f32[T, 80] features of row i, augmented when rng is given. Noise padding (rows with
         pad_s > 0) needs `max_frames`, the batch's frames: it only fills the room left there,
         so T <= max_frames unless the speech alone is longer."""
+        return self.features_pair(i, rng, max_frames)[0]
+
+    def features_pair(
+        self, i: int, rng: np.random.Generator | None, max_frames: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(student, teacher) f32[T, 80] features of row i: the same array twice unless the
+        loader has `teacher_clean` and augments, then the teacher's are of the utterance before
+        the room and the channel (same length, so the same frames)."""
         row = self.rows[i]
         if "noise_only" in row:
             x = noise_only_audio(row, self.cfg.seed, self.noise_bank)
@@ -241,12 +251,15 @@ class UtteranceLoader:
             x = join_phrase(self.rows, row)
         else:
             x = load_audio(row["audio"])
-        if rng is not None and self.augment:
-            limit = None
-            if self.pad_s[i] > 0 and max_frames is not None:
-                limit = max_samples(max_frames)
-            x = self._augment(x, rng, speech="noise_only" not in row, pad_limit=limit)
-        return log_mel(x)
+        if rng is None or not self.augment:
+            f = log_mel(x)
+            return f, f
+        limit = None
+        if self.pad_s[i] > 0 and max_frames is not None:
+            limit = max_samples(max_frames)
+        x, clean = self._augment(x, rng, speech="noise_only" not in row, pad_limit=limit)
+        f = log_mel(x)
+        return f, (f if clean is None else log_mel(clean))
 
     def _augment(
         self,
@@ -254,22 +267,45 @@ class UtteranceLoader:
         rng: np.random.Generator,
         speech: bool = True,
         pad_limit: int | None = None,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Waveform augmentation of speech (`speech`) or of a noise-only clip (channel and gain
         only: `random_augment` normalizes to a speech peak). `pad_limit`: add a noise bed
         around the speech, the result at most that many samples (`pad_with_noise`). No random
-        number is drawn for padding when `pad_limit` is None, so streams without padding are
-        unchanged."""
-        from train.augment import random_augment
+        number is drawn for padding when `pad_limit` is None, nor for the channel when
+        `channel_prob` is 0, so the streams of recipes without them are unchanged.
 
+        Returns (the student's waveform, the teacher's or None): with `teacher_clean`, the
+        teacher's is the same utterance with the talker's changes (speed, pitch, VTLP), the
+        noise bed of the padding (the same crop and place, drawn from a copy of the stream)
+        and the gain, but without reverberation, added noise, band limit and channel."""
+        import copy
+
+        from train.augment import random_augment, random_channel
+
+        clean = x if self.teacher_clean else None
         if speech and rng.random() < self.cfg.augment_prob:
-            x = random_augment(x, rng, self.noise_bank)
+            if clean is None:
+                x = random_augment(x, rng, self.noise_bank)
+            else:
+                x, clean = random_augment(x, rng, self.noise_bank, return_voice=True)
         if pad_limit is not None:
+            if clean is not None:
+                twin = copy.deepcopy(rng)
+                padded, _ = pad_with_noise(
+                    clean, twin, pad_limit, self.cfg.noise_pad_max_s, self.noise_bank
+                )
             x, _ = pad_with_noise(x, rng, pad_limit, self.cfg.noise_pad_max_s, self.noise_bank)
+            if clean is not None:
+                clean = padded if len(padded) == len(x) else x  # equal lengths by construction
         if rng.random() < self.cfg.narrowband_prob:
             x = resample(resample(x, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)[: len(x)]
-        x = x * np.float32(10 ** (rng.uniform(-15, 10) / 20))  # gain, -15..+10 dB
-        return np.clip(x, -1.0, 1.0).astype(np.float32)
+        if self.cfg.channel_prob > 0 and rng.random() < self.cfg.channel_prob:
+            x = random_channel(x, rng)
+        gain = np.float32(10 ** (rng.uniform(-15, 10) / 20))  # gain, -15..+10 dB
+        x = np.clip(x * gain, -1.0, 1.0).astype(np.float32)
+        if clean is not None:
+            clean = np.clip(clean * gain, -1.0, 1.0).astype(np.float32)
+        return x, clean
 
     def batch(
         self,
@@ -279,15 +315,18 @@ class UtteranceLoader:
         rngs: Sequence[np.random.Generator | None],
     ) -> dict[str, np.ndarray]:
         """Padded batch: feats f32[B, frames, 80], feat_paddings f32[B, frames] (1.0 = pad),
-        labels int32[B, labels], label_paddings f32[B, labels]."""
+        labels int32[B, labels], label_paddings f32[B, labels]; with `teacher_clean`, also
+        teacher_feats f32[B, frames, 80]."""
         b = len(rows)
         feats = np.zeros((b, frames, 80), np.float32)
         fpad = np.ones((b, frames), np.float32)
         lab = np.zeros((b, labels), np.int32)
         lpad = np.ones((b, labels), np.float32)
+        tfeats = np.zeros_like(feats) if self.teacher_clean else None
         for k, (i, rng) in enumerate(zip(rows, rngs, strict=True)):
             try:
-                f = self.features(i, rng, frames)[:frames]
+                f, ft = self.features_pair(i, rng, frames)
+                f = f[:frames]
             except AudioError as e:
                 # An error, not a padding row: every row passed `check_training_rows` before
                 # training, so the file changed under the run (deleted, truncated, replaced).
@@ -301,11 +340,16 @@ class UtteranceLoader:
                     f"passing the check before it: {e}"
                 ) from None
             feats[k, : len(f)] = f
+            if tfeats is not None:
+                tfeats[k, : len(f)] = ft[: len(f)]
             fpad[k, : len(f)] = 0.0
             y = self.labels[i][:labels]
             lab[k, : len(y)] = y
             lpad[k, : len(y)] = 0.0
-        return {"feats": feats, "feat_paddings": fpad, "labels": lab, "label_paddings": lpad}
+        out = {"feats": feats, "feat_paddings": fpad, "labels": lab, "label_paddings": lpad}
+        if tfeats is not None:
+            out["teacher_feats"] = tfeats  # what the teacher hears (`teacher_clean`)
+        return out
 
 
 CONTEXT_STREAM = 23  # random streams of the biasing lists: (seed, step, slot, 23), (seed, step, 23)

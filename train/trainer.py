@@ -202,11 +202,12 @@ def batch_context(batch) -> tuple[jax.Array, jax.Array] | None:
 def teacher_collapsed(teacher: Transducer, tvars, batch) -> jax.Array:
     """f32[B, T, U+1, 3] the teacher's collapsed (label, blank, rest) log-probabilities over
     the lattice of the batch's labels (`train.distill.collapsed_log_probs`), inference mode, no
-    gradient. A teacher with a biasing network sees the batch's lists; one without, none."""
+    gradient. A teacher with a biasing network sees the batch's lists; one without, none. It
+    hears the batch's `teacher_feats` where there are (`teacher_clean`), else its `feats`."""
     context = batch_context(batch) if teacher.config.bias_dim > 0 else None
     enc, enc_pad = teacher.apply(
         tvars,
-        batch["feats"],
+        batch.get("teacher_feats", batch["feats"]),  # `teacher_clean`: before the channel
         batch["feat_paddings"],
         False,
         context,
@@ -467,11 +468,13 @@ def precompile(
     n_mels: int,
     teacher_vars=None,
     context_shape: tuple[int, int] | None = None,
+    teacher_feats: bool = False,
 ) -> dict:
     """Compiles `step_fn` for every bucket's batch shape at once, in threads (XLA compiles
     outside the GIL), instead of one by one as each shape first appears. On a GPU this turns
     minutes of staggered compiles into one parallel wait. `context_shape`: (P, Lp) of the
-    batches' biasing lists, when they carry them. Returns {(feats shape, labels shape):
+    batches' biasing lists, when they carry them; `teacher_feats`: the batches carry the
+    teacher's own features (`teacher_clean`). Returns {(feats shape, labels shape):
     compiled step}."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -483,6 +486,8 @@ def precompile(
             "labels": jax.ShapeDtypeStruct((b.batch, b.labels), i32),
             "label_paddings": jax.ShapeDtypeStruct((b.batch, b.labels), f32),
         }
+        if teacher_feats:
+            batch["teacher_feats"] = batch["feats"]
         if context_shape is not None:
             ctx = (b.batch, *context_shape)
             batch["context_tokens"] = jax.ShapeDtypeStruct(ctx, i32)
@@ -816,6 +821,8 @@ def train(
 
     # the starting model is read only for a fresh run; a resumed one has it in its checkpoint
     init = load_model(cfg.init_from) if cfg.init_from and start is None else None
+    if cfg.teacher_clean and not cfg.teacher:
+        raise ValueError("teacher_clean=true needs a teacher (--set teacher=MODEL)")
     teacher = load_model(cfg.teacher) if cfg.teacher else None  # also on resume: it is used
     tokenizer, mcfg = _tokenizer_and_model(wd, cfg, train_rows, init, teacher)
     if meta is None:
@@ -855,6 +862,7 @@ def train(
             mcfg.n_mels,
             teacher_vars,
             context_shape=info["context_shape"],
+            teacher_feats=teacher is not None and cfg.teacher_clean,
         )
         tqdm.write(f"compiled {len(compiled)} bucket shapes in {time.perf_counter() - t:.0f} s")
     n_params = count_params(state.params)
