@@ -22,6 +22,7 @@ SLOW_FILES = (
     "test_compression_training.py",
     "test_trainer.py",
     "test_end_to_end.py",
+    "test_unseen_voice.py",
     "test_biasing.py",
     "test_decoding.py",
     "test_hw_runtime.py",
