@@ -171,7 +171,13 @@ def test_biasing_benchmark_lists():
 def test_compression_benchmark_one_shot_pruning_and_table(tmp_path):
     import json
 
-    from train.benchmarks.compression import discover_runs, one_shot_prune, table
+    from train.benchmarks.compression import (
+        cells,
+        discover_runs,
+        one_shot_prune,
+        prune_label,
+        table,
+    )
 
     rng = np.random.default_rng(0)
     params = {
@@ -185,15 +191,31 @@ def test_compression_benchmark_one_shot_pruning_and_table(tmp_path):
     assert np.all(k.ravel()[small] == 0)
     np.testing.assert_array_equal(pruned["Dense_0"]["bias"], params["Dense_0"]["bias"])
     np.testing.assert_array_equal(pruned["embed"]["embedding"], params["embed"]["embedding"])
+    # a kernel kept dense: the other gives up the share of both (48 + 12 weights, 30 zeros)
+    two = {**params, "Dense_1": {"kernel": rng.normal(size=(3, 4))}}
+    pruned = one_shot_prune(two, 0.5, "global", "Dense_1")
+    assert np.all(np.asarray(pruned["Dense_1"]["kernel"]) != 0)
+    k = np.asarray(pruned["Dense_0"]["kernel"])
+    small = np.argsort(np.abs(params["Dense_0"]["kernel"]).ravel())[:30]
+    assert (k == 0).sum() == 30 and np.all(k.ravel()[small] == 0)
+    assert prune_label("layer", "") == "" and prune_label("global", "small") == (
+        " (global, small layers dense)"
+    )
     # runs are read from their recipes; one row per method and bits, one column per set
     for name, t in [
         ("a", {"quant_method": "acos", "quant_bits": 4, "sparsity": 0.5, "quant_weight": 30.0}),
         ("b", {"quant_method": "none", "sparsity": 0.5, "sparsity_method": "hard"}),
+        (
+            "c",
+            {"quant_method": "ste", "quant_bits": 4, "sparsity": 0.5, "sparsity_scope": "global"},
+        ),
     ]:
         (tmp_path / name / "model").mkdir(parents=True)
         (tmp_path / name / "model" / "config.json").write_text(json.dumps({"train": t}))
     runs = {r["name"]: r for r in discover_runs(tmp_path)}
     assert runs["a"]["bits"] == 4 and runs["b"]["bits"] == 0 and runs["a"]["quant_weight"] == 30
+    labels = {c[0] for c in cells("default", list(runs.values()), [4], [])}
+    assert {"regularizer (weight 30)", "PTQ", "STE-QAT (global)"} <= labels
     res = [
         {"method": "float", "bits": 0, "sparsity": 0.0, "set": "x", "wer": 0.05},
         {"method": "PTQ", "bits": 4, "sparsity": 0.5, "set": "x", "wer": 0.0712},

@@ -131,6 +131,7 @@ def test_post_training_quantization_of_a_loaded_model():
         ("quant_method", "int4"),
         ("sparsity_method", "soft"),
         ("sparsity_scope", "row"),
+        ("sparsity_exclude", "conv_[0-"),
         ("sparsity", 1.0),
         ("quant_bits", 1),
     ],

@@ -12,6 +12,7 @@ References: Nguyen, Alexandridis & Mouchtaris 2020 (absolute-cosine regularizer)
 from __future__ import annotations
 
 import math
+import re
 
 import flax.serialization
 import jax
@@ -23,17 +24,20 @@ import pytest
 from asr.models.quant import is_kernel, qmax, quantize_params, snap_to_levels
 from train.regularizers import (
     NEAR,
+    SMALL_LAYERS,
     ZERO_FLOOR,
     SparsifyState,
     acos_penalty,
     acos_terms,
     eligible_mask,
+    eligible_share,
     find_sparsify_state,
     fit_levels,
     mr_acos_penalty,
     prune_masks,
     ramp,
     sparsify,
+    sparsity_exclude_regex,
     sparsity_penalty,
     sparsity_target,
     zero_shares,
@@ -584,6 +588,49 @@ def test_global_sparsify_reaches_the_target_over_all_kernels_and_embeddings():
     assert all(
         np.all(np.asarray(w) != 0) for w in (p["Dense_0"]["bias"], p["LayerNorm_0"]["scale"])
     )
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_excluded_layers_stay_dense_and_the_share_still_counts_every_kernel(scope):
+    """exclude='Dense_1': that kernel keeps every weight; Dense_0 gives up the rest, so that
+    0.4 of both kernels' weights are zero (64x32 + 32x16 = 2560: 1024 zeros, all in Dense_0)."""
+    tx = optax.chain(
+        optax.sgd(LR), sparsify(0.4, 0, 6, every=2, method="hard", scope=scope, exclude="Dense_1")
+    )
+    params, _ = run(tx, flax_like(5), 8)[-1]
+    ks = kernel_leaves(params)
+    assert np.all(ks["Dense_1"] != 0)
+    n = sum(w.size for w in ks.values())
+    assert int(np.sum(ks["Dense_0"] == 0)) == math.floor(0.4 * n + 1e-6) == 1024
+    assert eligible_share(params, 0.4, exclude="Dense_1") == pytest.approx(1024 / 2048)
+
+
+def test_exclusion_errors_and_the_small_layers_pattern():
+    params = flax_like()
+    with pytest.raises(ValueError, match="needs more than"):
+        eligible_share(params, 0.9, exclude="Dense_0")  # 2048 of 2560 excluded
+    assert eligible_share(params, 0.3) == 0.3
+    with pytest.raises(re.error):
+        sparsify(0.5, 0, 4, exclude="(unclosed")
+    tx = sparsify(0.9, 0, 4, exclude="Dense_0")
+    with pytest.raises(ValueError, match="needs more than"):
+        tx.init(params)
+    assert sparsity_exclude_regex("small") == SMALL_LAYERS
+    assert sparsity_exclude_regex("Dense_0") == "Dense_0"
+    pat = re.compile(SMALL_LAYERS)
+    small = [
+        "params/encoder/ConvSubsampling_0/Conv_0/kernel",
+        "params/encoder/layer_3/CausalConvModule_0/Conv_0/kernel",
+        "params/joiner/out/kernel",
+        "params/ctc_out/kernel",
+    ]
+    large = [
+        "params/encoder/ConvSubsampling_0/Conv_1/kernel",
+        "params/encoder/layer_3/CausalConvModule_0/Dense_0/kernel",
+        "params/joiner/enc_proj/kernel",
+        "params/joiner/out/bias",
+    ]
+    assert all(pat.search(n) for n in small) and not any(pat.search(n) for n in large)
 
 
 def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(penalty_run):

@@ -176,6 +176,11 @@ class TrainConfig:
     )
     sparsity_every: int = _f(10, "steps between mask updates (and every step at the end)", min=1)
     sparsity_embeddings: bool = _f(False, "also sparsify embedding tables")
+    sparsity_exclude: str = _f(
+        "",
+        "regex over layer names kept dense (e.g. 'small': the layers in SMALL_LAYERS); the share "
+        "still counts all kernels, so the others give up more",
+    )
 
     # branching encoder (asr.models.branching; Macoskey et al. 2021): a cheap branch and an
     # arbiter choosing per frame, trained jointly (straight-through Gumbel-sigmoid choices)
@@ -253,6 +258,11 @@ class TrainConfig:
                 problems.append("quant_end: expected >= quant_start")
             if self.sparsity_end < self.sparsity_start:
                 problems.append("sparsity_end: expected >= sparsity_start")
+            if self.sparsity_exclude and self.sparsity_exclude != "small":
+                try:
+                    re.compile(self.sparsity_exclude)
+                except re.error as e:
+                    problems.append(f"sparsity_exclude: not a regular expression ({e})")
             if self.bias_dim % self.bias_heads:
                 problems.append(
                     f"bias_dim: expected a multiple of bias_heads ({self.bias_heads}), "

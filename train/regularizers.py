@@ -59,6 +59,13 @@ from asr.models.quant import (
 QUANT_METHODS = ("none", "acos", "mr-acos", "ste")
 SPARSITY_METHODS = ("penalty", "hard")
 SPARSITY_SCOPES = ("layer", "global")
+SMALL_LAYERS = (
+    r"(^|/)(ConvSubsampling_0/Conv_0|CausalConvModule_0/Conv_0|joiner/out|ctc_out)/kernel$"
+)
+"""`sparsity_exclude=small`: the kernels whose output units read few weights (the first
+convolution, 9 per output channel; the depthwise convolutions, 15) and the vocabulary outputs
+(joiner, CTC head): 3% of the `small` model's kernel weights. Pruning half of each of them costs
+the most accuracy per weight removed (README, "Compression-aware training")."""
 NEAR = 0.1  # a weight within this share of a step of a level counts as on it
 # a weight being sparsified is set to exactly zero once its magnitude is below this share of its
 # layer's largest: half an 8-bit step, so it would round to zero at any bit width used here
@@ -183,6 +190,38 @@ def eligible_mask(params, embeddings: bool = False, exclude: str = ""):
     return jax.tree_util.tree_map_with_path(one, params)
 
 
+def sparsity_exclude_regex(value: str) -> str:
+    """The regex a recipe's `sparsity_exclude` stands for ('small': `SMALL_LAYERS`)."""
+    return SMALL_LAYERS if value == "small" else value
+
+
+def _eligible_counts(params, embeddings: bool, exclude: str) -> tuple[int, int]:
+    """(sparsifiable weights, those of them `exclude` leaves)."""
+
+    def size(mask):
+        leaves = zip(
+            jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(mask), strict=True
+        )
+        return sum(int(np.size(w)) for w, e in leaves if e)
+
+    return size(eligible_mask(params, embeddings)), size(eligible_mask(params, embeddings, exclude))
+
+
+def eligible_share(params, share: float, embeddings: bool = False, exclude: str = "") -> float:
+    """The share of the eligible weights (those `exclude` leaves) to zero so that `share` of
+    all sparsifiable weights (kernels, with `embeddings` the tables) is zero. Raises
+    ValueError when the eligible ones are too few for that."""
+    n_all, n_el = _eligible_counts(params, embeddings, exclude)
+    if n_el == n_all:
+        return share
+    if n_el == 0 or share * n_all > n_el:
+        raise ValueError(
+            f"sparsity {share:g} of {n_all} weights needs more than the {n_el} weights "
+            f"left after excluding {exclude!r}"
+        )
+    return share * n_all / n_el
+
+
 def _smallest(mags: jax.Array, k) -> jax.Array:
     """bool, shape of `mags`: exactly the `k` smallest entries (ties broken by position)."""
     flat = mags.ravel()
@@ -240,13 +279,18 @@ def sparsify(
     (recomputed when t % every == 0 and at every update from end - 1 on), and selected weights
     get the update (1 - rho) u - rho w, rho = 1 for `method` 'hard' and for t >= end - 1, else
     ramp(t + 1)^2; one that this leaves below ZERO_FLOOR times its leaf's largest magnitude
-    gets -w instead (exactly zero)."""
+    gets -w instead (exactly zero). Layers matching the regex `exclude` stay dense, and the
+    share counts every kernel all the same: the other layers give up proportionally more."""
     if method not in SPARSITY_METHODS:
         raise ValueError(f"sparsity method must be one of {SPARSITY_METHODS}, got {method!r}")
     if scope not in SPARSITY_SCOPES:
         raise ValueError(f"sparsity scope must be one of {SPARSITY_SCOPES}, got {scope!r}")
 
+    if exclude:
+        re.compile(exclude)  # a bad pattern fails here, not inside the jitted step
+
     def init(params):
+        eligible_share(params, final, embeddings, exclude)  # enough weights left to zero?
         masks = jax.tree_util.tree_map(lambda w: jnp.zeros(np.shape(w), bool), params)
         return SparsifyState(jnp.zeros((), jnp.int32), masks)
 
@@ -255,7 +299,8 @@ def sparsify(
             raise ValueError("sparsify needs the parameters (optax.apply_updates order)")
         t = state.count
         eligible = eligible_mask(params, embeddings, exclude)
-        share = sparsity_target(t + 1, final, start, end)
+        n_all, n_el = _eligible_counts(params, embeddings, exclude)  # static: from shapes
+        share = sparsity_target(t + 1, final, start, end) * (n_all / max(n_el, 1))
         recompute = (t % every == 0) | (t >= end - 1)
         masks = jax.lax.cond(
             recompute,
@@ -320,6 +365,7 @@ def find_sparsify_state(opt_state):
 __all__ = [
     "QUANT_METHODS",
     "SPARSITY_METHODS",
+    "SMALL_LAYERS",
     "SPARSITY_SCOPES",
     "SparsifyState",
     "acos_penalty",
@@ -330,6 +376,8 @@ __all__ = [
     "prune_masks",
     "ramp",
     "sparsify",
+    "eligible_share",
+    "sparsity_exclude_regex",
     "sparsity_penalty",
     "sparsity_target",
     "zero_shares",

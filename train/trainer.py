@@ -72,6 +72,7 @@ from train.regularizers import (
     mr_acos_penalty,
     ramp,
     sparsify,
+    sparsity_exclude_regex,
     sparsity_penalty,
     sparsity_target,
     zero_shares,
@@ -112,6 +113,7 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                 method=cfg.sparsity_method,
                 scope=cfg.sparsity_scope,
                 embeddings=cfg.sparsity_embeddings,
+                exclude=sparsity_exclude_regex(cfg.sparsity_exclude),
             )
         )
     return optax.chain(*chain)

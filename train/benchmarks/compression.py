@@ -11,12 +11,15 @@ Cells (each one evaluated here, with 8-bit activations at every matrix-product i
 - `PTQ` at bits b, sparsity 0: the float model's kernels rounded to b bits per output channel;
   at sparsity s: the run in `--runs` trained with hard gradual magnitude pruning to s
   (`sparsity_method=hard`, no quantization: the pruning baseline given the same budget), then
-  rounded; `PTQ one-shot` prunes the float model by magnitude (per layer) without training;
+  rounded; `PTQ one-shot` prunes the float model by magnitude (per layer, or as
+  `--one-shot-scope` / `--one-shot-exclude` say) without training;
   `sparsifier + PTQ`: the run trained with the gradual sparsification penalty (no
   quantization), then rounded;
 - `STE-QAT`, `regularizer` (acos) and `regularizer-mr` (mr-acos): each run of that method in
   `--runs` at the bits and sparsity it was trained for, its model folder as written (weights on
   their levels, zeros exact).
+A run pruned globally or with layers kept dense (`sparsity_scope`, `sparsity_exclude`) gets its
+own row, its label saying so.
 
 A run is a work folder with `model/config.json`; its recipe (`train` entry) says its method,
 bits and sparsity. Results are appended to `--out` as JSON lines (one per cell and set) and
@@ -38,12 +41,27 @@ import numpy as np
 from asr.manifest import named_paths
 
 
-def one_shot_prune(params, share: float):
-    """The float model with the `share` smallest-magnitude weights of every kernel zeroed."""
-    from train.regularizers import eligible_mask, prune_masks
+def one_shot_prune(params, share: float, scope: str = "layer", exclude: str = ""):
+    """The float model with `share` of its kernel weights zeroed at once, the smallest in
+    magnitude of every kernel (scope 'layer') or of all together ('global'); kernels matching
+    `exclude` ('small': `train.regularizers.SMALL_LAYERS`) stay dense and the others give up
+    their share (the same rule as training's `sparsity_exclude`)."""
+    from train.regularizers import eligible_mask, eligible_share, prune_masks
+    from train.regularizers import sparsity_exclude_regex as regex
 
-    masks = prune_masks(params, eligible_mask(params), share, "layer")
+    ex = regex(exclude)
+    masks = prune_masks(
+        params, eligible_mask(params, exclude=ex), eligible_share(params, share, exclude=ex), scope
+    )
     return jax.tree_util.tree_map(lambda w, m: np.where(np.asarray(m), 0.0, w), params, masks)
+
+
+def prune_label(scope: str, exclude: str) -> str:
+    """'' for per-layer pruning of every kernel, else ' (global, small layers dense)' etc."""
+    parts = (["global"] if scope == "global" else []) + (
+        ["small layers dense"] if exclude == "small" else [f"dense: {exclude}"] if exclude else []
+    )
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def discover_runs(root: Path) -> list[dict]:
@@ -60,6 +78,9 @@ def discover_runs(root: Path) -> list[dict]:
                 "bits": t.get("quant_bits", 0) if t.get("quant_method", "none") != "none" else 0,
                 "sparsity": float(t.get("sparsity", 0.0)),
                 "sparsity_method": t.get("sparsity_method", "penalty"),
+                "prune": prune_label(
+                    t.get("sparsity_scope", "layer"), t.get("sparsity_exclude", "")
+                ),
                 "quant_weight": t.get("quant_weight", 100.0),
                 "steps": meta.get("steps"),
             }
@@ -71,7 +92,14 @@ LABELS = {"acos": "regularizer", "mr-acos": "regularizer-mr", "ste": "STE-QAT"}
 DEFAULT_QUANT_WEIGHT = 100.0  # TrainConfig.quant_weight
 
 
-def cells(float_spec: str, runs: list[dict], bits: list[int], one_shot: list[float]):
+def cells(
+    float_spec: str,
+    runs: list[dict],
+    bits: list[int],
+    one_shot: list[float],
+    one_shot_scope: str = "layer",
+    one_shot_exclude: str = "",
+):
     """[(method label, bits, sparsity, source, how to build the loaded model)]."""
     from asr.model_io import load_model, quantized
     from asr.models.quant import QuantPolicy
@@ -92,16 +120,18 @@ def cells(float_spec: str, runs: list[dict], bits: list[int], one_shot: list[flo
 
             def build(b=b, s=s):
                 m = load_model(float_spec)
-                params = one_shot_prune(m.variables["params"], s)
-                m.variables = {**m.variables, "params": params}
+                p = one_shot_prune(m.variables["params"], s, one_shot_scope, one_shot_exclude)
+                m.variables = {**m.variables, "params": p}
                 return quantized(m, QuantPolicy(b, 8))
 
-            out.append(("PTQ one-shot", b, s, float_spec, build))
+            label = "PTQ one-shot" + prune_label(one_shot_scope, one_shot_exclude)
+            out.append((label, b, s, float_spec, build))
     for r in runs:
         if r["method"] == "none" and r["sparsity"] == 0:
             out.append(("float fine-tune", 0, 0.0, r["path"], lambda p=r["path"]: load_model(p)))
         elif r["method"] == "none":  # pruned in training only: quantized afterwards
             label = "PTQ" if r["sparsity_method"] == "hard" else "sparsifier + PTQ"
+            label += r["prune"]
             for b in bits:
                 out.append(
                     (
@@ -117,6 +147,7 @@ def cells(float_spec: str, runs: list[dict], bits: list[int], one_shot: list[flo
             if r["method"] != "ste":  # the regularizer's weight, when not the recipe default
                 w = r["quant_weight"]
                 label += "" if w == DEFAULT_QUANT_WEIGHT else f" (weight {w:g})"
+            label += r["prune"] if r["sparsity"] > 0 else ""
             out.append(
                 (label, r["bits"], r["sparsity"], r["path"], lambda p=r["path"]: load_model(p))
             )
@@ -169,6 +200,10 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", required=True, metavar="NAME=MANIFEST")
     ap.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4])
     ap.add_argument("--one-shot", type=float, nargs="*", default=[0.5])
+    ap.add_argument("--one-shot-scope", choices=["layer", "global"], default="layer")
+    ap.add_argument(
+        "--one-shot-exclude", default="", help="kernels kept dense in one-shot pruning ('small')"
+    )
     ap.add_argument("--limit", type=int, default=0, help="first N rows of each set (0: all)")
     ap.add_argument("--out", type=Path, default=None, help="JSON lines (default RUNS/table.jsonl)")
     ap.add_argument("--only", default="", help="evaluate only cells whose method contains this")
@@ -193,7 +228,9 @@ def main(argv=None) -> None:
         + ", ".join(f"{n} ({len(r)} utterances)" for n, r in rows.items())
         + f"; {len(runs)} runs in {args.runs}"
     )
-    for method, bits, sparsity, source, build in cells(args.float, runs, args.bits, args.one_shot):
+    for method, bits, sparsity, source, build in cells(
+        args.float, runs, args.bits, args.one_shot, args.one_shot_scope, args.one_shot_exclude
+    ):
         if args.only and args.only not in method:
             continue
         todo = [n for n in sets if (method, bits, sparsity, source, n) not in have]
