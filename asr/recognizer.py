@@ -254,6 +254,16 @@ def _decoder(model: Transducer, trace_key: tuple) -> _Decoder:
     return _Decoder(jax.jit(run), set())
 
 
+@functools.lru_cache(maxsize=8)
+def _entries_fn(model: Transducer) -> Callable:
+    """jitted (variables, (tokens, paddings)) -> the lists' `ContextEntries` (one per model)."""
+
+    def entries(variables, context):
+        return model.apply(variables, context, context[0].shape[0], method="context_entries")
+
+    return jax.jit(entries)
+
+
 def _check_audios(audios) -> list[np.ndarray]:
     """A list of sample arrays -> f32[N] 16 kHz arrays, each checked by `validate_audio`."""
     if isinstance(audios, (np.ndarray, str, bytes)) or not isinstance(audios, Sequence):
@@ -406,9 +416,15 @@ class Recognizer:
     def _context_inputs(self, contexts: list[ContextList | None]):
         """Per batch row's list -> (graph [B, N, V] or None, attention arrays or None), on the
         device; the last 4 batches' arrays are kept."""
-        return _lru(
-            self._batches, tuple(contexts), lambda: jax.device_put(self._stack_context(contexts)), 4
-        )
+        return _lru(self._batches, tuple(contexts), lambda: self._device_context(contexts), 4)
+
+    def _device_context(self, contexts: list[ContextList | None]):
+        """`_stack_context` on the device; a biasing network's lists as their `ContextEntries`
+        (phrases encoded and projected once per batch of lists, not in every decode call)."""
+        graph, attention = jax.device_put(self._stack_context(contexts))
+        if attention is not None:
+            attention = _entries_fn(self.loaded.model)(self._variables, attention)
+        return graph, attention
 
     def _stack_context(self, contexts: list[ContextList | None]):
         lists = [None if c is None else self._phrases(c) for c in contexts]

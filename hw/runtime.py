@@ -383,6 +383,7 @@ class EdgeTransducer(Transducer):
     encode_aux = _on_edge(Transducer.encode_aux)
     encode_step = _on_edge(Transducer.encode_step)  # init_stream has no product: inherited
     bias_attention = _on_edge(Transducer.bias_attention)
+    context_entries = _on_edge(Transducer.context_entries)
     predict = _on_edge(Transducer.predict)
     predict_step = _on_edge(Transducer.predict_step)
     joint = _on_edge(Transducer.joint)

@@ -288,6 +288,32 @@ def test_a_new_list_of_the_same_bucket_compiles_nothing():
     assert encode._cache_size() == 2
 
 
+@pytest.mark.parametrize("encoder", ["lstm", "transformer"])
+def test_precomputed_entries_bias_as_the_tokens_do(encoder):
+    """A list's `ContextEntries` (phrases encoded once) give the frames and attention that its
+    token arrays give, also for no list; the recognizer hands them to the decoder, and the
+    stream's steps too."""
+    from asr.models.biasing import ContextEntries
+
+    m, v = _built(encoder)
+    v = _nonzero_combiner(v)
+    x, p = _feats()
+    entries = jax.jit(lambda v, c: m.apply(v, c, 2, method="context_entries"))
+    for ctx in (context_arrays([[[3, 4], [5], [7, 8, 9]], [[6], [2, 2]]]), None):
+        e = entries(v, ctx)
+        assert isinstance(e, ContextEntries) and e.keys.shape[:2] == e.paddings.shape
+        for method in ("encode", "bias_attention"):
+            want = np.asarray(_jitted(m, method)(v, x, p, ctx)[0])
+            got = np.asarray(_jitted(m, method)(v, x, p, e)[0])
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match=r"context entries must be \[B=2, P\+1, H, Dh\]"):
+        m.apply(v, x, p, False, ContextEntries(e.keys[:1], e.values[:1], e.paddings[:1]),
+                method=Transducer.encode)  # fmt: skip
+    m0, v0 = _built(None)
+    with pytest.raises(ValueError, match="no biasing network"):
+        m0.apply(v0, ctx, 2, method="context_entries")
+
+
 def test_bad_biasing_configs_and_contexts_are_refused():
     with pytest.raises(ValueError, match="multiple of bias_heads"):
         build_model(_cfg(bias_dim=10, bias_heads=4))

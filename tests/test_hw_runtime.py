@@ -139,6 +139,10 @@ def test_every_product_runs_on_the_npu(variant):
 
     def run(v):
         enc, _ = edge.model.apply(v, feats, pads, method="encode", **kw)
+        if kw:  # the phrases encoded once per list (what the recognizer does) run there too
+            entries = edge.model.apply(v, kw["context"], 2, method="context_entries")
+            enc2, _ = edge.model.apply(v, feats, pads, method="encode", context=entries)
+            enc = enc + enc2
         pred = edge.model.apply(v, labels, method="predict")
         return edge.model.apply(v, enc[:, :, None], pred[:, None], method="joint")
 

@@ -142,6 +142,9 @@ def test_streaming_greedy_equals_recognizer_and_compiles_once():
     context = ["call mom", "stop"]
     whole = rec.recognize(audios, context=context)
     stream = rec.stream(context=context)
+    from asr.models.biasing import ContextEntries
+
+    assert isinstance(stream._attention, ContextEntries)  # phrases encoded once, not per step
     rng = np.random.default_rng(0)
     for audio, hyps in zip(audios, whole, strict=True):
         partials = _push_randomly(stream, audio, rng)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -170,6 +171,18 @@ class TransformerPhraseEncoder(nn.Module):
 PHRASE_ENCODERS = {"lstm": LstmPhraseEncoder, "transformer": TransformerPhraseEncoder}
 
 
+class ContextEntries(NamedTuple):
+    """A context list through the phrase encoder and the attention's key and value projections:
+    what `ContextBiasing` needs of it at every frame. It depends on the list and the weights only,
+    so a recognizer computes it once per list (`Transducer.context_entries`) and passes it
+    wherever a `(tokens, paddings)` context goes, instead of encoding every phrase again in each
+    call or stream step."""
+
+    keys: jax.Array  # f32[B, P+1, H, Dh]; entry 0 the no-bias entry
+    values: jax.Array  # f32[B, P+1, H, Dh]
+    paddings: jax.Array  # f32[B, P+1], 1.0 = absent
+
+
 def attention_weights(
     q: jax.Array, k: jax.Array, entry_paddings: jax.Array, quant: QuantPolicy = FLOAT
 ) -> jax.Array:
@@ -227,21 +240,28 @@ class ContextBiasing(nn.Module):
             jnp.concatenate([jnp.zeros((b, 1), jnp.float32), absent], axis=1),
         )
 
+    def precompute(self, context, batch: int) -> ContextEntries:
+        """The list's keys and values (`ContextEntries`); `context` as for `entries`."""
+        entries, entry_paddings = self.entries(context, batch)
+        return ContextEntries(self.key(entries), self.value(entries), entry_paddings)
+
     def __call__(self, enc, enc_paddings, context=None, train: bool = False):
         """Biases encoder frames toward the context list.
 
         Args:
           enc: f32[B, T, d_model] encoder output; enc_paddings: f32[B, T], 1.0 = pad.
-          context: (tokens int32[B, P, Lp], paddings f32[B, P, Lp]) or None (no list).
+          context: (tokens int32[B, P, Lp], paddings f32[B, P, Lp]), its `ContextEntries`
+            (from `precompute`), or None (no list).
           train: dropout on the attended context.
 
         Returns:
           (f32[B, T, d_model] biased frames, zero at padded frames; attention weights
           f32[B, H, T, P+1], entry 0 the no-bias entry, absent entries 0).
         """
-        entries, entry_paddings = self.entries(context, enc.shape[0])
+        if not isinstance(context, ContextEntries):
+            context = self.precompute(context, enc.shape[0])
+        k, v, entry_paddings = context  # -> [B, P+1, H, Dh] twice, [B, P+1]
         q = self.query(enc)  # -> [B, T, H, Dh]
-        k, v = self.key(entries), self.value(entries)  # -> [B, P+1, H, Dh]
         w = attention_weights(q, k, entry_paddings, self.quant)
         attended = self.out(self.quant.einsum("bhtp,bphd->bthd", w, v))  # -> [B, T, bias_dim]
         attended = self.dropout(attended, deterministic=not train)

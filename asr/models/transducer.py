@@ -11,6 +11,8 @@
                                            -> (enc_p, enc_paddings, aux, state): `encode_aux`
                                               of whole chunks of a stream (4 * chunk_size
                                               feature frames each), caches in `state`
+  context_entries(context, batch)          -> the list's keys and values (ContextEntries), to
+                                              pass as `context` (phrases encoded once)
   bias_attention(feats, feat_paddings, context=None)
                                            -> f32[B, H, T', P+1] biasing attention weights
   predict(labels int32[B, U+1], train)     -> pred_p f32[B, U+1, J]   (blank-prefixed history)
@@ -31,7 +33,8 @@ without any change. `context` is `(tokens int32[B, P, Lp], paddings f32[B, P, Lp
 alone (what training shows in its batches without lists). A model without biasing ignores
 `context`: its encode is what it was before biasing existed, bit for bit. The biasing attention
 is per frame (each frame queries the list), so a stream step biases its chunk's frames with no
-state of its own (the phrase vectors are recomputed each step from `context`).
+state of its own (the phrase vectors are recomputed each step from `context`, unless it is the
+list's `ContextEntries`, computed once by `context_entries`).
 
 Streaming (`asr.models.encoder` module docstring): `init_stream` then `encode_step` chunk by
 chunk gives `encode_aux`'s outputs of the whole utterance on its valid frames (float rounding
@@ -48,7 +51,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from asr.models.biasing import PHRASE_ENCODERS, ContextBiasing
+from asr.models.biasing import PHRASE_ENCODERS, ContextBiasing, ContextEntries
 from asr.models.branching import BranchingEncoder
 from asr.models.config import BIAS_ENCODERS, ENCODERS, ModelConfig
 from asr.models.encoder import Encoder, EncoderState, check_step_inputs
@@ -99,7 +102,13 @@ class Transducer(nn.Module):
         new_state = new_state[0] if new_state else None
         if c.bias_dim <= 0:
             return enc, paddings, None, aux, new_state
-        if context is not None:
+        if isinstance(context, ContextEntries):
+            if context.keys.ndim != 4 or context.keys.shape[0] != feats.shape[0]:
+                raise ValueError(
+                    f"context entries must be [B={feats.shape[0]}, P+1, H, Dh], "
+                    f"got {context.keys.shape}"
+                )
+        elif context is not None:
             tokens, cpads = context
             if tokens.ndim != 3 or tokens.shape[0] != feats.shape[0]:
                 raise ValueError(
@@ -148,6 +157,15 @@ class Transducer(nn.Module):
             feats, feat_paddings, False, context, state=state
         )
         return self.joiner.project_encoder(enc), paddings, aux, state
+
+    def context_entries(self, context, batch: int) -> ContextEntries:
+        """A context list through the biasing network's phrase encoder and key and value
+        projections (`asr.models.biasing.ContextEntries`): pass it as `context` to `encode`,
+        `encode_aux`, `encode_step` or `bias_attention` to skip encoding the phrases there
+        (same result). `context`: (tokens int32[B, P, Lp], paddings f32[B, P, Lp]) or None."""
+        if self.config.bias_dim <= 0:
+            raise ValueError("context_entries: this model has no biasing network (bias_dim 0)")
+        return self.biasing.precompute(context, batch)
 
     def bias_attention(self, feats, feat_paddings, context=None):
         """The biasing network's attention weights f32[B, H, T', P+1] (inference mode): for each
