@@ -41,7 +41,7 @@ demo: $(BIN)/.installed
 # (tests/conftest.py orders them); TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -177,14 +177,29 @@ compression-table: $(BIN)/.installed
 	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp --limit 400 \
 	  --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
 
-# The longer compression run of the README: 4-bit STE-QAT with hard pruning to 50%, distilled
-# from the shipped float model, 2,000 steps on the compression table's data.
+# The longer compression runs of the README: 4-bit STE-QAT with hard pruning to 50%, distilled
+# from the shipped float model, 2,000 steps: per layer on the compression table's data; global
+# with the small layers dense (sparsity_exclude=small) on that data and on stage 10's; then the
+# compression benchmark (with one-shot pruning both ways) and the held-out sets.
+LONG_SET = steps=2000 eval_every=2000 ckpt_every=100 log_every=25 quant_method=ste quant_bits=4 \
+  sparsity=0.5 sparsity_method=hard sparsity_end=0.7 teacher=default distill_weight=0.5
 compression-long: $(BIN)/.installed
 	$(BIN)/asr train --config small --workdir $(RUNS)/comp_long/ste4_s50_kd --noise-dir $(SHARED)/speech_commands/_silence_ \
-	  --data $(COMP_DATA) --set $(COMP_SET) steps=2000 eval_every=2000 ckpt_every=100 log_every=25 quant_method=ste quant_bits=4 \
-	  sparsity=0.5 sparsity_method=hard sparsity_end=0.7 teacher=default distill_weight=0.5
+	  --data $(COMP_DATA) --set $(COMP_SET) $(LONG_SET)
+	$(BIN)/asr train --config small --workdir $(RUNS)/comp_long/ste4_s50gx_kd --noise-dir $(SHARED)/speech_commands/_silence_ \
+	  --data $(COMP_DATA) --set $(COMP_SET) $(LONG_SET) sparsity_scope=global sparsity_exclude=small
+	$(BIN)/asr train --config small --workdir $(RUNS)/comp_long/ste4_s50gx_kd_d10 --noise-dir $(SHARED)/speech_commands/_silence_ \
+	  --data $(BIAS_DATA) --set $(COMP_SET) $(LONG_SET) sparsity_scope=global sparsity_exclude=small
 	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp_long --bits 4 --limit 400 \
 	  --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
+	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp_long --bits 4 --limit 400 \
+	  --one-shot-scope global --one-shot-exclude small --only one-shot \
+	  --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
+	$(BIN)/python -m train.benchmarks.heldout --models default $(RUNS)/comp_long/ste4_s50gx_kd/model \
+	  $(RUNS)/comp_long/ste4_s50gx_kd_d10/model --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl \
+	  --set sc=$(RUNS)/real/sc_test.jsonl --set kokoro_heldout=$(RUNS)/kokoro9_test/test.jsonl \
+	  --set s2i=$(RUNS)/real/s2i_vocab.jsonl --leadin sc_leadin=$(RUNS)/real/sc_test.jsonl \
+	  --noise-dir $(SHARED)/speech_commands/_silence_
 
 # The edge tables of the README (after compression-table, whose ste4_s0 run is the edge
 # default): the emulated processor against the fake-quant model on the three test sets, artifact
