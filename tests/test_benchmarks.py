@@ -216,6 +216,9 @@ def test_compression_benchmark_one_shot_pruning_and_table(tmp_path):
     assert runs["a"]["bits"] == 4 and runs["b"]["bits"] == 0 and runs["a"]["quant_weight"] == 30
     labels = {c[0] for c in cells("default", list(runs.values()), [4], [])}
     assert {"regularizer (weight 30)", "PTQ", "STE-QAT (global)"} <= labels
+    twin = {**runs["c"], "name": "d", "path": str(tmp_path / "d" / "model")}
+    labels = {c[0] for c in cells("default", [runs["c"], twin], [4], [])}
+    assert labels == {"float", "PTQ", "STE-QAT (global) [c]", "STE-QAT (global) [d]"}
     res = [
         {"method": "float", "bits": 0, "sparsity": 0.0, "set": "x", "wer": 0.05},
         {"method": "PTQ", "bits": 4, "sparsity": 0.5, "set": "x", "wer": 0.0712},

@@ -26,6 +26,7 @@ bits).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,7 +236,37 @@ def quantize_params(params, bits: int):
     they are. bits 0: `params` unchanged."""
     if not bits:
         return params
-    return map_kernels(lambda _, w, axes: fake_quant(jnp.asarray(w), bits, axes), params)
+    return _on_kernels(params, lambda ws, axes: _fake_quant_kernels(ws, axes, bits))
+
+
+def _on_kernels(params, fn):
+    """`params` with its kernels replaced by fn(kernels tuple, their contracting axes tuple):
+    all kernels in one call, so a jitted `fn` compiles once per model, not once per op and
+    kernel shape (eager ops over 80 kernels cost seconds of compiling)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    idx = [i for i, (path, _) in enumerate(leaves) if is_kernel(path)]
+    axes = tuple(contracting_axes(leaves[i][0], np.shape(leaves[i][1])) for i in idx)
+    new = fn(tuple(jnp.asarray(leaves[i][1]) for i in idx), axes)
+    out = [w for _, w in leaves]
+    for i, w in zip(idx, new, strict=True):
+        out[i] = w
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _fake_quant_kernels(ws, axes, bits: int):
+    return tuple(fake_quant(w, bits, a) for w, a in zip(ws, axes, strict=True))
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _snap_kernels(ws, levels, axes):
+    out = []
+    for k, (w, a) in enumerate(zip(ws, axes, strict=True)):
+        amax = jnp.max(jnp.abs(w), axis=a, keepdims=True)
+        scale = jnp.where(amax > 0, amax, 1.0)
+        idx = jnp.argmin(jnp.abs((w / scale)[..., None] - levels[k]), axis=-1)
+        out.append(levels[k][idx] * scale)
+    return tuple(out)
 
 
 def snap_to_levels(params, levels):
@@ -248,17 +279,7 @@ def snap_to_levels(params, levels):
         raise ValueError(
             f"levels must be [K={n_kernels} kernels, L], one row per kernel; got {levels.shape}"
         )
-    counter = iter(range(levels.shape[0]))
-
-    def one(_, w, axes):
-        lv = levels[next(counter)]
-        w = jnp.asarray(w)
-        amax = jnp.max(jnp.abs(w), axis=axes, keepdims=True)
-        scale = jnp.where(amax > 0, amax, 1.0)
-        idx = jnp.argmin(jnp.abs((w / scale)[..., None] - lv), axis=-1)
-        return lv[idx] * scale
-
-    return map_kernels(one, params)
+    return _on_kernels(params, lambda ws, axes: _snap_kernels(ws, levels, axes))
 
 
 def zero_fraction(params) -> float:

@@ -151,7 +151,11 @@ def cells(
             out.append(
                 (label, r["bits"], r["sparsity"], r["path"], lambda p=r["path"]: load_model(p))
             )
-    return out
+    # two runs of one method, bits and sparsity (other data, steps...): each row names its run
+    seen: dict = {}
+    for c in out:
+        seen[c[:3]] = seen.get(c[:3], 0) + 1
+    return [c if seen[c[:3]] == 1 else (f"{c[0]} [{Path(c[3]).parent.name}]", *c[1:]) for c in out]
 
 
 def measure(loaded, rows: list[dict]) -> dict:
