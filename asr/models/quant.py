@@ -220,29 +220,11 @@ def contracting_axes(path, shape) -> tuple[int, ...]:
 
 
 def map_kernels(fn, params):
-    """`params` with every kernel leaf `w` replaced by fn(path_names, w, contracting axes)."""
-
-    def one(path, w):
-        if not is_kernel(path):
-            return w
-        return fn(_path_names(path), w, contracting_axes(path, np.shape(w)))
-
-    return jax.tree_util.tree_map_with_path(one, params)
-
-
-def quantize_params(params, bits: int):
-    """Post-training quantization: every kernel rounded to `bits`-bit symmetric levels, one
-    step per output channel (float values on the levels; zeros stay zero). Other leaves as
-    they are. bits 0: `params` unchanged."""
-    if not bits:
-        return params
-    return _on_kernels(params, lambda ws, axes: _fake_quant_kernels(ws, axes, bits))
-
-
-def _on_kernels(params, fn):
-    """`params` with its kernels replaced by fn(kernels tuple, their contracting axes tuple):
-    all kernels in one call, so a jitted `fn` compiles once per model, not once per op and
-    kernel shape (eager ops over 80 kernels cost seconds of compiling)."""
+    """`params` with its kernels replaced by fn(kernels, axes): `kernels` the tuple of kernel
+    leaves in tree order, `axes` the tuple of their contracting axes; fn returns the new
+    kernels, in that order. All kernels go through one call, so a jitted `fn` compiles once per
+    model, not once per op and kernel shape (eager ops over 80 kernels cost seconds of
+    compiling). Other leaves are left as they are."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     idx = [i for i, (path, _) in enumerate(leaves) if is_kernel(path)]
     axes = tuple(contracting_axes(leaves[i][0], np.shape(leaves[i][1])) for i in idx)
@@ -251,6 +233,15 @@ def _on_kernels(params, fn):
     for i, w in zip(idx, new, strict=True):
         out[i] = w
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def quantize_params(params, bits: int):
+    """Post-training quantization: every kernel rounded to `bits`-bit symmetric levels, one
+    step per output channel (float values on the levels; zeros stay zero). Other leaves as
+    they are. bits 0: `params` unchanged."""
+    if not bits:
+        return params
+    return map_kernels(lambda ws, axes: _fake_quant_kernels(ws, axes, bits), params)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -279,7 +270,7 @@ def snap_to_levels(params, levels):
         raise ValueError(
             f"levels must be [K={n_kernels} kernels, L], one row per kernel; got {levels.shape}"
         )
-    return _on_kernels(params, lambda ws, axes: _snap_kernels(ws, levels, axes))
+    return map_kernels(lambda ws, axes: _snap_kernels(ws, levels, axes), params)
 
 
 def zero_fraction(params) -> float:
