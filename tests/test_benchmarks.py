@@ -223,9 +223,22 @@ def test_compression_benchmark_one_shot_pruning_and_table(tmp_path):
         {"method": "float", "bits": 0, "sparsity": 0.0, "set": "x", "wer": 0.05},
         {"method": "PTQ", "bits": 4, "sparsity": 0.5, "set": "x", "wer": 0.0712},
     ]
+    res.append({"method": "PTQ", "bits": 0, "sparsity": 0.0, "set": "x", "wer": 0.051})
     out = table(res, ["x"])
     assert out.splitlines()[0] == "| method | bits | s=0% x | s=50% x |"
     assert "| float | float | 5.00 |  |" in out and "| PTQ | 4 |  | 7.12 |" in out
+    assert "| PTQ | float (8-bit activations) | 5.10 |  |" in out
+    # bits 0: the float weights with only the activations quantized, pruned or not
+    built = {(c[0], c[1], c[2]): c for c in cells("default", [], [0], [0.5])}
+    assert set(built) == {("float", 0, 0.0), ("PTQ", 0, 0.0), ("PTQ one-shot", 0, 0.5)}
+    from asr.model_io import load_model
+
+    act_only = built[("PTQ", 0, 0.0)][4]()
+    assert act_only.model.quant.describe() == "w-floata8"
+    w = act_only.variables["params"]["joiner"]["enc_proj"]["kernel"]
+    np.testing.assert_array_equal(
+        w, load_model("default").variables["params"]["joiner"]["enc_proj"]["kernel"]
+    )
 
 
 def test_unseen_voices_run_names():

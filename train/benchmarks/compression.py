@@ -3,12 +3,14 @@ quantization (PTQ), straight-through fake-quantization training (STE-QAT) and th
 cosine regularizer, at weight bits x sparsity, all from one float starting point.
 
 Owns `python -m train.benchmarks.compression --float default --runs runs/comp
---set NAME=MANIFEST ... [--bits 8 6 4] [--limit N] [--out results.jsonl]`.
+--set NAME=MANIFEST ... [--bits 8 6 4] [--limit N] [--out results.jsonl]
+[--leadin NAME=MANIFEST --noise-dir DIR]`.
 
 Cells (each one evaluated here, with 8-bit activations at every matrix-product input):
 - `float`: the float model itself, and every float fine-tune in `--runs` (a control: the same
   data and steps as the compression runs, no compression);
-- `PTQ` at bits b, sparsity 0: the float model's kernels rounded to b bits per output channel;
+- `PTQ` at bits b, sparsity 0: the float model's kernels rounded to b bits per output channel
+  (`--bits 0`: float weights, only the activations at 8 bits: what the activations alone cost);
   at sparsity s: the run in `--runs` trained with hard gradual magnitude pruning to s
   (`sparsity_method=hard`, no quantization: the pruning baseline given the same budget), then
   rounded; `PTQ one-shot` prunes the float model by magnitude (per layer, or as
@@ -22,7 +24,10 @@ A run pruned globally or with layers kept dense (`sparsity_scope`, `sparsity_exc
 own row, its label saying so.
 
 A run is a work folder with `model/config.json`; its recipe (`train` entry) says its method,
-bits and sparsity. Results are appended to `--out` as JSON lines (one per cell and set) and
+bits and sparsity. `--leadin NAME=MANIFEST` adds the set with noise from `--noise-dir` before every clip
+(`train.benchmarks.heldout`: what a long non-speech lead-in costs each cell).
+
+Results are appended to `--out` as JSON lines (one per cell and set) and
 reused when the script runs again (delete the file to measure again); the table is printed as
 Markdown with the machine, the set sizes and the decoding used.
 """
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -193,7 +199,8 @@ def table(results: list[dict], sets: list[str]) -> str:
             for n in sets:
                 r = keyed.get((m, b, s, n))
                 cellv.append("" if r is None else f"{100 * r['wer']:.2f}")
-        lines.append(f"| {m} | {b or 'float'} | " + " | ".join(cellv) + " |")
+        bl = b or ("float" if m.startswith("float") else "float (8-bit activations)")
+        lines.append(f"| {m} | {bl} | " + " | ".join(cellv) + " |")
     return "\n".join(lines)
 
 
@@ -202,7 +209,9 @@ def main(argv=None) -> None:
     ap.add_argument("--float", default="default", help="the float starting model")
     ap.add_argument("--runs", type=Path, required=True, help="folder of compression work folders")
     ap.add_argument("--set", action="append", required=True, metavar="NAME=MANIFEST")
-    ap.add_argument("--bits", type=int, nargs="+", default=[8, 6, 4])
+    ap.add_argument(
+        "--bits", type=int, nargs="+", default=[8, 6, 4], help="0: float weights (activations only)"
+    )
     ap.add_argument("--one-shot", type=float, nargs="*", default=[0.5])
     ap.add_argument("--one-shot-scope", choices=["layer", "global"], default="layer")
     ap.add_argument(
@@ -211,7 +220,12 @@ def main(argv=None) -> None:
     ap.add_argument("--limit", type=int, default=0, help="first N rows of each set (0: all)")
     ap.add_argument("--out", type=Path, default=None, help="JSON lines (default RUNS/table.jsonl)")
     ap.add_argument("--only", default="", help="evaluate only cells whose method contains this")
+    ap.add_argument("--leadin", action="append", default=[], metavar="NAME=MANIFEST")
+    ap.add_argument("--noise-dir", type=Path, default=None, help="noise for --leadin")
+    ap.add_argument("--leadin-seconds", type=float, default=1.3)
     args = ap.parse_args(argv)
+    if args.leadin and args.noise_dir is None:
+        ap.error("--leadin needs --noise-dir")
 
     from asr.manifest import read_manifest
 
@@ -219,6 +233,18 @@ def main(argv=None) -> None:
     rows = {n: read_manifest(p) for n, p in sets.items()}
     if args.limit:
         rows = {n: r[: args.limit] for n, r in rows.items()}
+    tmp = tempfile.TemporaryDirectory()
+    if args.leadin:
+        from train.benchmarks.heldout import leadin_rows, noise_clips
+
+        noise = noise_clips(args.noise_dir, 200)
+        for n, path in named_paths(args.leadin, "--leadin").items():
+            name = f"{n}+lead{args.leadin_seconds:g}s"
+            folder = Path(tmp.name) / name
+            folder.mkdir()
+            base = read_manifest(path)[: args.limit or None]
+            rows[name] = leadin_rows(base, noise, args.leadin_seconds, folder)
+            sets[name] = path
     out = args.out or args.runs / "table.jsonl"
     done = []
     if out.exists():
@@ -256,6 +282,7 @@ def main(argv=None) -> None:
             )
     print()
     print(table(done, list(sets)))
+    tmp.cleanup()
 
 
 if __name__ == "__main__":
