@@ -251,3 +251,41 @@ def test_unseen_voices_run_names():
     for bad in ("teacher+teacher", "no-foo", "no-kokoro+student", "+teacher"):
         with pytest.raises(argparse.ArgumentTypeError, match="unknown run"):
             run_name(bad)
+
+
+def test_mixed_ptq_rounds_small_layers_at_their_own_bits():
+    """The small layers (first convolution, depthwise convolutions, vocabulary outputs) at 8
+    bits, every other kernel at 4, against NumPy rounding per output channel."""
+    from asr.model_io import load_model
+    from train.benchmarks.compression import mixed_ptq
+
+    base = load_model("default")
+    m = mixed_ptq(base, 4, 8)
+    assert m.model.quant.describe() == "w-floata8"  # weights on their levels already
+
+    def numpy_codes(w, bits, axes):
+        q = 2 ** (bits - 1) - 1
+        step = np.max(np.abs(w), axis=axes, keepdims=True) / q
+        return np.clip(np.round(w / step), -q, q), np.where(step > 0, step, 1.0)
+
+    p0, p1 = base.variables["params"], m.variables["params"]
+    cases = [
+        (("joiner", "out", "kernel"), 8, (0,)),
+        (("encoder", "ConvSubsampling_0", "Conv_0", "kernel"), 8, (0, 1, 2)),
+        (("encoder", "layer_0", "CausalConvModule_0", "Conv_0", "kernel"), 8, (0, 1)),
+        (("encoder", "layer_0", "Dense_0", "kernel"), 4, (0,)),
+        (("encoder", "ConvSubsampling_0", "Conv_1", "kernel"), 4, (0, 1, 2)),
+    ]
+    for path, bits, axes in cases:
+        w0, w1 = p0, p1
+        for k in path:
+            w0, w1 = w0[k], w1[k]
+        w0, w1 = np.asarray(w0, np.float64), np.asarray(w1, np.float64)
+        want, step = numpy_codes(w0, bits, axes)
+        got = w1 / step
+        np.testing.assert_allclose(got, np.round(got), atol=1e-3)  # on this grid's levels
+        off = np.abs(np.round(got) - want)
+        assert off.max() <= 1 and np.mean(off > 0) < 1e-3, path  # float32 ties only
+        levels = max(len(np.unique(c)) for c in np.moveaxis(w1, -1, 0).reshape(w1.shape[-1], -1))
+        many = w1.size // w1.shape[-1] > 100  # enough weights per channel to show the grid
+        assert levels <= 2**bits - 1 and (bits == 4 or not many or levels > 15), (path, levels)

@@ -62,6 +62,33 @@ def one_shot_prune(params, share: float, scope: str = "layer", exclude: str = ""
     return jax.tree_util.tree_map(lambda w, m: np.where(np.asarray(m), 0.0, w), params, masks)
 
 
+def mixed_ptq(loaded, bits: int, small_bits: int, small: str = "small"):
+    """`loaded` rounded to `bits` per output channel, the kernels matching `small`
+    (`train.regularizers.sparsity_exclude_regex`: 'small' is the first convolution, the
+    depthwise convolutions and the vocabulary outputs) to `small_bits`, run with 8-bit
+    activations. The weights are on their levels already, so the products take them as they
+    are (weight bits 0 in the policy): exactly what a fake-quant forward at those bits computes."""
+    import dataclasses
+    import re
+
+    from asr.model_io import quantized
+    from asr.models.quant import QuantPolicy, quantize_params
+    from train.regularizers import sparsity_exclude_regex
+
+    regex = re.compile(sparsity_exclude_regex(small))
+    params = loaded.variables["params"]
+    lo, hi = quantize_params(params, bits), quantize_params(params, small_bits)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(lo)
+    named = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
+    mixed = [
+        np.asarray(h if regex.search(n) else w)
+        for n, (_, w), h in zip(named, leaves, jax.tree_util.tree_leaves(hi), strict=True)
+    ]
+    params = jax.tree_util.tree_unflatten(treedef, mixed)
+    loaded = dataclasses.replace(loaded, variables={**loaded.variables, "params": params})
+    return quantized(loaded, QuantPolicy(0, 8))
+
+
 def prune_label(scope: str, exclude: str) -> str:
     """'' for per-layer pruning of every kernel, else ' (global, small layers dense)' etc."""
     parts = (["global"] if scope == "global" else []) + (
@@ -105,49 +132,46 @@ def cells(
     one_shot: list[float],
     one_shot_scope: str = "layer",
     one_shot_exclude: str = "",
+    small_bits: int = 0,
 ):
-    """[(method label, bits, sparsity, source, how to build the loaded model)]."""
+    """[(method label, bits, sparsity, source, how to build the loaded model)]; with
+    `small_bits`, every PTQ cell (of the float model and of the pruned runs) also with the small
+    layers at `small_bits` (`mixed_ptq`)."""
     from asr.model_io import load_model, quantized
     from asr.models.quant import QuantPolicy
 
     out = [("float", 0, 0.0, float_spec, lambda: load_model(float_spec))]
-    for b in bits:
-        out.append(
-            (
-                "PTQ",
-                b,
-                0.0,
-                float_spec,
-                lambda b=b: quantized(load_model(float_spec), QuantPolicy(b, 8)),
-            )
-        )
-    for s in one_shot:
+
+    def ptq(label, sparsity, source, base):
+        """The PTQ cells of one unrounded model `base()`: at every bits (b 0: float weights,
+        8-bit activations), and with the small layers at `small_bits`."""
         for b in bits:
+            out.append(
+                (label, b, sparsity, source, lambda b=b: quantized(base(), QuantPolicy(b, 8)))
+            )
+        for b in bits:
+            if small_bits and b and b != small_bits:
+                mixed = f"{label}, small layers {small_bits}-bit"
+                out.append(
+                    (mixed, b, sparsity, source, lambda b=b: mixed_ptq(base(), b, small_bits))
+                )
 
-            def build(b=b, s=s):
-                m = load_model(float_spec)
-                p = one_shot_prune(m.variables["params"], s, one_shot_scope, one_shot_exclude)
-                m.variables = {**m.variables, "params": p}
-                return quantized(m, QuantPolicy(b, 8))
+    ptq("PTQ", 0.0, float_spec, lambda: load_model(float_spec))
+    for s in one_shot:
 
-            label = "PTQ one-shot" + prune_label(one_shot_scope, one_shot_exclude)
-            out.append((label, b, s, float_spec, build))
+        def pruned(s=s):
+            m = load_model(float_spec)
+            p = one_shot_prune(m.variables["params"], s, one_shot_scope, one_shot_exclude)
+            m.variables = {**m.variables, "params": p}
+            return m
+
+        ptq("PTQ one-shot" + prune_label(one_shot_scope, one_shot_exclude), s, float_spec, pruned)
     for r in runs:
         if r["method"] == "none" and r["sparsity"] == 0:
             out.append(("float fine-tune", 0, 0.0, r["path"], lambda p=r["path"]: load_model(p)))
         elif r["method"] == "none":  # pruned in training only: quantized afterwards
             label = "PTQ" if r["sparsity_method"] == "hard" else "sparsifier + PTQ"
-            label += r["prune"]
-            for b in bits:
-                out.append(
-                    (
-                        label,
-                        b,
-                        r["sparsity"],
-                        r["path"],
-                        lambda p=r["path"], b=b: quantized(load_model(p), QuantPolicy(b, 8)),
-                    )
-                )
+            ptq(label + r["prune"], r["sparsity"], r["path"], lambda p=r["path"]: load_model(p))
         elif r["method"] in LABELS:
             label = LABELS[r["method"]]
             if r["method"] != "ste":  # the regularizer's weight, when not the recipe default
@@ -220,6 +244,13 @@ def main(argv=None) -> None:
     ap.add_argument("--limit", type=int, default=0, help="first N rows of each set (0: all)")
     ap.add_argument("--out", type=Path, default=None, help="JSON lines (default RUNS/table.jsonl)")
     ap.add_argument("--only", default="", help="evaluate only cells whose method contains this")
+    ap.add_argument(
+        "--small-bits",
+        type=int,
+        default=0,
+        help="also every PTQ cell with the small layers (first convolution, depthwise "
+        "convolutions, vocabulary outputs) at these bits",
+    )
     ap.add_argument("--leadin", action="append", default=[], metavar="NAME=MANIFEST")
     ap.add_argument("--noise-dir", type=Path, default=None, help="noise for --leadin")
     ap.add_argument("--leadin-seconds", type=float, default=1.3)
@@ -259,7 +290,13 @@ def main(argv=None) -> None:
         + f"; {len(runs)} runs in {args.runs}"
     )
     for method, bits, sparsity, source, build in cells(
-        args.float, runs, args.bits, args.one_shot, args.one_shot_scope, args.one_shot_exclude
+        args.float,
+        runs,
+        args.bits,
+        args.one_shot,
+        args.one_shot_scope,
+        args.one_shot_exclude,
+        args.small_bits,
     ):
         if args.only and args.only not in method:
             continue
