@@ -165,7 +165,10 @@ COMP_SET = init_from=default steps=250 frames_per_batch=5000 peak_lr=3e-4 warmup
 COMP_RUNS ?= float:quant_method=none acos4_s0:quant_method=acos,quant_bits=4 ste4_s0:quant_method=ste,quant_bits=4 \
   acos4_s50r:quant_method=acos,quant_bits=4,sparsity=0.5 acos4_s50_w30:quant_method=acos,quant_bits=4,sparsity=0.5,quant_weight=30 \
   ste4_s50:quant_method=ste,quant_bits=4,sparsity=0.5,sparsity_method=hard gmp_s50:sparsity=0.5,sparsity_method=hard pen_s50:sparsity=0.5 mracos4_s0:quant_method=mr-acos,quant_bits=4 \
-  ste4_s40:quant_method=ste,quant_bits=4,sparsity=0.4,sparsity_method=hard,sparsity_end=0.8,init_from=$(RUNS)/comp/ste4_s0/model,steps=300,eval_every=300
+  ste4_s40:quant_method=ste,quant_bits=4,sparsity=0.4,sparsity_method=hard,sparsity_end=0.8,init_from=$(RUNS)/comp/ste4_s0/model,steps=300,eval_every=300 \
+  ste4_s50gx:quant_method=ste,quant_bits=4,sparsity=0.5,sparsity_method=hard,sparsity_scope=global,sparsity_exclude=small \
+  ste4_s50gx_kd:quant_method=ste,quant_bits=4,sparsity=0.5,sparsity_method=hard,sparsity_scope=global,sparsity_exclude=small,teacher=default,distill_weight=0.5 \
+  gmp_s70:sparsity=0.7,sparsity_method=hard ste4_s70:quant_method=ste,quant_bits=4,sparsity=0.7,sparsity_method=hard
 compression-table: $(BIN)/.installed
 	$(BIN)/asr corpus synth --out $(RUNS)/corpus6 --hours 6 --seed 0 --noise-dir $(SHARED)/speech_commands/_silence_
 	$(BIN)/asr corpus import fsdd $(SHARED)/fsdd --out $(RUNS)/real/fsdd_train.jsonl --split train
@@ -174,8 +177,11 @@ compression-table: $(BIN)/.installed
 	for r in $(COMP_RUNS); do name=$${r%%:*}; set=$$(echo $${r#*:} | tr , ' '); \
 	  $(BIN)/asr train --config small --workdir $(RUNS)/comp/$$name --noise-dir $(SHARED)/speech_commands/_silence_ \
 	  --data $(COMP_DATA) --set $(COMP_SET) $$set || exit 1; done
-	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp --limit 400 \
+	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp --limit 400 --small-bits 8 \
 	  --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
+	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp --bits 0 4 --small-bits 8 \
+	  --one-shot 0.5 --one-shot-scope global --one-shot-exclude small --limit 400 --set sc=$(RUNS)/real/sc_test.jsonl \
+	  --leadin sc=$(RUNS)/real/sc_test.jsonl --noise-dir $(SHARED)/speech_commands/_silence_ --out $(RUNS)/comp/leadin.jsonl
 
 # The longer compression runs of the README: 4-bit STE-QAT with hard pruning to 50%, distilled
 # from the shipped float model, 2,000 steps: per layer on the compression table's data; global
