@@ -4,7 +4,7 @@ cosine regularizer, at weight bits x sparsity, all from one float starting point
 
 Owns `python -m train.benchmarks.compression --float default --runs runs/comp
 --set NAME=MANIFEST ... [--bits 8 6 4] [--limit N] [--out results.jsonl]
-[--leadin NAME=MANIFEST --noise-dir DIR]`.
+[--small-bits B] [--leadin NAME=MANIFEST --noise-dir DIR]`.
 
 Cells (each one evaluated here, with 8-bit activations at every matrix-product input):
 - `float`: the float model itself, and every float fine-tune in `--runs` (a control: the same
@@ -20,6 +20,8 @@ Cells (each one evaluated here, with 8-bit activations at every matrix-product i
 - `STE-QAT`, `regularizer` (acos) and `regularizer-mr` (mr-acos): each run of that method in
   `--runs` at the bits and sparsity it was trained for, its model folder as written (weights on
   their levels, zeros exact).
+- with `--small-bits B`, every PTQ cell again with the small layers (first convolution,
+  depthwise convolutions, vocabulary outputs) at B bits (`mixed_ptq`).
 A run pruned globally or with layers kept dense (`sparsity_scope`, `sparsity_exclude`) gets its
 own row, its label saying so.
 
@@ -69,22 +71,16 @@ def mixed_ptq(loaded, bits: int, small_bits: int, small: str = "small"):
     activations. The weights are on their levels already, so the products take them as they
     are (weight bits 0 in the policy): exactly what a fake-quant forward at those bits computes."""
     import dataclasses
-    import re
 
     from asr.model_io import quantized
     from asr.models.quant import QuantPolicy, quantize_params
-    from train.regularizers import sparsity_exclude_regex
+    from train.regularizers import eligible_mask, sparsity_exclude_regex
 
-    regex = re.compile(sparsity_exclude_regex(small))
     params = loaded.variables["params"]
     lo, hi = quantize_params(params, bits), quantize_params(params, small_bits)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(lo)
-    named = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
-    mixed = [
-        np.asarray(h if regex.search(n) else w)
-        for n, (_, w), h in zip(named, leaves, jax.tree_util.tree_leaves(hi), strict=True)
-    ]
-    params = jax.tree_util.tree_unflatten(treedef, mixed)
+    rest = eligible_mask(params, exclude=sparsity_exclude_regex(small))  # kernels not small
+    # other leaves are the same in both
+    params = jax.tree_util.tree_map(lambda w, h, r: np.asarray(w if r else h), lo, hi, rest)
     loaded = dataclasses.replace(loaded, variables={**loaded.variables, "params": params})
     return quantized(loaded, QuantPolicy(0, 8))
 
