@@ -22,16 +22,16 @@ Cells (each one evaluated here, with 8-bit activations at every matrix-product i
   their levels, zeros exact).
 - with `--small-bits B`, every PTQ cell again with the small layers (first convolution,
   depthwise convolutions, vocabulary outputs) at B bits (`mixed_ptq`).
+
 A run pruned globally or with layers kept dense (`sparsity_scope`, `sparsity_exclude`) gets its
-own row, its label saying so.
+own row, its label saying so. A run is a work folder with `model/config.json`; its recipe
+(`train` entry) says its method, bits and sparsity. `--leadin NAME=MANIFEST` adds that set
+with noise from `--noise-dir` before every clip (`train.benchmarks.heldout`: what a long
+non-speech lead-in costs each cell).
 
-A run is a work folder with `model/config.json`; its recipe (`train` entry) says its method,
-bits and sparsity. `--leadin NAME=MANIFEST` adds the set with noise from `--noise-dir` before every clip
-(`train.benchmarks.heldout`: what a long non-speech lead-in costs each cell).
-
-Results are appended to `--out` as JSON lines (one per cell and set) and
-reused when the script runs again (delete the file to measure again); the table is printed as
-Markdown with the machine, the set sizes and the decoding used.
+Results are appended to `--out` as JSON lines (one per cell and set) and reused when the
+script runs again (delete the file to measure again); the table is printed as Markdown with
+the machine, the set sizes and the decoding used.
 """
 
 from __future__ import annotations
