@@ -9,7 +9,7 @@
                                             lists bias decoding and give context_wer;
                                             encoder MACs per second of audio, and a
                                             branching encoder's share of expensive frames)
-  asr transcribe|eval ... --bits B [--act-bits A]
+  asr transcribe|eval ... --bits B [--act-bits A] [--small-bits S]
                                             run with B-bit weights and A-bit activations
                                             (post-training quantization; asr.models.quant)
   asr plot attention --model M --audio F --context NAMES.txt -o out.png
@@ -124,6 +124,14 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         help="with --bits: activation bits at every matrix-product input (default 8; 0 float)",
     )
     p.add_argument(
+        "--small-bits",
+        type=int,
+        choices=range(2, 17),
+        metavar="S",
+        help="with --bits: weight bits of the small layers (first convolution, depthwise "
+        "convolutions, vocabulary outputs: asr.models.quant.SMALL_KERNELS; default: as --bits)",
+    )
+    p.add_argument(
         "--context-boost",
         type=_at_least(0.0, float),
         default=0.5,
@@ -161,6 +169,9 @@ def _recognizer(args):
         context_attention=not args.no_context,
     )
     loaded = load_model(args.model)
+    small = getattr(args, "small_bits", None)
+    if small is not None and args.bits is None:
+        raise ValueError("--small-bits: goes with --bits (the other layers' weight bits)")
     if (
         args.bits is not None or args.act_bits is not None
     ) and loaded.model.quant.describe().startswith("edge"):
@@ -174,7 +185,9 @@ def _recognizer(args):
 
         act = 8 if args.act_bits is None else args.act_bits
         bits = args.bits if args.bits is not None else loaded.model.quant.weight_bits
-        loaded = quantized(loaded, QuantPolicy(bits, act))
+        if small is None and args.bits is None:  # --act-bits alone keeps the trained mix
+            small = loaded.model.quant.small_bits
+        loaded = quantized(loaded, QuantPolicy(bits, act, small or 0))
     return Recognizer(loaded, settings)
 
 

@@ -167,16 +167,21 @@ def _policy(quant, folder: Path) -> QuantPolicy:
     if quant is None:
         return FLOAT
     try:
-        return QuantPolicy(int(quant.get("weight_bits", 0)), int(quant.get("act_bits", 0)))
+        return QuantPolicy(
+            int(quant.get("weight_bits", 0)),
+            int(quant.get("act_bits", 0)),
+            int(quant.get("small_bits", 0)),
+        )
     except (AttributeError, TypeError, ValueError) as e:
         raise ModelLoadError(f"{folder}/config.json: bad quant entry ({e})") from None
 
 
 def quantized(loaded: LoadedModel, policy: QuantPolicy) -> LoadedModel:
     """`loaded` run with another quantization `policy`: its kernels rounded to
-    `policy.weight_bits` levels (post-training quantization; a no-op for weights on their levels
+    `policy.weight_bits` levels, the small layers to `policy.small_bits` when set (post-training
+    quantization; a no-op for weights on their levels
     already) and its products fake-quantized (`asr.models.quant`)."""
-    params = quantize_params(loaded.variables["params"], policy.weight_bits)
+    params = quantize_params(loaded.variables["params"], policy.weight_bits, policy.small_bits)
     variables = {**loaded.variables, "params": jax.tree_util.tree_map(np.asarray, params)}
     model = build_model(loaded.config, policy)
     return LoadedModel(model, variables, loaded.tokenizer, loaded.config, loaded.source)

@@ -1,6 +1,6 @@
 """`asr export`: write an edge artifact, report its size, and make or apply delta updates.
 
-  asr export --model CHECKPOINT --bits 8|4 [--sparsity S] -o model.edge [--json]
+  asr export --model CHECKPOINT --bits 8|4 [--small-bits 8] [--sparsity S] -o model.edge [--json]
   asr export report model.edge [--json]
   asr export diff OLD.edge NEW.edge -o update.patch [--json]
   asr export apply OLD.edge update.patch -o NEW.edge
@@ -30,6 +30,16 @@ def add_export_command(sub) -> None:
         metavar="{2..8}",
         default=None,
         help="weight bits (8 or 4 for the edge processor's int8 / int4 storage)",
+    )
+    p.add_argument(
+        "--small-bits",
+        type=int,
+        choices=range(2, 9),
+        metavar="{2..8}",
+        default=None,
+        help="weight bits of the small layers (first convolution, depthwise convolutions, "
+        "joiner output: asr.models.quant.SMALL_KERNELS, 3%% of the weights); default: as the "
+        "model was trained (quant_small_bits), else --bits",
     )
     p.add_argument(
         "--sparsity",
@@ -121,7 +131,12 @@ def cmd_export(args) -> int:
             f"-o {args.out}: artifact files end in .edge (how --model finds its loader)"
         )
     report = export_to_file(
-        load_model(args.model), args.out, args.bits, args.sparsity, entropy=args.entropy
+        load_model(args.model),
+        args.out,
+        args.bits,
+        args.sparsity,
+        entropy=args.entropy,
+        small_bits=args.small_bits,
     )
     _print_report(report, args.json)
     return 0

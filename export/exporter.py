@@ -5,7 +5,8 @@ What goes in (`export_model`):
 - every kernel (the weight operand of a matrix product: Dense, DenseGeneral, Conv, LSTM gates;
   `asr.models.quant.is_kernel`) as a matrix [K, N]: K = the product of the axes its product
   contracts (the leading axes, `asr.models.quant.contracting_axes`), N = the output channels.
-  Codes are `bits`-bit symmetric integers, one step per output channel, computed exactly as the
+  Codes are `bits`-bit symmetric integers (the small layers', `asr.models.quant.SMALL_KERNELS`,
+  `small_bits`-bit with mixed precision: `QuantPolicy.small_bits`), one step per output channel, computed exactly as the
   fake-quantization hook computes them (`asr.models.quant.fake_quant`), so the artifact holds
   what the fake-quant model multiplies by. Codes are packed by `export.encodings.choose` (dense
   int8 / int4, a bitmap of nonzeros plus the nonzero values, 4-bit gaps for high sparsity, or a
@@ -20,7 +21,8 @@ What goes in (`export_model`):
   `compact_tokenizer`), the model config and quantization policy in the header.
 
 `artifact_variables` reverses it in NumPy: float variables whose kernels are codes x steps, i.e.
-the fake-quant model of the artifact (`asr.models.quant.QuantPolicy(bits, act_bits)` over these
+the fake-quant model of the artifact (`asr.models.quant.QuantPolicy(bits, act_bits, small_bits)`
+over these
 weights), the reference the emulated processor (`hw.runtime`) is measured against.
 `size_report` says what the bytes are spent on.
 """
@@ -35,7 +37,7 @@ import numpy as np
 
 from asr.model_io import LoadedModel
 from asr.models.config import ModelConfig, get_config
-from asr.models.quant import QuantPolicy, contracting_axes, is_kernel, qmax
+from asr.models.quant import QuantPolicy, contracting_axes, is_kernel, is_small, qmax
 from asr.models.transducer import build_model, init_variables
 from asr.tokenizer import Tokenizer
 from export.artifact import Artifact, TensorRecord
@@ -102,11 +104,16 @@ def export_model(
     sparsity: float | None = None,
     act_bits: int = ACT_BITS,
     entropy: bool = True,
+    small_bits: int | None = None,
 ) -> Artifact:
-    """The artifact of `loaded` (see module docstring) at `bits` (2..8) weight bits;
-    `entropy=False`: no entropy-coded kernels (`export.encodings.choose`)."""
-    if not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an integer in [2, 8], got {bits!r}")
+    """The artifact of `loaded` (see module docstring) at `bits` (2..8) weight bits, the small
+    layers at `small_bits` (2..8; None: as `loaded` was trained, `QuantPolicy.small_bits`, else
+    `bits`); `entropy=False`: no entropy-coded kernels (`export.encodings.choose`)."""
+    if small_bits is None:
+        small_bits = getattr(loaded.model.quant, "small_bits", 0) or bits
+    for name, b in (("bits", bits), ("small_bits", small_bits)):
+        if not isinstance(b, int) or isinstance(b, bool) or not 2 <= b <= 8:
+            raise ValueError(f"{name} must be an integer in [2, 8], got {b!r}")
     if sparsity is not None and not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     tensors: dict[str, TensorRecord] = {}
@@ -126,15 +133,17 @@ def export_model(
         if sparsity:
             w = prune_kernel(w, sparsity)
         k, n = matrix_shape(path[1:], w.shape)  # path without the collection
-        codes, step = quantize_kernel(w, bits, k)
-        enc = choose(codes, bits, entropy=entropy)
+        b = small_bits if is_small(path[1:]) else bits
+        codes, step = quantize_kernel(w, b, k)
+        enc = choose(codes, b, entropy=entropy)
         meta = {"shape": list(w.shape), "role": "kernel", "K": k, "N": n}
         tensors[name] = TensorRecord.from_encoded(name, meta, enc)
         sname = name + SCALE_SUFFIX
         tensors[sname] = TensorRecord.raw(sname, {"shape": [n], "role": "scale"}, step)
     header = {
         "model": config.to_dict(),
-        "quant": {"weight_bits": bits, "act_bits": act_bits},
+        "quant": {"weight_bits": bits, "act_bits": act_bits}
+        | ({"small_bits": small_bits} if small_bits != bits else {}),
         "sparsity_requested": sparsity,
         "source": str(loaded.source),
         "exporter_version": EXPORTER_VERSION,
@@ -190,11 +199,13 @@ def artifact_variables(artifact: Artifact) -> dict:
 
 def reference_model(artifact: Artifact, source: str = "artifact (fake-quant)") -> LoadedModel:
     """The artifact's fake-quant model in plain JAX: its decoded weights under
-    `QuantPolicy(bits, act_bits)`; what the emulated processor (`hw.runtime`) must recognize
+    `QuantPolicy(bits, act_bits, small_bits)`; what the emulated processor (`hw.runtime`) must recognize
     alike."""
     q = artifact.header["quant"]
     config = artifact_config(artifact)
-    model = build_model(config, QuantPolicy(q["weight_bits"], q["act_bits"]))
+    model = build_model(
+        config, QuantPolicy(q["weight_bits"], q["act_bits"], q.get("small_bits", 0))
+    )
     tok = artifact_tokenizer(artifact)
     return LoadedModel(model, artifact_variables(artifact), tok, config, source)
 
@@ -263,6 +274,7 @@ def size_report(artifact: Artifact, file_bytes: int | None = None) -> dict:
         "share_of_large": total / large,
         "bits": artifact.header["quant"]["weight_bits"],
         "act_bits": artifact.header["quant"]["act_bits"],
+        "small_bits": artifact.header["quant"].get("small_bits", 0),
         "zero_fraction": zeros / max(total_w, 1),
         "encodings": encodings,
         "tensors": rows,
@@ -274,7 +286,9 @@ def format_report(report: dict, top: int = 12) -> str:
     mb = 1e6
     lines = [
         f"artifact: {report['bytes'] / mb:.3f} MB ({report['bytes']} bytes) at "
-        f"{report['bits']}-bit weights, {100 * report['zero_fraction']:.1f}% zero weights",
+        f"{report['bits']}-bit weights"
+        + (f" (small layers {report['small_bits']}-bit)" if report.get("small_bits") else "")
+        + f", {100 * report['zero_fraction']:.1f}% zero weights",
         f"  kernels {report['kernel_bytes'] / mb:.3f} MB (encodings {report['encodings']}), "
         f"other parameters {report['other_bytes'] / mb:.3f} MB (float16), "
         f"tokenizer etc. {report['blob_bytes'] / mb:.3f} MB",
@@ -294,12 +308,17 @@ def format_report(report: dict, top: int = 12) -> str:
 
 
 def export_to_file(
-    loaded: LoadedModel, out: str | Path, bits: int, sparsity=None, entropy: bool = True
+    loaded: LoadedModel,
+    out: str | Path,
+    bits: int,
+    sparsity=None,
+    entropy: bool = True,
+    small_bits: int | None = None,
 ) -> dict:
     """Exports `loaded` to `out` and returns its size report."""
     from export.artifact import write_artifact
 
-    art = export_model(loaded, bits, sparsity, entropy=entropy)
+    art = export_model(loaded, bits, sparsity, entropy=entropy, small_bits=small_bits)
     n = write_artifact(out, art)
     return size_report(art, n)
 

@@ -156,7 +156,7 @@ class EdgePolicy(QuantPolicy):
 
     def describe(self) -> str:
         rows = "" if self.branch_rows else ", every row"
-        return f"edge w{self.weight_bits}a{self.act_bits}{rows}"
+        return f"edge {super().describe()}{rows}"
 
     def einsum(self, spec: str, a, b):
         rows = active_rows() if self.branch_rows else None
@@ -401,9 +401,11 @@ def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedMode
         )
     quant = artifact.header["quant"]
     bits, act_bits = int(quant["weight_bits"]), int(quant["act_bits"])
-    if not 2 <= bits <= 8 or act_bits != 8:
+    small_bits = int(quant.get("small_bits", 0))  # the small layers' (mixed precision)
+    if not 2 <= bits <= 8 or act_bits != 8 or not (small_bits == 0 or 2 <= small_bits <= 8):
+        small = f" (small layers w{small_bits})" if small_bits else ""
         raise ModelLoadError(
-            f"{source}: the processor runs w2..8 a8, artifact is w{bits}a{act_bits}"
+            f"{source}: the processor runs w2..8 a8, artifact is w{bits}a{act_bits}{small}"
         )
     flat, edge, layout = {}, {}, []
     for name, rec in artifact.tensors.items():
@@ -430,7 +432,7 @@ def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedMode
     model = EdgeTransducer(
         config=config,
         predictor_cls=PREDICTORS[config.predictor],
-        quant=EdgePolicy(bits, act_bits),
+        quant=EdgePolicy(bits, act_bits, small_bits if small_bits != bits else 0),
         encoder_cls=ENCODER_CLASSES[config.encoder],
         layout=tuple(layout),
     )

@@ -261,7 +261,7 @@ def test_mixed_ptq_rounds_small_layers_at_their_own_bits():
 
     base = load_model("default")
     m = mixed_ptq(base, 4, 8)
-    assert m.model.quant.describe() == "w-floata8"  # weights on their levels already
+    assert m.model.quant.describe() == "w4s8a8"
 
     def numpy_codes(w, bits, axes):
         q = 2 ** (bits - 1) - 1

@@ -11,7 +11,15 @@ from conftest import tiny_recipe
 
 from asr.manifest import read_manifest
 from asr.model_io import load_model, quantized
-from asr.models.quant import QuantPolicy, contracting_axes, is_kernel, quant_step, zero_fraction
+from asr.models.quant import (
+    QuantPolicy,
+    contracting_axes,
+    is_kernel,
+    is_small,
+    qmax,
+    quant_step,
+    zero_fraction,
+)
 from train.configs import TrainConfig
 from train.trainer import make_optimizer, train
 
@@ -25,14 +33,17 @@ def _metrics(workdir):
     return [json.loads(ln) for ln in lines if "loss" in ln]
 
 
-def _on_levels(params, bits: int) -> bool:
+def _on_levels(params, bits: int, small_bits: int = 0) -> bool:
+    """Every kernel on its `bits`-bit levels (the small layers' on `small_bits`' when given)."""
     for path, w in jax.tree_util.tree_leaves_with_path(params):
         if not is_kernel(path):
             continue
+        b = small_bits if small_bits and is_small(path) else bits
         w = np.asarray(w, np.float64)
-        step = np.asarray(quant_step(w, bits, contracting_axes(path, w.shape)), np.float64)
+        step = np.asarray(quant_step(w, b, contracting_axes(path, w.shape)), np.float64)
         x = w / step
-        if np.max(np.abs(x - np.round(x))) > 2e-2:  # float16 storage rounds a level a little
+        # float16 storage rounds a level and the step a little: 2^-11 of each, |w| <= qmax steps
+        if np.max(np.abs(x - np.round(x))) > 2e-2 + qmax(b) * 2.0**-10:
             return False
     return True
 
@@ -84,15 +95,26 @@ def test_nonuniform_levels_are_fitted_once_and_checkpointed(corpus, tmp_path):
             assert max(len(np.unique(w[:, j])) for j in range(w.shape[1])) <= 7
 
 
-def test_straight_through_training_runs_the_model_fake_quantized(corpus, tmp_path):
+@pytest.mark.parametrize("small_bits", [0, 8])
+def test_straight_through_training_runs_the_model_fake_quantized(corpus, tmp_path, small_bits):
     rows = read_manifest(corpus)
     cfg = tiny_recipe(
-        quant_method="ste", quant_bits=4, steps=4, sparsity=0.5, sparsity_method="hard"
+        quant_method="ste",
+        quant_bits=4,
+        steps=4,
+        sparsity=0.5,
+        sparsity_method="hard",
+        quant_small_bits=small_bits,
     )
     train(cfg, rows, tmp_path / "a", progress=False)
     loaded = load_model(tmp_path / "a" / "model")
-    assert loaded.model.quant == QuantPolicy(4, 8)
-    assert _on_levels(loaded.variables["params"], 4)
+    assert loaded.model.quant == QuantPolicy(4, 8, small_bits)
+    params = loaded.variables["params"]
+    assert _on_levels(params, 4, small_bits)
+    if small_bits:  # the small layers sit on 8-bit levels that 4 bits do not have
+        meta = json.loads((tmp_path / "a" / "model" / "config.json").read_text())["quant"]
+        assert meta["small_bits"] == 8 and meta["weight_bits"] == 4
+        assert not _on_levels(params, 4)
     assert zero_fraction(loaded.variables["params"]) == pytest.approx(0.5, abs=1e-3)
     assert "quant_reg" not in _metrics(tmp_path / "a")[-1]
 
@@ -134,11 +156,19 @@ def test_post_training_quantization_of_a_loaded_model():
         ("sparsity_exclude", "conv_[0-"),
         ("sparsity", 1.0),
         ("quant_bits", 1),
+        ("quant_small_bits", 1),
+        ("quant_small_bits", 9),
     ],
 )
 def test_bad_compression_settings_are_refused_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_small_bits_are_refused_with_nonuniform_levels():
+    with pytest.raises(ValueError, match="quant_small_bits"):
+        TrainConfig(quant_method="mr-acos", quant_small_bits=8)
+    assert TrainConfig(quant_method="ste", quant_small_bits=8).quant_small_bits == 8
 
 
 def test_asr_eval_runs_a_model_post_training_quantized(corpus, capsys):
@@ -150,6 +180,12 @@ def test_asr_eval_runs_a_model_post_training_quantized(corpus, capsys):
     m = write_manifest(rows, corpus.parent / "four.jsonl")
     assert main(["eval", "--model", "default", "--manifest", str(m), "--bits", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["quant"] == "w4a8"
+    args = ["eval", "--model", "default", "--manifest", str(m), "--bits", "4"]
+    assert main([*args, "--small-bits", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quant"] == "w4s8a8"
+    args = ["eval", "--model", "default", "--manifest", str(m), "--small-bits", "8"]
+    assert main(args) == 2  # a usage error
+    assert "--small-bits: goes with --bits" in capsys.readouterr().err
     assert main(["eval", "--model", "default", "--manifest", str(m), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["quant"] == "float"
     try:

@@ -22,6 +22,7 @@ from export.exporter import (
     matrix_shape,
     prune_kernel,
     quantize_kernel,
+    reference_model,
     size_report,
 )
 
@@ -51,6 +52,39 @@ def test_artifact_variables_are_the_post_training_quantized_model(bits):
     for path, w in jax.tree_util.tree_leaves_with_path(want):
         np.testing.assert_array_equal(flat_got[path], np.asarray(w), err_msg=str(path))
     assert len(flat_got) == len(jax.tree_util.tree_leaves(want))
+
+
+def test_mixed_precision_artifact_is_the_mixed_fake_quant_model():
+    """--small-bits: the small layers' records at 8 bits, the rest at 4; the artifact decodes to
+    exactly the mixed post-training quantized model, and the header carries the policy."""
+    lm = _loaded("lstm")
+    art = read_artifact(to_bytes(export_model(lm, 4, small_bits=8)))
+    assert art.header["quant"] == {"weight_bits": 4, "act_bits": 8, "small_bits": 8}
+    bits = {n: r.bits for n, r in art.tensors.items() if r.meta.get("role") == "kernel"}
+    ends = (
+        "ConvSubsampling_0/Conv_0/kernel",
+        "CausalConvModule_0/Conv_0/kernel",
+        "joiner/out/kernel",
+    )
+    small = {n for n in bits if n.endswith(ends)}
+    assert len(small) >= 3 and {bits[n] for n in small} == {8}
+    assert {b for n, b in bits.items() if n not in small} == {4}
+    got = artifact_variables(art)
+    want = quantized(lm, QuantPolicy(4, 8, 8)).variables
+    want = {**want, "params": {k: v for k, v in want["params"].items() if k != "ctc_out"}}
+    flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
+    for path, w in jax.tree_util.tree_leaves_with_path(want):
+        np.testing.assert_array_equal(flat_got[path], np.asarray(w), err_msg=str(path))
+    assert reference_model(art).model.quant == QuantPolicy(4, 8, 8)
+    plain = read_artifact(to_bytes(export_model(lm, 4, small_bits=4)))
+    assert plain.header["quant"] == {"weight_bits": 4, "act_bits": 8}  # same as no mix
+    assert size_report(art, 0)["small_bits"] == 8 and size_report(plain, 0)["small_bits"] == 0
+    # a model trained mixed (its policy says so) exports mixed by default
+    mixed = quantized(lm, QuantPolicy(4, 8, 8))
+    assert export_model(mixed, 4).header["quant"]["small_bits"] == 8
+    for bad in (1, 9, 4.0, True):
+        with pytest.raises(ValueError, match="small_bits"):
+            export_model(lm, 4, small_bits=bad)
 
 
 def test_prune_kernel_reaches_the_share_and_keeps_the_largest():

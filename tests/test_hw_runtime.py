@@ -20,7 +20,7 @@ from conftest import random_variables
 from asr.model_io import LoadedModel, ModelLoadError, load_model
 from asr.models.biasing import context_arrays
 from asr.models.config import get_config
-from asr.models.quant import fake_quant, qmax
+from asr.models.quant import QuantPolicy, fake_quant, qmax
 from asr.models.transducer import build_model
 from asr.tokenizer import Tokenizer
 from export.artifact import Artifact, TensorRecord, read_artifact, to_bytes, write_artifact
@@ -84,8 +84,8 @@ def _outputs(lm: LoadedModel, ctx=None):
 
 
 @functools.cache
-def _pair(variant: str, bits: int, sparsity: float | None):
-    art = export_model(_loaded(variant), bits, sparsity)
+def _pair(variant: str, bits: int, sparsity: float | None, small_bits: int | None = None):
+    art = export_model(_loaded(variant), bits, sparsity, small_bits=small_bits)
     return reference_model(art), compile_artifact(art, "test")
 
 
@@ -107,6 +107,20 @@ def test_runtime_matches_the_fake_quant_model(variant, bits, sparsity):
     # int8 activations: a code flipped by a float rounding upstream moves an output by one
     # activation step (1/127 of the row's max); over a layer that stays well under 2%
     _close(_outputs(edge), _outputs(ref), 0.02)
+
+
+def test_runtime_runs_mixed_precision_artifacts():
+    """Small layers at 8 bits, the rest at 4: the processor decodes each record at its own
+    bits and matches the mixed fake-quant model; the small layers' bits change the outputs."""
+    ref, edge = _pair("lstm", 4, None, 8)
+    assert ref.model.quant == QuantPolicy(4, 8, 8)
+    assert edge.model.quant.describe() == "edge w4s8a8"
+    assert {lay.bits for lay in edge.model.layout} == {4, 8}
+    got = _outputs(edge)
+    _close(got, _outputs(ref), 0.02)
+    plain = _outputs(_pair("lstm", 4, None)[1])
+    diffs = [np.max(np.abs(g - p)) / np.max(np.abs(p)) for g, p in zip(got, plain, strict=True)]
+    assert max(diffs) > 0.02
 
 
 def test_runtime_with_the_biasing_network_matches_with_and_without_a_list():

@@ -29,11 +29,14 @@ from jax import lax
 from asr.models import build_model, context_arrays, get_config
 from asr.models.quant import (
     FLOAT,
+    SMALL_KERNELS,
     LstmCell,
     QuantPolicy,
     contracting_axes,
     fake_quant,
     is_kernel,
+    is_small,
+    kernel_bits,
     kernel_table,
     map_kernels,
     qmax,
@@ -44,7 +47,7 @@ from asr.models.quant import (
 )
 
 # the tree helpers compiled whole (run op by op, each kernel shape compiles its own ops: slow)
-_quantize = jax.jit(quantize_params, static_argnums=1)
+_quantize = jax.jit(quantize_params, static_argnums=(1, 2))
 _snap = jax.jit(snap_to_levels)
 
 # --------------------------------------------------------------------------- references
@@ -560,6 +563,80 @@ def test_weight_quantized_model_equals_float_model_on_quantized_params(variant, 
         scale = np.abs(w).max()
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * scale)
         assert np.abs(g - p).max() > 1e-3 * scale  # the quantization does change the outputs
+
+
+# an independent statement of the small layers (asr.models.quant.SMALL_KERNELS)
+SMALL_NAMES = ("ConvSubsampling_0/Conv_0", "CausalConvModule_0/Conv_0", "joiner/out", "ctc_out")
+
+
+def _np_is_small(names):
+    return names[-1] == "kernel" and any(
+        tuple(names[-1 - len(s.split("/")) : -1]) == tuple(s.split("/")) for s in SMALL_NAMES
+    )
+
+
+@pytest.mark.parametrize("variant", ["lstm", "transformer", "branching"])
+def test_mixed_policy_model_equals_float_model_on_mixed_quantized_params(variant):
+    """QuantPolicy(3, 0, small_bits=8) computes exactly the float model on parameters whose
+    small layers are rounded to 8 bits and the rest to 3: every small layer's module asks for
+    `policy.small()`, and no other module does."""
+    variables = _variables(variant)
+    params = variables["params"]
+    small = [
+        "/".join(names_of(p))
+        for p, _ in jax.tree_util.tree_leaves_with_path(params)
+        if _np_is_small(names_of(p))
+    ]
+    assert len(small) >= 3, small  # first convolution, depthwise convolution, joiner output
+    got = _run(variant, QuantPolicy(weight_bits=3, act_bits=0, small_bits=8))
+    want = _run(variant, FLOAT, {"params": _quantize(params, 3, 8), "norm": variables["norm"]})
+    all3 = _run(variant, QuantPolicy(weight_bits=3, act_bits=0))
+    for g, w, a in zip(got, want, all3, strict=True):
+        assert np.isfinite(g).all()
+        scale = np.abs(w).max()
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * scale)
+        assert np.abs(g - a).max() > 1e-3 * scale  # the small layers' bits do change the outputs
+
+
+def test_quantize_params_with_small_bits_against_float64_reference():
+    params = _variables("lstm")["params"]
+    q = _quantize(params, 4, 8)
+    n_small = 0
+    for (path, w), (_, qw) in zip(
+        jax.tree_util.tree_leaves_with_path(params),
+        jax.tree_util.tree_leaves_with_path(q),
+        strict=True,
+    ):
+        names = names_of(path)
+        assert is_small(path) == _np_is_small(names) == is_small("/".join(names)), names
+        if not is_kernel(path):
+            np.testing.assert_array_equal(np.asarray(qw), np.asarray(w))
+            continue
+        bits = 8 if _np_is_small(names) else 4
+        n_small += bits == 8
+        assert_fake_quant_matches(qw, w, bits, np_contracting_axes(names, w.shape))
+    assert n_small == sum(b == 8 for b in kernel_bits(params, 4, 8)) >= 4  # with the CTC head
+    assert kernel_bits(params, 4) == kernel_bits(params, 4, 0) == (4,) * len(kernel_table(params))
+    for a, b in zip(jax.tree_util.tree_leaves(_quantize(params, 4, 0)),
+                    jax.tree_util.tree_leaves(_quantize(params, 4)), strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert SMALL_KERNELS.endswith("/kernel$")
+    assert not is_small("encoder/ConvSubsampling_0/Conv_1/kernel")
+    assert not is_small("encoder/ConvSubsampling_0/Conv_0/bias")
+    assert not is_small("predictor/joiner/out_proj/kernel")
+
+
+def test_quant_policy_small_layers():
+    p = QuantPolicy(4, 8, 8)
+    assert p.small() == QuantPolicy(8, 8) and p.describe() == "w4s8a8"
+    assert QuantPolicy(4, 8).small() is not None and QuantPolicy(4, 8).small() == QuantPolicy(4, 8)
+    assert QuantPolicy(4, 8, 4).describe() == "w4a8"
+    assert len({QuantPolicy(4, 8), QuantPolicy(4, 8, 8)}) == 2  # distinct jit cache keys
+    with pytest.raises(ValueError, match="small_bits needs weight_bits"):
+        QuantPolicy(0, 8, 8)
+    for bad in (1, 17, 2.0, True):
+        with pytest.raises(ValueError):
+            QuantPolicy(4, 8, bad)
 
 
 def test_activation_quantized_model_runs_close_to_float():

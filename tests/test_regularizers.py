@@ -130,6 +130,29 @@ def test_acos_penalty_matches_float64_reference():
             np.testing.assert_allclose(float(near), want_near, atol=2 / 500)  # on a border
 
 
+def test_acos_penalty_with_small_bits_measures_the_small_layers_at_their_bits():
+    small = "enc/ConvSubsampling_0/Conv_0"
+    params = {"enc": {"ConvSubsampling_0": {"Conv_0": {"kernel": jnp.asarray(
+        np.random.default_rng(0).standard_normal((3, 3, 1, 8)), jnp.float32)}}},
+        "dense": {"kernel": jnp.asarray(
+            np.random.default_rng(1).standard_normal((16, 8)), jnp.float32)}}  # fmt: skip
+    mixed = quantize_params(params, 4, 8)
+    reg, near = acos_penalty(mixed, 4, 8)
+    assert float(reg) < 1e-5 and float(near) == 1.0
+    reg4, near4 = acos_penalty(mixed, 4)  # the small kernel is not on 4-bit levels
+    assert float(reg4) > 0.01 and float(near4) < 1.0
+    # the mean over all kernel weights: the small kernel's term at 8 bits, the other's at 4
+    w = {small: np.asarray(params["enc"]["ConvSubsampling_0"]["Conv_0"]["kernel"], np.float64),
+         "dense": np.asarray(params["dense"]["kernel"], np.float64)}  # fmt: skip
+    tot = 0.0
+    for name, b, axes in ((small, 8, (0, 1, 2)), ("dense", 4, (0,))):
+        amax = np.max(np.abs(w[name]), axis=axes, keepdims=True)
+        x = w[name] / (amax / (2 ** (b - 1) - 1))
+        tot += np.sum(1.0 - np.abs(np.cos(np.pi * x)))
+    want = tot / (w[small].size + w["dense"].size)
+    np.testing.assert_allclose(float(acos_penalty(params, 4, 8)[0]), want, rtol=1e-4)
+
+
 def test_acos_penalty_is_zero_on_levels_and_large_for_random_weights():
     for seed in range(10, 12):
         params = toy_params(seed)

@@ -149,6 +149,13 @@ class TrainConfig:
         "(non-uniform levels), ste (straight-through fake quantization, the baseline)",
     )
     quant_bits: int = _f(4, "with quant_method: weight bits", min=2, max=8)
+    quant_small_bits: int = _f(
+        0,
+        "with quant_method acos or ste: weight bits of the small layers (first convolution, "
+        "depthwise convolutions, vocabulary outputs: asr.models.quant.SMALL_KERNELS; 0: quant_bits)",
+        min=0,
+        max=8,
+    )
     quant_act_bits: int = _f(
         8, "with quant_method: activation bits at matrix-product inputs (0: float)", min=0, max=16
     )
@@ -256,6 +263,10 @@ class TrainConfig:
                     )
             if self.quant_end < self.quant_start:
                 problems.append("quant_end: expected >= quant_start")
+            if self.quant_small_bits == 1:
+                problems.append("quant_small_bits: expected 0 (as quant_bits) or 2..8, got 1")
+            if self.quant_small_bits and self.quant_method == "mr-acos":
+                problems.append("quant_small_bits: mr-acos fits its own levels; use acos or ste")
             if self.sparsity_end < self.sparsity_start:
                 problems.append("sparsity_end: expected >= sparsity_start")
             if self.sparsity_exclude and self.sparsity_exclude != "small":

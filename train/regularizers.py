@@ -48,9 +48,11 @@ import numpy as np
 import optax
 
 from asr.models.quant import (
+    SMALL_KERNELS,
     _path_names,
     contracting_axes,
     is_kernel,
+    kernel_bits,
     layer_name,
     qmax,
     quant_step,
@@ -59,15 +61,13 @@ from asr.models.quant import (
 QUANT_METHODS = ("none", "acos", "mr-acos", "ste")
 SPARSITY_METHODS = ("penalty", "hard")
 SPARSITY_SCOPES = ("layer", "global")
-SMALL_LAYERS = (
-    r"(^|/)(ConvSubsampling_0/Conv_0|CausalConvModule_0/Conv_0|joiner/out|ctc_out)/kernel$"
-)
-"""`sparsity_exclude=small`: the kernels whose output units read few weights (the first
-convolution, 9 per output channel; the depthwise convolutions, 15) and the vocabulary outputs
-(joiner, CTC head): 3% of the `small` model's kernel weights. Pruned to 50% at once and
-rounded to 4 bits, the shipped model's synthesized-set WER was 9.4% with half of every kernel
-zero and 6.0% with the zeros chosen globally and these kept dense (README, "Compression-aware
-training")."""
+SMALL_LAYERS = SMALL_KERNELS
+"""`sparsity_exclude=small`: `asr.models.quant.SMALL_KERNELS`, the kernels whose output units
+read few weights (the first convolution, 9 per output channel; the depthwise convolutions, 15)
+and the vocabulary outputs (joiner, CTC head): 3% of the `small` model's kernel weights. Pruned
+to 50% at once and rounded to 4 bits, the shipped model's synthesized-set WER was 9.4% with half
+of every kernel zero and 6.0% with the zeros chosen globally and these kept dense (README,
+"Compression-aware training")."""
 NEAR = 0.1  # a weight within this share of a step of a level counts as on it
 # a weight being sparsified is set to exactly zero once its magnitude is below this share of its
 # layer's largest: half an 8-bit step, so it would round to zero at any bit width used here
@@ -113,9 +113,11 @@ def _mean_over_kernels(params, terms) -> tuple[jax.Array, jax.Array]:
     return sum(pens) / n, sum(nears) / n
 
 
-def acos_penalty(params, bits: int) -> tuple[jax.Array, jax.Array]:
-    """(R, share of weights near a level) over every kernel of `params` (module docstring)."""
-    return _mean_over_kernels(params, lambda _, w, axes: acos_terms(w, bits, axes))
+def acos_penalty(params, bits: int, small_bits: int = 0) -> tuple[jax.Array, jax.Array]:
+    """(R, share of weights near a level) over every kernel of `params` (module docstring);
+    the small layers' levels at `small_bits` when given (`asr.models.quant.kernel_bits`)."""
+    kb = kernel_bits(params, bits, small_bits)
+    return _mean_over_kernels(params, lambda k, w, axes: acos_terms(w, kb[k], axes))
 
 
 def _normalized(w: jax.Array, axes) -> jax.Array:

@@ -133,7 +133,7 @@ def training_policy(cfg: TrainConfig) -> QuantPolicy:
     """How the trained model's products run in training: fake-quantized (STE) with
     quant_method ste, float otherwise (the regularizers act through the loss)."""
     if cfg.quant_method == "ste":
-        return QuantPolicy(cfg.quant_bits, cfg.quant_act_bits)
+        return QuantPolicy(cfg.quant_bits, cfg.quant_act_bits, small_bits(cfg))
     return FLOAT
 
 
@@ -143,7 +143,15 @@ def deployed_policy(cfg: TrainConfig) -> QuantPolicy:
     activations; float without quant_method."""
     if cfg.quant_method == "none":
         return FLOAT
-    return QuantPolicy(cfg.quant_bits if cfg.quant_method != "mr-acos" else 0, cfg.quant_act_bits)
+    if cfg.quant_method == "mr-acos":
+        return QuantPolicy(0, cfg.quant_act_bits)
+    return QuantPolicy(cfg.quant_bits, cfg.quant_act_bits, small_bits(cfg))
+
+
+def small_bits(cfg: TrainConfig) -> int:
+    """The small layers' weight bits of the recipe's policy (0: as the others)."""
+    b = cfg.quant_small_bits
+    return b if b and b != cfg.quant_bits else 0
 
 
 def compress_params(cfg: TrainConfig, params, extras):
@@ -152,7 +160,7 @@ def compress_params(cfg: TrainConfig, params, extras):
     if cfg.quant_method == "mr-acos":
         return snap_to_levels(params, extras["levels"])
     if cfg.quant_method in ("acos", "ste"):
-        return quantize_params(params, cfg.quant_bits)
+        return quantize_params(params, cfg.quant_bits, small_bits(cfg))
     return params
 
 
@@ -169,7 +177,7 @@ def regularizer_terms(cfg: TrainConfig, params, step, extras) -> tuple[jax.Array
     if cfg.quant_method not in ("acos", "mr-acos"):
         return jnp.float32(0.0), {}
     if cfg.quant_method == "acos":
-        reg, near = acos_penalty(params, cfg.quant_bits)
+        reg, near = acos_penalty(params, cfg.quant_bits, small_bits(cfg))
     else:
         reg, near = mr_acos_penalty(params, extras["levels"])
     weight = cfg.quant_weight * ramp(step, *quant_steps(cfg))
@@ -964,6 +972,7 @@ def model_quant_meta(cfg: TrainConfig, params) -> dict:
     return {
         "weight_bits": pol.weight_bits,
         "act_bits": pol.act_bits,
+        "small_bits": pol.small_bits,
         "bits": cfg.quant_bits if cfg.quant_method != "none" else 0,
         "levels": "nonuniform" if cfg.quant_method == "mr-acos" else "uniform",
         "method": cfg.quant_method,

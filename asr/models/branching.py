@@ -178,7 +178,7 @@ class BranchingSubsampling(nn.Module):
         ctx = (None, None) if cache is None else (cache[0][..., None], cache[1])
         x, feats_next = causal_context(feats[..., None], ctx[0], 2)
         x = nn.relu(
-            q.conv_module(ch, (3, 3), strides=(2, 2), padding="VALID", name="Conv_0")(
+            q.small().conv_module(ch, (3, 3), strides=(2, 2), padding="VALID", name="Conv_0")(
                 jnp.pad(x, freq)
             )
         )

@@ -225,7 +225,8 @@ class ConvSubsampling(nn.Module):
             x, nxt = causal_context(x, ctx[i], 2)  # causal in time
             new.append(nxt)
             x = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))  # same in frequency
-            x = self.quant.conv_module(self.channels, (3, 3), strides=(2, 2), padding="VALID")(x)
+            q = self.quant.small() if i == 0 else self.quant  # the first: a small layer
+            x = q.conv_module(self.channels, (3, 3), strides=(2, 2), padding="VALID")(x)
             x = nn.relu(x)
         b, t, f, c = x.shape
         out = self.quant.dense(self.d_model)(x.reshape(b, t, f * c))
@@ -295,7 +296,7 @@ class CausalConvModule(nn.Module):
         if gate is not None:
             x = x * gate[..., None]
         x, nxt = causal_context(x, cache, self.kernel - 1)
-        x = q.conv_module(
+        x = q.small().conv_module(  # depthwise: a small layer
             self.d_model, (self.kernel,), feature_group_count=self.d_model, padding="VALID"
         )(x)
         x = nn.LayerNorm()(x)

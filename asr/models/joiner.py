@@ -22,7 +22,7 @@ class Joiner(nn.Module):
         c, q = self.config, self.quant
         self.enc_proj = q.dense(c.joint_dim)
         self.pred_proj = q.dense(c.joint_dim, use_bias=False)
-        self.out = q.dense(c.vocab_size)
+        self.out = q.small().dense(c.vocab_size)  # a small layer (asr.models.quant)
 
     def project_encoder(self, enc: jax.Array) -> jax.Array:
         """f32[..., d_model] -> f32[..., joint_dim]."""

@@ -26,7 +26,9 @@ bits).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +43,24 @@ MAX_BITS = 16
 
 # DenseGeneral kernels whose output spans several axes (heads): they contract only axis 0.
 _HEAD_PROJECTIONS = ("qkv", "query", "key", "value", "cheap_kv_up")
+
+
+SMALL_KERNELS = (
+    r"(^|/)(ConvSubsampling_0/Conv_0|CausalConvModule_0/Conv_0|joiner/out|ctc_out)/kernel$"
+)
+"""The small layers: the kernels whose output units read few weights (the first convolution, 9
+per output channel; the depthwise convolutions, 15) and the vocabulary outputs (joiner, CTC
+head), 3% of the `small` model's kernel weights. Rounding them to 4 bits costs more than the
+other 97% together (README, "What a lead-in costs, part by part"), so a policy can keep them at
+more bits (`QuantPolicy.small_bits`) and sparsification can keep them dense
+(`train.regularizers`, `sparsity_exclude=small`). The modules building these products take
+`policy.small()`; tests/test_quant.py checks that the two views agree."""
+
+
+def is_small(path) -> bool:
+    """Whether kernel `path` (tree path or '/'-joined names) is one of `SMALL_KERNELS`."""
+    name = path if isinstance(path, str) else "/".join(_path_names(path))
+    return re.search(SMALL_KERNELS, name) is not None
 
 
 def qmax(bits: int) -> int:
@@ -73,21 +93,33 @@ class QuantPolicy:
 
     weight_bits: int = 0
     act_bits: int = 0
+    small_bits: int = 0  # the small layers' weight bits (`SMALL_KERNELS`); 0: weight_bits
 
     def __post_init__(self):
-        for name in ("weight_bits", "act_bits"):
+        for name in ("weight_bits", "act_bits", "small_bits"):
             b = getattr(self, name)
             if not isinstance(b, int) or isinstance(b, bool) or not (b == 0 or 2 <= b <= MAX_BITS):
                 raise ValueError(f"{name} must be 0 (float) or in [2, {MAX_BITS}], got {b!r}")
+        if self.small_bits and not self.weight_bits:
+            raise ValueError("small_bits needs weight_bits (float weights have no small layers)")
 
     @property
     def is_float(self) -> bool:
         return not (self.weight_bits or self.act_bits)
 
+    def small(self) -> QuantPolicy:
+        """The policy of the small layers' products (`SMALL_KERNELS`: the modules that build
+        them ask for it): their weights at `small_bits`, the rest as this policy."""
+        if not self.small_bits:
+            return self
+        return dataclasses.replace(self, weight_bits=self.small_bits, small_bits=0)
+
     def describe(self) -> str:
         if self.is_float:
             return "float"
         w = f"w{self.weight_bits}" if self.weight_bits else "w-float"
+        if self.small_bits and self.small_bits != self.weight_bits:
+            w += f"s{self.small_bits}"
         a = f"a{self.act_bits}" if self.act_bits else "a-float"
         return f"{w}{a}"
 
@@ -235,18 +267,30 @@ def map_kernels(fn, params):
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def quantize_params(params, bits: int):
-    """Post-training quantization: every kernel rounded to `bits`-bit symmetric levels, one
-    step per output channel (float values on the levels; zeros stay zero). Other leaves as
-    they are. bits 0: `params` unchanged."""
+def kernel_bits(params, bits: int, small_bits: int = 0) -> tuple[int, ...]:
+    """The weight bits of every kernel of `params` (tree order): `small_bits` for the small
+    layers (`SMALL_KERNELS`) when given, `bits` for the others."""
+    return tuple(
+        small_bits if small_bits and is_small(p) else bits
+        for p, _ in jax.tree_util.tree_leaves_with_path(params)
+        if is_kernel(p)
+    )
+
+
+def quantize_params(params, bits: int, small_bits: int = 0):
+    """Post-training quantization: every kernel rounded to `bits`-bit symmetric levels (the
+    small layers to `small_bits` when given: `QuantPolicy.small_bits`), one step per output
+    channel (float values on the levels; zeros stay zero). Other leaves as they are. bits 0:
+    `params` unchanged."""
     if not bits:
         return params
-    return map_kernels(lambda ws, axes: _fake_quant_kernels(ws, axes, bits), params)
+    kb = kernel_bits(params, bits, small_bits)
+    return map_kernels(lambda ws, axes: _fake_quant_kernels(ws, axes, kb), params)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _fake_quant_kernels(ws, axes, bits: int):
-    return tuple(fake_quant(w, bits, a) for w, a in zip(ws, axes, strict=True))
+def _fake_quant_kernels(ws, axes, bits: tuple[int, ...]):
+    return tuple(fake_quant(w, b, a) for w, a, b in zip(ws, axes, bits, strict=True))
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -302,9 +346,12 @@ __all__ = [
     "LSTM_GATES",
     "LstmCell",
     "QuantPolicy",
+    "SMALL_KERNELS",
     "contracting_axes",
     "fake_quant",
     "is_kernel",
+    "is_small",
+    "kernel_bits",
     "kernel_table",
     "lstm_update",
     "map_kernels",

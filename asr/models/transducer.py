@@ -75,7 +75,7 @@ class Transducer(nn.Module):
         self.predictor = self.predictor_cls(c, q)
         self.joiner = Joiner(c, q)
         if c.ctc_head:
-            self.ctc_out = q.dense(c.vocab_size)
+            self.ctc_out = q.small().dense(c.vocab_size)  # a small layer
         if c.bias_dim > 0:
             self.biasing = ContextBiasing(c, q)
         self.feat_mean = self.variable("norm", "mean", jnp.zeros, (c.n_mels,))

@@ -64,25 +64,15 @@ def one_shot_prune(params, share: float, scope: str = "layer", exclude: str = ""
     return jax.tree_util.tree_map(lambda w, m: np.where(np.asarray(m), 0.0, w), params, masks)
 
 
-def mixed_ptq(loaded, bits: int, small_bits: int, small: str = "small"):
-    """`loaded` rounded to `bits` per output channel, the kernels matching `small`
-    (`train.regularizers.sparsity_exclude_regex`: 'small' is the first convolution, the
-    depthwise convolutions and the vocabulary outputs) to `small_bits`, run with 8-bit
-    activations. The weights are on their levels already, so the products take them as they
-    are (weight bits 0 in the policy): exactly what a fake-quant forward at those bits computes."""
-    import dataclasses
-
+def mixed_ptq(loaded, bits: int, small_bits: int):
+    """`loaded` rounded to `bits` per output channel, the small layers
+    (`asr.models.quant.SMALL_KERNELS`: the first convolution, the depthwise convolutions and
+    the vocabulary outputs) to `small_bits`, run so (`QuantPolicy.small_bits`) with 8-bit
+    activations."""
     from asr.model_io import quantized
-    from asr.models.quant import QuantPolicy, quantize_params
-    from train.regularizers import eligible_mask, sparsity_exclude_regex
+    from asr.models.quant import QuantPolicy
 
-    params = loaded.variables["params"]
-    lo, hi = quantize_params(params, bits), quantize_params(params, small_bits)
-    rest = eligible_mask(params, exclude=sparsity_exclude_regex(small))  # kernels not small
-    # other leaves are the same in both
-    params = jax.tree_util.tree_map(lambda w, h, r: np.asarray(w if r else h), lo, hi, rest)
-    loaded = dataclasses.replace(loaded, variables={**loaded.variables, "params": params})
-    return quantized(loaded, QuantPolicy(0, 8))
+    return quantized(loaded, QuantPolicy(bits, 8, small_bits))
 
 
 def prune_label(scope: str, exclude: str) -> str:
@@ -111,6 +101,7 @@ def discover_runs(root: Path) -> list[dict]:
                     t.get("sparsity_scope", "layer"), t.get("sparsity_exclude", "")
                 ),
                 "quant_weight": t.get("quant_weight", 100.0),
+                "small_bits": t.get("quant_small_bits", 0),
                 "steps": meta.get("steps"),
             }
         )
@@ -174,6 +165,8 @@ def cells(
                 w = r["quant_weight"]
                 label += "" if w == DEFAULT_QUANT_WEIGHT else f" (weight {w:g})"
             label += r["prune"] if r["sparsity"] > 0 else ""
+            if r.get("small_bits") and r["small_bits"] != r["bits"]:
+                label += f", small layers {r['small_bits']}-bit"
             out.append(
                 (label, r["bits"], r["sparsity"], r["path"], lambda p=r["path"]: load_model(p))
             )
