@@ -179,8 +179,8 @@ def _policy(quant, folder: Path) -> QuantPolicy:
 def quantized(loaded: LoadedModel, policy: QuantPolicy) -> LoadedModel:
     """`loaded` run with another quantization `policy`: its kernels rounded to
     `policy.weight_bits` levels, the small layers to `policy.small_bits` when set (post-training
-    quantization; a no-op for weights on their levels
-    already) and its products fake-quantized (`asr.models.quant`)."""
+    quantization; a no-op for weights on their levels already) and its products fake-quantized
+    (`asr.models.quant`)."""
     params = quantize_params(loaded.variables["params"], policy.weight_bits, policy.small_bits)
     variables = {**loaded.variables, "params": jax.tree_util.tree_map(np.asarray, params)}
     model = build_model(loaded.config, policy)

@@ -6,11 +6,12 @@ What goes in (`export_model`):
   `asr.models.quant.is_kernel`) as a matrix [K, N]: K = the product of the axes its product
   contracts (the leading axes, `asr.models.quant.contracting_axes`), N = the output channels.
   Codes are `bits`-bit symmetric integers (the small layers', `asr.models.quant.SMALL_KERNELS`,
-  `small_bits`-bit with mixed precision: `QuantPolicy.small_bits`), one step per output channel, computed exactly as the
-  fake-quantization hook computes them (`asr.models.quant.fake_quant`), so the artifact holds
-  what the fake-quant model multiplies by. Codes are packed by `export.encodings.choose` (dense
-  int8 / int4, a bitmap of nonzeros plus the nonzero values, 4-bit gaps for high sparsity, or a
-  per-tensor Huffman code when the codes' distribution is skewed enough to pay for it);
+  `small_bits`-bit with mixed precision: `QuantPolicy.small_bits`), one step per output
+  channel, computed exactly as the fake-quantization hook computes them
+  (`asr.models.quant.fake_quant`), so the artifact holds what the fake-quant model multiplies
+  by. Codes are packed by `export.encodings.choose` (dense int8 / int4, a bitmap of nonzeros
+  plus the nonzero values, 4-bit gaps for high sparsity, or a per-tensor Huffman code when the
+  codes' distribution is skewed enough to pay for it);
   the steps are a float32[N] record `<name>@scale`;
 - with `sparsity` s: every kernel first pruned by magnitude to at least a share s of exact zeros
   (one-shot, per kernel; a model trained sparse already has them and is left as it is);
@@ -22,8 +23,7 @@ What goes in (`export_model`):
 
 `artifact_variables` reverses it in NumPy: float variables whose kernels are codes x steps, i.e.
 the fake-quant model of the artifact (`asr.models.quant.QuantPolicy(bits, act_bits, small_bits)`
-over these
-weights), the reference the emulated processor (`hw.runtime`) is measured against.
+over these weights), the reference the emulated processor (`hw.runtime`) is measured against.
 `size_report` says what the bytes are spent on.
 """
 
@@ -199,8 +199,8 @@ def artifact_variables(artifact: Artifact) -> dict:
 
 def reference_model(artifact: Artifact, source: str = "artifact (fake-quant)") -> LoadedModel:
     """The artifact's fake-quant model in plain JAX: its decoded weights under
-    `QuantPolicy(bits, act_bits, small_bits)`; what the emulated processor (`hw.runtime`) must recognize
-    alike."""
+    `QuantPolicy(bits, act_bits, small_bits)`; what the emulated processor (`hw.runtime`) must
+    recognize alike."""
     q = artifact.header["quant"]
     config = artifact_config(artifact)
     model = build_model(
