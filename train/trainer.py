@@ -739,13 +739,17 @@ def _restore(mngr: ocp.CheckpointManager, step: int, abstract: TrainState) -> Tr
             train=ocp.args.StandardRestore(train_item),
         ),
     )
-    return TrainState(
+    state = TrainState(
         step=r["train"]["step"],
         params=r["model"]["params"],
         opt_state=r["train"]["opt_state"],
         norm=r["model"]["norm"],
         extras=r["train"].get("extras", {}),
     )
+    # orbax gives arrays committed to a device, a fresh state's are not: the jitted step would
+    # see other argument shardings and compile again (not reusing the persistent cache's
+    # executable). Uncommitted, a resumed run runs the executable a fresh one compiled.
+    return jax.tree_util.tree_map(lambda x: jax.device_put(np.asarray(x)), state)
 
 
 def evaluate(model: Transducer, variables, tokenizer: Tokenizer, rows: list[dict]) -> dict:
