@@ -1,5 +1,5 @@
 """Shared fixtures: paths to the real-speech folder (skipped when absent) and small models;
-the run's XLA compilation cache, and the order in which parallel workers take the test files."""
+the run's XLA options and compilation cache, and the order in which parallel workers take the test files."""
 
 from __future__ import annotations
 
@@ -43,6 +43,15 @@ def pytest_configure(config):
     resume test). The workers of a parallel run and the subprocesses of the command-line tests
     inherit it through the environment. A JAX_COMPILATION_CACHE_DIR set by the caller is used
     as it is."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in flags:
+        # LLVM without its optimization passes: most of the suite's computations run once or a
+        # few times on tiny shapes, where compiling is the cost (measured, contended 2 cores: a
+        # training test 42 -> 27 s, the edge benchmark test 60 -> 38 s; a decoding-heavy test
+        # 20 -> 30 s). Same arithmetic (no fast-math either way), so the same results. Read
+        # when the first backend starts, which is after this hook; workers and subprocesses
+        # inherit it.
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") is not None:
         return
     path = tempfile.mkdtemp(prefix="asr-tests-xla-cache-")
