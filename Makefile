@@ -171,7 +171,13 @@ COMP_RUNS ?= float:quant_method=none acos4_s0:quant_method=acos,quant_bits=4 ste
   ste4s8_s50gx_kd:quant_method=ste,quant_bits=4,quant_small_bits=8,sparsity=0.5,sparsity_method=hard,sparsity_scope=global,sparsity_exclude=small,teacher=default,distill_weight=0.5 \
   gmp_s70:sparsity=0.7,sparsity_method=hard ste4_s70:quant_method=ste,quant_bits=4,sparsity=0.7,sparsity_method=hard \
   ste8_s0:quant_method=ste,quant_bits=8 ste6_s0:quant_method=ste,quant_bits=6 acos8_s0:quant_method=acos,quant_bits=8 \
-  acos6_s0:quant_method=acos,quant_bits=6
+  acos6_s0:quant_method=acos,quant_bits=6 \
+  ste8_s50:quant_method=ste,quant_bits=8,sparsity=0.5,sparsity_method=hard ste6_s50:quant_method=ste,quant_bits=6,sparsity=0.5,sparsity_method=hard \
+  acos8_s50:quant_method=acos,quant_bits=8,sparsity=0.5 acos6_s50:quant_method=acos,quant_bits=6,sparsity=0.5 \
+  ste8_s70:quant_method=ste,quant_bits=8,sparsity=0.7,sparsity_method=hard ste6_s70:quant_method=ste,quant_bits=6,sparsity=0.7,sparsity_method=hard \
+  acos8_s70:quant_method=acos,quant_bits=8,sparsity=0.7 acos6_s70:quant_method=acos,quant_bits=6,sparsity=0.7 \
+  acos4_s70:quant_method=acos,quant_bits=4,sparsity=0.7 \
+  ste4_s70gx:quant_method=ste,quant_bits=4,sparsity=0.7,sparsity_method=hard,sparsity_scope=global,sparsity_exclude=small
 compression-table: $(BIN)/.installed
 	$(BIN)/asr corpus synth --out $(RUNS)/corpus6 --hours 6 --seed 0 --noise-dir $(SHARED)/speech_commands/_silence_
 	$(BIN)/asr corpus import fsdd $(SHARED)/fsdd --out $(RUNS)/real/fsdd_train.jsonl --split train
