@@ -176,7 +176,7 @@ COMP_RUNS ?= float:quant_method=none acos4_s0:quant_method=acos,quant_bits=4 ste
   acos8_s50:quant_method=acos,quant_bits=8,sparsity=0.5 acos6_s50:quant_method=acos,quant_bits=6,sparsity=0.5 \
   ste8_s70:quant_method=ste,quant_bits=8,sparsity=0.7,sparsity_method=hard ste6_s70:quant_method=ste,quant_bits=6,sparsity=0.7,sparsity_method=hard \
   acos8_s70:quant_method=acos,quant_bits=8,sparsity=0.7 acos6_s70:quant_method=acos,quant_bits=6,sparsity=0.7 \
-  acos4_s70:quant_method=acos,quant_bits=4,sparsity=0.7 \
+  acos4_s70:quant_method=acos,quant_bits=4,sparsity=0.7 mracos4_s50:quant_method=mr-acos,quant_bits=4,sparsity=0.5 \
   ste4_s70gx:quant_method=ste,quant_bits=4,sparsity=0.7,sparsity_method=hard,sparsity_scope=global,sparsity_exclude=small
 compression-table: $(BIN)/.installed
 	$(BIN)/asr corpus synth --out $(RUNS)/corpus6 --hours 6 --seed 0 --noise-dir $(SHARED)/speech_commands/_silence_
@@ -195,7 +195,8 @@ compression-table: $(BIN)/.installed
 # The longer compression runs of the README: 4-bit STE-QAT with hard pruning to 50%, distilled
 # from the shipped float model, 2,000 steps: per layer on the compression table's data; global
 # with the small layers dense (sparsity_exclude=small) on that data and on stage 10's, and the
-# same with the small layers at 8 bits (quant_small_bits=8); then the compression benchmark
+# same with the small layers at 8 bits (quant_small_bits=8); the float control (the same
+# distilled 2,000 steps, no compression); then the compression benchmark
 # (with one-shot pruning both ways) and the held-out sets.
 LONG_SET = steps=2000 eval_every=2000 ckpt_every=100 log_every=25 quant_method=ste quant_bits=4 \
   sparsity=0.5 sparsity_method=hard sparsity_end=0.7 teacher=default distill_weight=0.5
@@ -208,13 +209,16 @@ compression-long: $(BIN)/.installed
 	  --data $(BIAS_DATA) --set $(COMP_SET) $(LONG_SET) sparsity_scope=global sparsity_exclude=small
 	$(BIN)/asr train --config small --workdir $(RUNS)/comp_long/ste4s8_s50gx_kd --noise-dir $(SHARED)/speech_commands/_silence_ \
 	  --data $(COMP_DATA) --set $(COMP_SET) $(LONG_SET) sparsity_scope=global sparsity_exclude=small quant_small_bits=8
+	$(BIN)/asr train --config small --workdir $(RUNS)/comp_long/float_kd --noise-dir $(SHARED)/speech_commands/_silence_ \
+	  --data $(COMP_DATA) --set $(COMP_SET) $(LONG_SET) quant_method=none sparsity=0
 	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp_long --bits 4 --limit 400 \
 	  --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
 	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp_long --bits 4 --limit 400 \
 	  --one-shot-scope global --one-shot-exclude small --only one-shot \
 	  --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
 	$(BIN)/python -m train.benchmarks.heldout --models default $(RUNS)/comp_long/ste4_s50gx_kd/model \
-	  $(RUNS)/comp_long/ste4_s50gx_kd_d10/model $(RUNS)/comp_long/ste4s8_s50gx_kd/model --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl \
+	  $(RUNS)/comp_long/ste4_s50gx_kd_d10/model $(RUNS)/comp_long/ste4s8_s50gx_kd/model \
+	  $(RUNS)/comp_long/float_kd/model --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl \
 	  --set sc=$(RUNS)/real/sc_test.jsonl --set kokoro_heldout=$(RUNS)/kokoro9_test/test.jsonl \
 	  --set s2i=$(RUNS)/real/s2i_vocab.jsonl --leadin sc_leadin=$(RUNS)/real/sc_test.jsonl \
 	  --noise-dir $(SHARED)/speech_commands/_silence_
