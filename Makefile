@@ -26,7 +26,7 @@ BIAS_SET = spec_start_step=0 real_phrases=0.3 noise_pad_prob=0.3 noise_only=0.03
 TRAIN_DATA9 = $(RUNS)/corpus6/train.jsonl $(RUNS)/corpus6/dev.jsonl $(RUNS)/corpus9/train.jsonl $(RUNS)/corpus9/dev.jsonl \
   $(RUNS)/kokoro9/train.jsonl $(RUNS)/kokoro9/dev.jsonl $(RUNS)/world9_fsdd/train.jsonl $(RUNS)/world9_sc/train.jsonl $(REAL_DATA)
 
-.PHONY: demo test lint default-model distill-table bias-benchmark compression-table compression-long edge-benchmark branching-table benchmarks
+.PHONY: demo test lint default-model distill-table bias-benchmark compression-table compression-long edge-benchmark branching-table branching-long benchmarks
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -264,3 +264,13 @@ branching-table: $(BIN)/.installed
 	  $(BIN)/python -m hw.benchmarks.edge --model $$m --what cost --bits 8 --sparsity 0 --cost-part encoder \
 	  --set synth=$(RUNS)/corpus6/test.jsonl --cost-utterances 1 --out $(RUNS)/branch/edge_cost_encoder_1utt.jsonl || exit 1; done
 	$(BIN)/python -m hw.benchmarks.edge --from-results $(RUNS)/branch/edge_cost_encoder_1utt.jsonl
+
+# The longer branching run: budget 0.6, distilled from the shipped model (teacher=default),
+# 2,000 steps; its expensive-only reference is compression-long's float control (float_kd:
+# the same steps, data and teacher, plain encoder).
+branching-long: $(BIN)/.installed
+	$(BIN)/asr train --config small --workdir $(RUNS)/branch_long/i60_kd --noise-dir $(SHARED)/speech_commands/_silence_ \
+	  --data $(COMP_DATA) --set $(COMP_SET) steps=2000 eval_every=2000 ckpt_every=100 log_every=25 encoder=branching \
+	  branch_rank=32 branch_ff=128 branch_imitation=1 branch_budget=0.6 teacher=default distill_weight=0.5
+	$(BIN)/python -m train.benchmarks.branching --baseline default --control $(RUNS)/comp_long/float_kd/model \
+	  --runs $(RUNS)/branch_long --limit 400 $(EDGE_SETS)
