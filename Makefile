@@ -242,9 +242,9 @@ compression-gpu: $(BIN)/.installed
 	$(BIN)/asr corpus import speech_commands $(SHARED)/speech_commands --out $(RUNS)/real/sc_train.jsonl --split train
 	XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 $(BIN)/asr train --config small --workdir $(RUNS)/comp_gpu/g_ste4s8_s50gx_kd --noise-dir $(SHARED)/speech_commands/_silence_ \
 	  --data $(COMP_DATA) --set $(GPU_COMP_SET) quant_method=ste quant_bits=4 quant_small_bits=8 sparsity=0.5 \
-	  sparsity_method=hard sparsity_scope=global sparsity_exclude=small & \
+	  sparsity_method=hard sparsity_scope=global sparsity_exclude=small & q=$$!; \
 	XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 $(BIN)/asr train --config small --workdir $(RUNS)/comp_gpu/g_float_kd --noise-dir $(SHARED)/speech_commands/_silence_ \
-	  --data $(COMP_DATA) --set $(GPU_COMP_SET) quant_method=none sparsity=0 & wait
+	  --data $(COMP_DATA) --set $(GPU_COMP_SET) quant_method=none sparsity=0 & f=$$!; wait $$q && wait $$f
 	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp_gpu --bits 4 --limit 400 \
 	  --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
 	$(BIN)/python -m train.benchmarks.heldout --models default $(RUNS)/comp_gpu/g_ste4s8_s50gx_kd/model \
