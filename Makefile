@@ -223,28 +223,29 @@ compression-long: $(BIN)/.installed
 	  --set s2i=$(RUNS)/real/s2i_vocab.jsonl --leadin sc_leadin=$(RUNS)/real/sc_test.jsonl \
 	  --noise-dir $(SHARED)/speech_commands/_silence_
 
-# The GPU compression runs of the README (issue 11's target): the same two recipes as
-# compression-long's ste4s8_s50gx_kd and float_kd (STE-QAT 4-bit, small layers 8-bit, hard
-# gradual pruning to 50% globally with the small layers dense, reached at 70% of the run,
-# distilled from the shipped model; and the float control), at 3.2x the batch (160 s of audio),
-# 2,400 steps and peak learning rate 5e-4, both at once on one GPU with 7 data workers each
-# (16 host cores). Made on a lent NVIDIA H200 in one 460 s command (compiling 192-247 s); that
-# run read the FSDD and Speech Commands training clips and the noise clips as 32 kb/s Opus
-# copies, to fit its 64 MiB transfer. Evaluated on 2 CPU cores like the other tables; the
-# held-out sets as distill-table says ($(RUNS)/kokoro9_test, $(RUNS)/real/s2i_vocab.jsonl).
-GPU_COMP_SET = init_from=default steps=2400 frames_per_batch=16000 max_batch=128 \
-  bucket_frames=128,256,384,512,768,1024,1536 peak_lr=5e-4 warmup_steps=100 spec_start_step=0 eval_every=100000 \
-  eval_utterances=100 ckpt_every=200 log_every=50 real_phrases=0.3 noise_pad_prob=0.3 noise_only=0.03 \
-  data_workers=7 precompile=true teacher=default distill_weight=0.5 sparsity_end=0.7
+# The GPU compression runs of the README (issue 11's target): compression-long's recipes
+# ste4s8_s50gx_kd and float_kd (the same COMP_SET and LONG_SET, STE-QAT 4-bit with the small
+# layers 8-bit, hard gradual pruning to 50% globally with the small layers dense, reached at 70%
+# of the run, distilled from the shipped model; and the float control) with a GPU's budget:
+# 3.2x the batch (160 s of audio), 2,400 steps, peak learning rate 5e-4, both at once on one
+# GPU with 7 data workers each (16 host cores). Made on a lent NVIDIA H200 in one 460 s command
+# (compiling 192-247 s); that run read the FSDD and Speech Commands training clips and the noise
+# clips as Opus copies of about 32 kb/s, to fit its 64 MiB transfer. Evaluated on 2 CPU cores
+# like the other tables; the held-out sets as distill-table says ($(RUNS)/kokoro9_test,
+# $(RUNS)/real/s2i_vocab.jsonl).
+GPU_COMP_SET = $(COMP_SET) $(LONG_SET) steps=2400 frames_per_batch=16000 max_batch=128 \
+  bucket_frames=128,256,384,512,768,1024,1536 peak_lr=5e-4 warmup_steps=100 eval_every=100000 ckpt_every=200 \
+  log_every=50 data_workers=7 precompile=true
 compression-gpu: $(BIN)/.installed
 	$(BIN)/asr corpus synth --out $(RUNS)/corpus6 --hours 6 --seed 0 --workers 16 --noise-dir $(SHARED)/speech_commands/_silence_
-	$(BIN)/asr corpus import fsdd $(SHARED)/fsdd --out $(RUNS)/real/fsdd_train.jsonl --split train
-	$(BIN)/asr corpus import speech_commands $(SHARED)/speech_commands --out $(RUNS)/real/sc_train.jsonl --split train
-	XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 $(BIN)/asr train --config small --workdir $(RUNS)/comp_gpu/g_ste4s8_s50gx_kd --noise-dir $(SHARED)/speech_commands/_silence_ \
-	  --data $(COMP_DATA) --set $(GPU_COMP_SET) quant_method=ste quant_bits=4 quant_small_bits=8 sparsity=0.5 \
-	  sparsity_method=hard sparsity_scope=global sparsity_exclude=small & q=$$!; \
-	XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 $(BIN)/asr train --config small --workdir $(RUNS)/comp_gpu/g_float_kd --noise-dir $(SHARED)/speech_commands/_silence_ \
-	  --data $(COMP_DATA) --set $(GPU_COMP_SET) quant_method=none sparsity=0 & f=$$!; wait $$q && wait $$f
+	for s in train test; do $(BIN)/asr corpus import fsdd $(SHARED)/fsdd --out $(RUNS)/real/fsdd_$$s.jsonl --split $$s && \
+	  $(BIN)/asr corpus import speech_commands $(SHARED)/speech_commands --out $(RUNS)/real/sc_$$s.jsonl --split $$s || exit 1; done
+	XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 $(BIN)/asr train --config small --workdir $(RUNS)/comp_gpu/g_ste4s8_s50gx_kd \
+	  --noise-dir $(SHARED)/speech_commands/_silence_ --data $(COMP_DATA) --set $(GPU_COMP_SET) quant_small_bits=8 \
+	  sparsity_scope=global sparsity_exclude=small & q=$$!; \
+	XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 $(BIN)/asr train --config small --workdir $(RUNS)/comp_gpu/g_float_kd \
+	  --noise-dir $(SHARED)/speech_commands/_silence_ --data $(COMP_DATA) --set $(GPU_COMP_SET) quant_method=none sparsity=0 & \
+	  f=$$!; wait $$q && wait $$f
 	$(BIN)/python -m train.benchmarks.compression --float default --runs $(RUNS)/comp_gpu --bits 4 --limit 400 \
 	  --set synth=$(RUNS)/corpus6/test.jsonl --set fsdd=$(RUNS)/real/fsdd_test.jsonl --set sc=$(RUNS)/real/sc_test.jsonl
 	$(BIN)/python -m train.benchmarks.heldout --models default $(RUNS)/comp_gpu/g_ste4s8_s50gx_kd/model \
