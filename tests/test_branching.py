@@ -22,6 +22,7 @@ from train.trainer import branch_temperature, can_start_from, keep_layers, loss_
 
 TINY = get_config("tiny")
 BRANCH = TINY.replace(encoder="branching", branch_rank=4, branch_ff=8, arbiter_dim=8)
+ATTEND = BRANCH.replace(branch_attend=True)  # the cheap frames attend too
 
 
 def _forced(params, expensive: bool | None):
@@ -35,12 +36,12 @@ def _forced(params, expensive: bool | None):
     return p
 
 
-def _branching(seed=3):
+def _branching(seed=3, cfg=BRANCH):
     plain = build_model(TINY)
     pv = random_variables(plain, seed=seed)
-    model = build_model(BRANCH)
+    model = build_model(cfg)
     bv = random_variables(model, seed=seed + 1)
-    params = init_cheap_branch(merge_params(bv["params"], pv["params"]), BRANCH)
+    params = init_cheap_branch(merge_params(bv["params"], pv["params"]), cfg)
     return plain, pv, model, {"params": params, "norm": pv["norm"]}
 
 
@@ -52,8 +53,9 @@ def _inputs(b=2, t=96, seed=0):
     return jnp.asarray(x), jnp.asarray(pads)
 
 
-def test_all_expensive_is_the_plain_encoder_bit_for_bit():
-    plain, pv, model, bv = _branching()
+@pytest.mark.parametrize("cfg", [BRANCH, ATTEND], ids=["branching", "attend"])
+def test_all_expensive_is_the_plain_encoder_bit_for_bit(cfg):
+    plain, pv, model, bv = _branching(cfg=cfg)
     x, pads = _inputs()
     e0, p0, a0 = plain.apply(pv, x, pads, method=Transducer.encode_aux)
     v = dict(bv, params=_forced(bv["params"], True))
@@ -63,21 +65,24 @@ def test_all_expensive_is_the_plain_encoder_bit_for_bit():
     valid = 1.0 - np.asarray(p1)
     np.testing.assert_array_equal(np.asarray(a1["expensive"]), valid)
     # the same MACs plus the arbiter's on every frame
-    extra = frame_macs(BRANCH)["arbiter"] * valid
+    extra = frame_macs(cfg)["arbiter"] * valid
     np.testing.assert_allclose(np.asarray(a1["macs"]), np.asarray(a0["macs"]) + extra, rtol=1e-6)
     cheap = dict(bv, params=_forced(bv["params"], False))
     e2, _, a2 = model.apply(cheap, x, pads, method=Transducer.encode_aux)
     assert np.abs(np.asarray(e2 - e1)).max() > 1e-2  # the cheap branch is another network
     assert float(jnp.sum(a2["expensive"])) == 0.0
-    m = frame_macs(BRANCH)
+    m = frame_macs(cfg)
     want = (m["shared"] + m["arbiter"] + m["cheap"]) * valid
+    if cfg.branch_attend:  # the expensive frames' attention over the keys, now the cheap ones'
+        want = want + (np.asarray(a0["macs"]) - m["shared"] - m["expensive"]) * valid
     np.testing.assert_allclose(np.asarray(a2["macs"]), want, rtol=1e-6)
 
 
-def test_branching_encoder_is_streaming_with_mixed_choices():
+@pytest.mark.parametrize("base", [BRANCH, ATTEND], ids=["branching", "attend"])
+def test_branching_encoder_is_streaming_with_mixed_choices(base):
     """Changing the audio from encoder frame 8 on changes neither the choices nor the outputs
     of frames 0..7 (two chunks of 4), whichever branches they took."""
-    cfg = BRANCH.replace(chunk_size=4, left_chunks=-1)
+    cfg = base.replace(chunk_size=4, left_chunks=-1)
     model = build_model(cfg)
     v = random_variables(model, seed=11)
     rng = np.random.default_rng(0)
@@ -145,7 +150,7 @@ def _traced_macs(fn, *args) -> int:
     return total
 
 
-@pytest.mark.parametrize("cfg", [TINY, BRANCH], ids=["plain", "branching"])
+@pytest.mark.parametrize("cfg", [TINY, BRANCH, ATTEND], ids=["plain", "branching", "attend"])
 def test_mac_counts_agree_with_the_traced_products(cfg):
     """Training-mode arithmetic computes every branch on every frame and full T' x T' attention
     scores; the analytic counts, summed the same way, must equal the jaxpr's products."""
@@ -165,40 +170,56 @@ def test_mac_counts_agree_with_the_traced_products(cfg):
     if cfg.encoder == "branching":
         want += n * m["cheap"]
     want += m["attention_per_key"] * n * n  # every query against every key, masked after
+    if cfg.branch_attend:  # the cheap queries too
+        want += m["attention_per_key"] * n * n
     assert _traced_macs(encode, x) == want
 
 
-def test_count_macs_counts_visible_keys():
+@pytest.mark.parametrize("cfg", [BRANCH, ATTEND], ids=["branching", "attend"])
+def test_count_macs_counts_visible_keys(cfg):
     pads = jnp.zeros((1, 20)).at[0, 17:].set(1.0)
     mask = chunk_attention_mask(pads, chunk_size=4, left_chunks=1)
     e = jnp.asarray([[1, 0] * 10], jnp.float32)
-    got = np.asarray(count_macs(BRANCH, mask, pads, e))[0]
-    m = frame_macs(BRANCH)
+    got = np.asarray(count_macs(cfg, mask, pads, e))[0]
+    m = frame_macs(cfg)
+    d, r, layers = cfg.d_model, cfg.branch_rank, cfg.num_layers
+    assert m["cheap"] - frame_macs(BRANCH)["cheap"] == (4 * d * r * layers if cfg is ATTEND else 0)
     for t in range(20):
         if t >= 17:
             assert got[t] == 0
             continue
         keys = sum(1 for j in range(17) if t // 4 - 1 <= j // 4 <= t // 4)  # brute force
         exp = m["shared"] + m["arbiter"]
-        exp += m["expensive"] + m["attention_per_key"] * keys if t % 2 == 0 else m["cheap"]
+        if t % 2 == 0:
+            exp += m["expensive"] + m["attention_per_key"] * keys
+        else:
+            exp += m["cheap"] + (m["attention_per_key"] * keys if cfg.branch_attend else 0)
         assert got[t] == pytest.approx(exp, rel=1e-6), t
 
 
 def test_cheap_branch_starts_from_the_truncated_svd_and_top_units():
     plain = build_model(TINY)
     pv = random_variables(plain, seed=2)
-    model = build_model(BRANCH)
+    model = build_model(ATTEND)
     fresh = random_variables(model, seed=9)["params"]
-    p = init_cheap_branch(merge_params(fresh, pv["params"]), BRANCH)
-    r, w = BRANCH.branch_rank, BRANCH.branch_ff
+    p = init_cheap_branch(merge_params(fresh, pv["params"]), ATTEND)
+    r, w = ATTEND.branch_rank, ATTEND.branch_ff
     lay, src = p["encoder"]["layer_0"], pv["params"]["encoder"]["layer_0"]
-    kv = np.asarray(src["SelfAttention_0"]["qkv"]["kernel"])[:, 1:].reshape(TINY.d_model, -1)
-    u, s, vt = np.linalg.svd(kv.astype(np.float64))
-    best = (u[:, :r] * s[:r]) @ vt[:r]
-    approx = np.asarray(lay["cheap_kv_down"]["kernel"]) @ np.asarray(
-        lay["cheap_kv_up"]["kernel"]
-    ).reshape(r, -1)
-    np.testing.assert_allclose(approx, best, atol=1e-5)
+    att = src["SelfAttention_0"]
+    for name, kernel in (
+        ("cheap_kv", np.asarray(att["qkv"]["kernel"])[:, 1:]),
+        ("cheap_q", np.asarray(att["qkv"]["kernel"])[:, 0]),
+        ("cheap_out", np.asarray(att["out"]["kernel"]).reshape(TINY.d_model, -1)),
+    ):
+        kernel = kernel.reshape(TINY.d_model, -1)
+        u, s, vt = np.linalg.svd(kernel.astype(np.float64))
+        best = (u[:, :r] * s[:r]) @ vt[:r]
+        approx = np.asarray(lay[f"{name}_down"]["kernel"]) @ np.asarray(
+            lay[f"{name}_up"]["kernel"]
+        ).reshape(r, -1)
+        np.testing.assert_allclose(approx, best, atol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(lay["cheap_q_up"]["bias"], att["qkv"]["bias"][0])
+    np.testing.assert_array_equal(lay["cheap_out_up"]["bias"], att["out"]["bias"])
     w1, w2 = np.asarray(src["Dense_0"]["kernel"]), np.asarray(src["Dense_1"]["kernel"])
     score = np.linalg.norm(w1, axis=0) * np.linalg.norm(w2, axis=1)
     top = set(np.argsort(-score)[:w].tolist())

@@ -80,7 +80,14 @@ def assert_fake_quant_matches(got, x, bits, axes):
 def np_contracting_axes(names, shape):
     """Independent statement of which kernel axes a product contracts: axis 0 of the attention
     projections that output (heads, head width), all but the output axis otherwise."""
-    if len(names) >= 2 and names[-2] in ("qkv", "query", "key", "value", "cheap_kv_up"):
+    if len(names) >= 2 and names[-2] in (
+        "qkv",
+        "query",
+        "key",
+        "value",
+        "cheap_kv_up",
+        "cheap_q_up",
+    ):
         return (0,)
     return tuple(range(len(shape) - 1))
 
@@ -371,8 +378,10 @@ def _cfg(variant):
     base = get_config("tiny").replace(vocab_size=32, num_layers=1)
     if variant == "plain":
         return base
-    if variant == "branching":  # asr.models.branching: both branches and the arbiter
-        return base.replace(encoder="branching", branch_rank=4, branch_ff=8, arbiter_dim=8)
+    if variant == "branching":  # asr.models.branching: both branches (cheap frames attend), arbiter
+        return base.replace(
+            encoder="branching", branch_rank=4, branch_ff=8, arbiter_dim=8, branch_attend=True
+        )
     return base.replace(bias_dim=32, bias_heads=2, **VARIANTS[variant])
 
 

@@ -58,9 +58,10 @@ def _stream(model, variables, feats, pads, chunks_per_step, context=None):
         (dict(left_chunks=0, conv_kernel=0), (1,)),  # no cache but the subsampling's
         (dict(left_chunks=2), (1, 2)),  # two chunks in some steps: one mask for both
         (dict(left_chunks=1, **BRANCH), (1,)),
+        (dict(left_chunks=1, branch_attend=True, **BRANCH), (1, 2)),
         (dict(left_chunks=3, bias_dim=16, bias_heads=2, bias_encoder="transformer"), (1,)),
     ],
-    ids=["left0-noconv", "left2-multichunk", "branching", "biasing"],
+    ids=["left0-noconv", "left2-multichunk", "branching", "branching-attend", "biasing"],
 )
 def test_encoder_step_equals_whole_utterance(extra, steps):
     cfg = TINY.replace(**extra)

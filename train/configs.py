@@ -230,6 +230,11 @@ class TrainConfig:
     branch_rank: int = _f(16, "branching: rank of the cheap projections", min=1)
     branch_ff: int = _f(32, "branching: hidden width of the cheap feed-forward blocks", min=1)
     arbiter_dim: int = _f(32, "branching: hidden units of the arbiter", min=1)
+    branch_attend: bool = _f(
+        False,
+        "branching: cheap frames also attend (rank-branch_rank query and output projections "
+        "over the same keys and values)",
+    )
 
     def __post_init__(self):
         problems = []
@@ -291,6 +296,7 @@ class TrainConfig:
                 "branch_rank": self.branch_rank,
                 "branch_ff": self.branch_ff,
                 "arbiter_dim": self.arbiter_dim,
+                "branch_attend": self.branch_attend,
                 "branch_budget_init": self.branch_budget,
             }
         return base.replace(

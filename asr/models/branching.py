@@ -13,7 +13,10 @@ branch the arbiter chose for it, and the other frames read that state:
   and values through a rank-`branch_rank` factorization (so expensive frames can attend to it:
   the attention cache holds whichever branch produced each frame), skips its own attention
   query and the convolution module (it feeds zeros to the depthwise convolution of its
-  neighbours), and runs a feed-forward block `branch_ff` wide instead of `ff_dim`;
+  neighbours), and runs a feed-forward block `branch_ff` wide instead of `ff_dim`; with
+  `branch_attend` it also attends, through rank-`branch_rank` query and output projections,
+  over the same keys and values as the expensive frames (without it, a cheap frame's state
+  never sees another frame's);
 - shared by both: the first subsampling convolution (cheap: 1 input channel), the layer norms,
   the final norm;
 - arbiter: a two-layer network (`arbiter_dim` hidden units) over the frame's normalized log-mel
@@ -51,11 +54,6 @@ the runtime then computes (and the cost model counts) only the rows of the chose
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import re
-from collections.abc import Iterator
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -75,37 +73,7 @@ from asr.models.encoder import (
 )
 from asr.models.macs import count_macs, frame_macs  # noqa: F401 - re-exported
 from asr.models.quant import FLOAT, QuantPolicy
-
-# --------------------------------------------------------------------------- rows on the device
-
-_ROWS: list = []
-ROWS_SCOPE = re.compile(r"only_rows_[0-9]+")  # the named scopes `only_rows` opens
-_SCOPES = itertools.count()
-
-
-@contextlib.contextmanager
-def only_rows(rows: jax.Array) -> Iterator[None]:
-    """Within it, the products of the branch being traced are needed only on the frames where
-    `rows` (f32/bool[B, T']) is nonzero. Float and fake-quant execution ignore it (they compute
-    every row and the branches are mixed by the choice); the emulated processor's runtime
-    (`active_rows`) computes and counts only those rows.
-
-    It also opens a `jax.named_scope` of its own (`only_rows_<n>`, n unique in the process,
-    matching `ROWS_SCOPE`): metadata only, so that the equations traced inside carry the region
-    in their name stack and the cost model (`hw.cost`) can count their DSP work on the active
-    rows only."""
-    _ROWS.append(rows)
-    try:
-        with jax.named_scope(f"only_rows_{next(_SCOPES)}"):
-            yield
-    finally:
-        _ROWS.pop()
-
-
-def active_rows() -> jax.Array | None:
-    """The innermost `only_rows` mask, or None outside any."""
-    return _ROWS[-1] if _ROWS else None
-
+from asr.models.rows import ROWS_SCOPE, active_rows, only_rows  # noqa: F401 - re-exported
 
 # --------------------------------------------------------------------------- modules
 
@@ -253,12 +221,28 @@ class BranchingLayer(nn.Module):
             kv = q.dense_general((2, h, d // h), name="cheap_kv_up")(kv)
         att_cache = None if cache is None else cache[:2]
         conv_cache = None if cache is None else cache[2]
+        cheap_q = None
+        if c.branch_attend:  # the cheap frames' own rank-r queries
+            with only_rows(cheap_rows):
+                cheap_q = q.dense(c.branch_rank, use_bias=False, name="cheap_q_down")(a)
+                cheap_q = q.dense_general((h, d // h), name="cheap_q_up")(cheap_q)
         with only_rows(gate):
             att = SelfAttention(h, d, q, name="SelfAttention_0")(
-                a, mask, kv=kv, gate=gate, positions=positions, cache=att_cache
-            )
+                a, mask, kv=kv, gate=gate, positions=positions, cache=att_cache,
+                cheap_q=cheap_q, cheap_rows=cheap_rows,
+            )  # fmt: skip
         if cache is not None:
             att, att_cache = att
+        cheap_att = None
+        if c.branch_attend:
+            att, cheap_att = att
+            with only_rows(cheap_rows):
+                b_, t_ = cheap_att.shape[:2]
+                cheap_att = q.dense(c.branch_rank, use_bias=False, name="cheap_out_down")(
+                    cheap_att.reshape(b_, t_, d)
+                )
+                cheap_att = q.dense(d, name="cheap_out_up")(cheap_att)
+            x = x + (1.0 - g) * drop(cheap_att)
         x = x + g * drop(att)
         if c.conv_kernel > 0:
             ln_conv = nn.LayerNorm(name="LayerNorm_1")
@@ -285,7 +269,8 @@ class BranchingLayer(nn.Module):
         if c.conv_kernel > 0:
             full = full + conv_mod(ln_conv(full), paddings)
         full = full + ff_out(nn.swish(ff_in(ln_ff(full))))
-        cheap = xs + cheap_out(nn.swish(cheap_in(ln_ff(xs))))
+        cheap = xs if cheap_att is None else xs + cheap_att
+        cheap = cheap + cheap_out(nn.swish(cheap_in(ln_ff(cheap))))
         return out, relative_error(cheap, full, 1.0 - paddings)
 
 
@@ -382,7 +367,8 @@ def init_cheap_branch(params: dict, config: ModelConfig) -> dict:
     approximation), the narrow feed-forward blocks by the `branch_ff` hidden units of largest
     |input weights| * |output weights| (their biases too), the depthwise convolution by the
     expensive convolution's same-channel taps and the low-rank projection by an SVD of the
-    expensive one. The arbiter keeps its initialization."""
+    expensive one; with `branch_attend`, the low-rank query and output projections by SVDs of
+    the expensive ones. The arbiter keeps its initialization."""
     p = jax.tree_util.tree_map(np.asarray, params)
     enc = dict(p["encoder"])
     r, w = config.branch_rank, config.branch_ff
@@ -410,6 +396,14 @@ def init_cheap_branch(params: dict, config: ModelConfig) -> dict:
         lay["cheap_kv_down"] = {"kernel": down}
         lay["cheap_kv_up"] = {"kernel": up.reshape(r, *kern.shape[1:]), "bias": qkv["bias"][1:]}
         w1, b1 = lay["Dense_0"]["kernel"], lay["Dense_0"]["bias"]
+        if config.branch_attend:  # rank-r queries and output projection
+            down, up = svd(qkv["kernel"][:, 0].reshape(d, -1))
+            lay["cheap_q_down"] = {"kernel": down}
+            lay["cheap_q_up"] = {"kernel": up.reshape(r, *kern.shape[2:]), "bias": qkv["bias"][0]}
+            out_k = lay["SelfAttention_0"]["out"]["kernel"]  # [H, Dh, D]
+            down, up = svd(out_k.reshape(-1, out_k.shape[-1]))
+            lay["cheap_out_down"] = {"kernel": down}
+            lay["cheap_out_up"] = {"kernel": up, "bias": lay["SelfAttention_0"]["out"]["bias"]}
         w2, b2 = lay["Dense_1"]["kernel"], lay["Dense_1"]["bias"]
         score = np.linalg.norm(w1, axis=0) * np.linalg.norm(w2, axis=1)
         keep = np.sort(np.argsort(-score)[:w])

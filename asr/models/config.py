@@ -42,6 +42,9 @@ class ModelConfig:
     branch_rank: int = 16  # rank of the cheap branch's key/value and front-end projections
     branch_ff: int = 32  # hidden width of the cheap branch's feed-forward blocks
     arbiter_dim: int = 32  # hidden units of the arbiter
+    # cheap frames also attend: rank-`branch_rank` query and output projections over the same
+    # keys and values (False: they skip attention and see no other frame)
+    branch_attend: bool = False
     branch_budget_init: float = 0.5  # the arbiter's initial share of expensive frames
 
     def replace(self, **kw) -> ModelConfig:
@@ -72,7 +75,14 @@ class ModelConfig:
 
 
 BIAS_FIELDS = ("bias_dim", "bias_heads", "bias_encoder")
-BRANCH_FIELDS = ("encoder", "branch_rank", "branch_ff", "arbiter_dim", "branch_budget_init")
+BRANCH_FIELDS = (
+    "encoder",
+    "branch_rank",
+    "branch_ff",
+    "arbiter_dim",
+    "branch_attend",
+    "branch_budget_init",
+)
 ENCODERS = ("transformer", "branching")
 BIAS_ENCODERS = ("lstm", "transformer")
 

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 from asr.models.config import ModelConfig
 from asr.models.macs import _freq_dims, count_macs
 from asr.models.quant import FLOAT, QuantPolicy
+from asr.models.rows import only_rows
 
 NEG_INF = -1e9
 SUBSAMPLING = 4  # input feature frames per encoder frame
@@ -240,12 +241,16 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, kv=None, gate=None, positions=None,
-                 cache=None):  # fmt: skip
+                 cache=None, cheap_q=None, cheap_rows=None):  # fmt: skip
         """x: f32[B, T, D]; mask: bool[B, 1, T, T] -> f32[B, T, D].
 
         Branching encoder (`asr.models.branching`): `kv` f32[B, T, 2, H, Dh] are keys and values
         another branch produced, used on the frames where `gate` f32[B, T] is 0 (1: this
-        module's own); the attention cache holds whichever branch produced each frame.
+        module's own); the attention cache holds whichever branch produced each frame. With
+        `cheap_q` f32[B, T, H, Dh] (the cheap branch's queries, before rotation), the output is
+        a pair: this module's output and the cheap queries' attention over the same keys and
+        values f32[B, T, H, Dh] (before any output projection), whose products are needed only
+        on `cheap_rows` f32[B, T] (`asr.models.rows.only_rows`).
 
         Stream step: `positions` int[T] the frames' stream positions (default 0 .. T-1) and
         `cache` (keys, values) f32[B, L, H, Dh] of the L frames before (rotated): the frames
@@ -273,6 +278,12 @@ class SelfAttention(nn.Module):
         w = jnp.where(mask, w, 0.0)  # fully masked rows (padded queries) give zeros, not NaN
         out = self.quant.einsum("bhqk,bkhd->bqhd", w, v)
         out = self.quant.dense_general(self.d_model, axis=(-2, -1), name="out")(out)
+        if cheap_q is not None:
+            with only_rows(cheap_rows):
+                qc = rotary(cheap_q, pos)
+                lc = self.quant.einsum("bqhd,bkhd->bhqk", qc, k) / jnp.sqrt(dh).astype(x.dtype)
+                wc = jnp.where(mask, jax.nn.softmax(jnp.where(mask, lc, NEG_INF), axis=-1), 0.0)
+                out = (out, self.quant.einsum("bhqk,bkhd->bqhd", wc, v))
         return out if cache is None else (out, (k_next, v_next))
 
 

@@ -33,6 +33,8 @@ def frame_macs(c: ModelConfig) -> dict[str, int]:
     r, w = c.branch_rank, c.branch_ff
     front_c = f2 * ch * 9 + f2 * ch * r + r * d
     layer_c = d * r + r * 2 * d + 2 * d * w
+    if c.branch_attend:  # rank-r query and output projections (+ attention over the keys)
+        layer_c += 4 * d * r
     arbiter = 2 * c.n_mels * c.arbiter_dim + c.arbiter_dim
     return {
         "shared": conv1,
@@ -45,8 +47,8 @@ def frame_macs(c: ModelConfig) -> dict[str, int]:
 
 def count_macs(c: ModelConfig, mask: jax.Array, paddings: jax.Array, expensive: jax.Array):
     """f32[B, T'] MACs of each encoder frame (0 on padded frames): shared + arbiter + the chosen
-    branch, plus the expensive frames' attention over the keys `mask` (bool[B, 1, T', T']) lets
-    them see."""
+    branch, plus the attention over the keys `mask` (bool[B, 1, T', T']) lets them see of the
+    expensive frames (and of the cheap ones with `branch_attend`)."""
     m = frame_macs(c)
     keys = jnp.sum(mask[:, 0], axis=-1).astype(jnp.float32)  # -> [B, T']
     e = expensive.astype(jnp.float32)
@@ -54,6 +56,6 @@ def count_macs(c: ModelConfig, mask: jax.Array, paddings: jax.Array, expensive: 
         m["shared"]
         + m["arbiter"]
         + e * (m["expensive"] + m["attention_per_key"] * keys)
-        + (1.0 - e) * m["cheap"]
+        + (1.0 - e) * (m["cheap"] + (m["attention_per_key"] * keys if c.branch_attend else 0.0))
     )
     return per * (1.0 - paddings)

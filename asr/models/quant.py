@@ -42,7 +42,7 @@ from jax import lax
 MAX_BITS = 16
 
 # DenseGeneral kernels whose output spans several axes (heads): they contract only axis 0.
-_HEAD_PROJECTIONS = ("qkv", "query", "key", "value", "cheap_kv_up")
+_HEAD_PROJECTIONS = ("qkv", "query", "key", "value", "cheap_kv_up", "cheap_q_up")
 
 
 SMALL_KERNELS = (
