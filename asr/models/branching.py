@@ -395,7 +395,6 @@ def init_cheap_branch(params: dict, config: ModelConfig) -> dict:
         down, up = svd(kern.reshape(d, -1))
         lay["cheap_kv_down"] = {"kernel": down}
         lay["cheap_kv_up"] = {"kernel": up.reshape(r, *kern.shape[1:]), "bias": qkv["bias"][1:]}
-        w1, b1 = lay["Dense_0"]["kernel"], lay["Dense_0"]["bias"]
         if config.branch_attend:  # rank-r queries and output projection
             down, up = svd(qkv["kernel"][:, 0].reshape(d, -1))
             lay["cheap_q_down"] = {"kernel": down}
@@ -404,6 +403,7 @@ def init_cheap_branch(params: dict, config: ModelConfig) -> dict:
             down, up = svd(out_k.reshape(-1, out_k.shape[-1]))
             lay["cheap_out_down"] = {"kernel": down}
             lay["cheap_out_up"] = {"kernel": up, "bias": lay["SelfAttention_0"]["out"]["bias"]}
+        w1, b1 = lay["Dense_0"]["kernel"], lay["Dense_0"]["bias"]
         w2, b2 = lay["Dense_1"]["kernel"], lay["Dense_1"]["bias"]
         score = np.linalg.norm(w1, axis=0) * np.linalg.norm(w2, axis=1)
         keep = np.sort(np.argsort(-score)[:w])

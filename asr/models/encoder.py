@@ -272,18 +272,18 @@ class SelfAttention(nn.Module):
             length = cache[0].shape[1]
             k, k_next = causal_context(k, cache[0], length)  # -> [B, L + T, H, Dh]
             v, v_next = causal_context(v, cache[1], length)
-        logits = self.quant.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(dh).astype(x.dtype)
-        logits = jnp.where(mask, logits, NEG_INF)
-        w = jax.nn.softmax(logits, axis=-1)
-        w = jnp.where(mask, w, 0.0)  # fully masked rows (padded queries) give zeros, not NaN
-        out = self.quant.einsum("bhqk,bkhd->bqhd", w, v)
-        out = self.quant.dense_general(self.d_model, axis=(-2, -1), name="out")(out)
+
+        def attend(q):  # rotated queries f32[B, T, H, Dh] -> f32[B, T, H, Dh]
+            logits = self.quant.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(dh).astype(x.dtype)
+            logits = jnp.where(mask, logits, NEG_INF)
+            w = jax.nn.softmax(logits, axis=-1)
+            w = jnp.where(mask, w, 0.0)  # fully masked rows (padded queries) give zeros, not NaN
+            return self.quant.einsum("bhqk,bkhd->bqhd", w, v)
+
+        out = self.quant.dense_general(self.d_model, axis=(-2, -1), name="out")(attend(q))
         if cheap_q is not None:
             with only_rows(cheap_rows):
-                qc = rotary(cheap_q, pos)
-                lc = self.quant.einsum("bqhd,bkhd->bhqk", qc, k) / jnp.sqrt(dh).astype(x.dtype)
-                wc = jnp.where(mask, jax.nn.softmax(jnp.where(mask, lc, NEG_INF), axis=-1), 0.0)
-                out = (out, self.quant.einsum("bhqk,bkhd->bqhd", wc, v))
+                out = (out, attend(rotary(cheap_q, pos)))
         return out if cache is None else (out, (k_next, v_next))
 
 
