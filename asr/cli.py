@@ -140,6 +140,15 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         "match fails (default 0.5; 0 turns shallow fusion off, leaving the model's attention "
         "biasing network, if it has one)",
     )
+    p.add_argument(
+        "--context-lm-weight",
+        type=_at_least(0.0, float),
+        default=None,
+        metavar="L",
+        help="shallow fusion: share of the internal LM's cost of a listed phrase's tokens given "
+        "back, so names the model never heard can win (default: DecodeSettings, "
+        "asr.recognizer; 0 turns the discount off)",
+    )
 
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
@@ -167,6 +176,7 @@ def _recognizer(args):
         batch_size=args.batch_size,
         context_boost=args.context_boost,
         context_attention=not args.no_context,
+        **({} if args.context_lm_weight is None else {"context_lm_weight": args.context_lm_weight}),
     )
     loaded = load_model(args.model)
     small = getattr(args, "small_bits", None)

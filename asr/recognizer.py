@@ -122,6 +122,10 @@ class DecodeSettings:
     # back when the match fails, kept when it completes); 0 turns shallow fusion off. 0.5 chosen
     # on a dev set of held-out-name requests (seed 100): the best WER of 0.5-3 (README)
     context_boost: float = 0.5
+    # shallow fusion: share lambda of the internal LM's cost of a listed name's tokens given back
+    # (`asr.decoding.context_graph`: the predictor, trained on the training sentences, is what
+    # keeps a name it never saw out of the beam); 0 turns the discount off
+    context_lm_weight: float = 0.0
     # models with an attention biasing network: feed it the context lists (False: the network
     # sees empty lists, its learned "no-bias" entry only)
     context_attention: bool = True
@@ -137,6 +141,7 @@ class DecodeSettings:
             "min_pause_seconds": self.min_pause_seconds,
             "tail_padding_seconds": self.tail_padding_seconds,
             "context_boost": self.context_boost,
+            "context_lm_weight": self.context_lm_weight,
             "context_attention": self.context_attention,
         }
 
@@ -305,6 +310,9 @@ class Recognizer:
             raise ValueError(
                 f"context_boost must be a finite number >= 0, got {settings.context_boost!r}"
             )
+        lm_w = settings.context_lm_weight
+        if not (isinstance(lm_w, (int, float)) and math.isfinite(lm_w) and lm_w >= 0):
+            raise ValueError(f"context_lm_weight must be a finite number >= 0, got {lm_w!r}")
         self.loaded = loaded
         self.settings = settings
         self._graphs: OrderedDict = OrderedDict()  # ContextList -> (token lists, graph), LRU
@@ -344,6 +352,7 @@ class Recognizer:
                 boost=self.settings.context_boost,
                 weights=ctx.weights,
                 blank_id=cfg.blank_id,
+                lm_weight=self.settings.context_lm_weight,
             )
             return tokens, graph
 
@@ -478,7 +487,7 @@ class Recognizer:
                 self._signature,
                 bs,
                 t,
-                None if graph is None else graph.goto.shape,
+                None if graph is None else (graph.goto.shape, graph.uses_lm),
                 None if attention is None else attention[0].shape,
             )
             if shape not in self.timing.seen:  # first use of this shape: compile, not timed

@@ -255,7 +255,7 @@ class StreamingRecognizer:
         args += (self._graph, self._attention)
         shape = (
             self._rec._signature,
-            None if self._graph is None else self._graph.goto.shape,
+            None if self._graph is None else (self._graph.goto.shape, self._graph.uses_lm),
             None if self._attention is None else self._attention[0].shape,
         )
         if shape not in self.timing.seen:  # first use: compile (and run once), timed apart

@@ -358,6 +358,10 @@ def test_context_flags(model_dir, audio, tmp_path, capsys):
         )
         out = json.loads(capsys.readouterr().out)
         assert out["context_words"] == 1 and out["context_used"] == (not extra)
+        assert out["decode"]["context_lm_weight"] == 0.0  # DecodeSettings' default
+    evaluated = ["eval", "--model", str(model_dir), "--manifest", str(m), "--json"]
+    assert main([*evaluated, "--context-lm-weight", "0.25"]) == 0
+    assert json.loads(capsys.readouterr().out)["decode"]["context_lm_weight"] == 0.25
     assert main(["eval", "--model", str(model_dir), "--manifest", str(m)]) == 0
     assert "context WER" in capsys.readouterr().out
 
@@ -368,6 +372,7 @@ def test_context_flags(model_dir, audio, tmp_path, capsys):
         (["--context-boost", "-1"], "argument --context-boost: must be a finite number >= 0.0"),
         (["--context-boost", "inf"], "argument --context-boost: must be a finite number >= 0.0"),
         (["--context", "n.txt", "--no-context"], "not allowed with argument"),
+        (["--context-lm-weight", "-0.1"], "argument --context-lm-weight: must be a finite number"),
     ],
 )
 def test_context_argument_errors(flags, msg, capsys):

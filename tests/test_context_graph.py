@@ -266,6 +266,122 @@ def test_stack_graphs_pads_to_the_largest_bucket():
         stack_graphs([stacked], 30)
 
 
+# ---- the internal-LM discount (lm_weight > 0) ----
+
+
+def brute_held_lm(phrases, weights, boost, seq, costs, lam):
+    """By string matching: `context_score` with the costs (boosts of every occurrence and
+    lambda * cost of every token some occurrence covers) plus what the longest suffix that is a
+    proper prefix of a phrase holds pending: its boosts (as `brute_held`) and lambda * the costs
+    of its tokens that no completed occurrence covers."""
+    total = context_score(phrases, seq, boost, weights, lm_costs=costs, lm_weight=lam)
+    pending = (
+        brute_held(phrases, weights, boost, seq)[-1] - context_score(phrases, seq, boost, weights)
+        if seq
+        else 0.0
+    )
+    covered = [False] * len(seq)
+    for p in map(tuple, phrases):
+        for i in range(len(seq) - len(p) + 1):
+            if tuple(seq[i : i + len(p)]) == p:
+                covered[i : i + len(p)] = [True] * len(p)
+    for n in range(len(seq), 0, -1):
+        suffix = tuple(seq[len(seq) - n :])
+        if any(len(p) > n and tuple(p[:n]) == suffix for p in phrases):
+            pending += lam * sum(costs[i] for i in range(len(seq) - n, len(seq)) if not covered[i])
+            break
+    return total + pending
+
+
+def run_fusion_lm(graph, tokens, costs):
+    """The graph's Fusion callbacks (jitted, one hypothesis row) over tokens, where token i's
+    internal-LM log-prob row gives it -costs[i]: (held after each token, total with finalize)."""
+    fusion = context_fusion(graph)
+    utts = jnp.zeros(1, jnp.int32)
+    v = graph.vocab_size
+    step = jax.jit(
+        lambda f, e, lm, t: (f.scores(f.params, e, utts, lm), f.advance(f.params, e, t, utts, lm))
+    )
+    extra, held, total = fusion.init(fusion.params, utts, 1), [], 0.0
+    for tok, c in zip(tokens, costs, strict=True):
+        lm = jnp.full((1, v), -50.0).at[0, tok].set(-c).at[0, 0].set(0.0)
+        scores, extra = step(fusion, extra, lm, jnp.array([tok], jnp.int32))
+        total += float(scores[0, tok])
+        held.append(total)
+    return held, total + float(jax.jit(fusion.finalize)(fusion.params, extra, utts)[0])
+
+
+@st.composite
+def lm_cases(draw):
+    phrases, weights, boost, _, v = draw(phrase_sets())
+    tokens = draw(st.lists(st.integers(1, v - 1), max_size=14))  # blank keeps everything as is
+    costs = draw(
+        st.lists(
+            st.sampled_from([0.0, 0.3, 1.0, 2.5, 7.0]), min_size=len(tokens), max_size=len(tokens)
+        )
+    )
+    lam = draw(st.sampled_from([0.25, 1.0]))
+    return phrases, weights, boost, tokens, costs, lam, v
+
+
+@settings(max_examples=60, deadline=None)
+@given(lm_cases())
+def test_lm_discount_matches_string_matching_reference(case):
+    phrases, weights, boost, tokens, costs, lam, v = case
+    graph = build_context_graph(phrases, v, boost=boost, weights=weights, lm_weight=lam)
+    held, total = run_fusion_lm(graph, tokens, costs)
+    ref = [
+        brute_held_lm(phrases, weights, boost, tokens[: i + 1], costs[: i + 1], lam)
+        for i in range(len(tokens))
+    ]
+    np.testing.assert_allclose(held, ref, rtol=1e-5, atol=1e-4, err_msg=f"{phrases} {tokens}")
+    want = context_score(phrases, tokens, boost, weights, lm_costs=costs, lm_weight=lam)
+    np.testing.assert_allclose(total, want, rtol=1e-5, atol=1e-4, err_msg=f"{phrases} {tokens}")
+
+
+def test_lm_discount_cases():
+    """A failed match gives back its discount; a completed name keeps it; a token inside two
+    occurrences keeps its discount once; without phrases the discount is nothing."""
+    g = build_context_graph([[1, 2, 3], [3, 4]], 6, boost=B, lm_weight=0.5)
+    held, total = run_fusion_lm(g, [1, 2, 5], [2.0, 4.0, 1.0])
+    np.testing.assert_allclose(held, [B + 1.0, 2 * B + 3.0, 0.0], atol=1e-5)
+    assert abs(total) < 1e-5
+    held, total = run_fusion_lm(g, [1, 2, 3, 4], [2.0, 4.0, 6.0, 8.0])  # "1 2 3" and "3 4"
+    np.testing.assert_allclose(total, 5 * B + 0.5 * (2 + 4 + 6 + 8), atol=1e-5)  # 3 counted once
+    held, total = run_fusion_lm(g, [1, 2], [2.0, 4.0])  # unfinished at the end: taken back
+    assert abs(total) < 1e-5 and held[-1] > 0
+    plain = build_context_graph([[1, 2, 3], [3, 4]], 6, boost=B)
+    assert not plain.uses_lm and plain.done is None and g.uses_lm
+    np.testing.assert_array_equal(plain.goto, g.goto)
+    np.testing.assert_array_equal(plain.delta, g.delta)
+    empty = empty_context_graph(6, lm=True)
+    held, total = run_fusion_lm(empty, [1, 3, 4], [3.0, 3.0, 3.0])
+    assert held == [0.0, 0.0, 0.0] and total == 0.0
+
+
+def test_stack_graphs_mixes_lists_with_and_without_the_discount():
+    lm = build_context_graph([[1, 2]], 8, lm_weight=0.4)
+    plain = build_context_graph([[3, 4, 5]], 8)
+    stacked = stack_graphs([lm, None, plain], 8)
+    assert stacked.uses_lm
+    assert stacked.done.shape == stacked.goto.shape and stacked.done.dtype == np.uint8
+    assert stacked.depth.shape == stacked.finish.shape
+    np.testing.assert_allclose(stacked.lm_weight, [0.4, 0.0, 0.0])
+    assert stacked.done[0, 1, 2] == 2 and stacked.depth[0, 1] == 1  # "1" then 2 completes "1 2"
+    assert not stack_graphs([plain, None], 8).uses_lm
+    with pytest.raises(ValueError, match="at most 128"):
+        build_context_graph([[1] * 129], 8, lm_weight=0.5)
+    build_context_graph([[1] * 129], 8)  # no limit without the discount
+    with pytest.raises(ValueError, match="lm_weight must be a finite number >= 0"):
+        build_context_graph([[1]], 8, lm_weight=-0.1)
+    with pytest.raises(ValueError, match="pass lm"):
+        from asr.decoding.greedy import fusion_scores
+
+        f = context_fusion(lm)
+        utts = jnp.zeros(1, jnp.int32)
+        fusion_scores(f, f.init(f.params, utts, 1), utts, jnp.zeros((1, 8)))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

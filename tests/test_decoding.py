@@ -605,6 +605,138 @@ def test_fused_beam_scores_are_alignment_sums_plus_context_score(max_symbols, t,
         assert max(ref, key=ref.get) != max(am, key=am.get) or b  # the boost changed the best
 
 
+def _lm_joint(variables, enc_p, pred_p):
+    """The fake joint plus a predictor-only term: with a zero encoder input it gives
+    lm_table[last token], the model's internal LM."""
+    return _fake_joint(variables, enc_p, pred_p) + pred_p @ variables["lm"]
+
+
+def lm_fns(table: np.ndarray, lm_table: np.ndarray) -> DecoderFns:
+    variables = {"table": jnp.asarray(table, jnp.float32), "lm": jnp.asarray(lm_table, jnp.float32)}
+    return DecoderFns(_fake_init, _fake_step, _lm_joint, variables)
+
+
+def np_lm_costs(lm_table, seq):
+    """-log P_ILM of each token of seq: softmax of lm_table[last token] without blank (float64)."""
+    out, last = [], 0
+    for tok in seq:
+        row = lm_table[last].astype(np.float64)[1:]
+        out.append(-(row[tok - 1] - row.max() - np.log(np.exp(row - row.max()).sum())))
+        last = tok
+    return out
+
+
+@pytest.mark.parametrize("max_symbols, t, v", [(1, 4, 3), (2, 3, 3)])
+def test_lm_discounted_beam_scores_are_alignment_sums_plus_context_score(max_symbols, t, v):
+    """With the internal-LM discount, each hypothesis of a beam holding every sequence scores the
+    log-sum over its alignments (brute force, the fake model with its predictor-only term) plus
+    `context_score` with the ILM costs of its tokens (teacher-forced in NumPy) times lambda."""
+    rng = np.random.default_rng(130 + max_symbols)
+    table = (rng.normal(size=(t, v, v)) * 1.5).astype(np.float32)
+    lm_table = (rng.normal(size=(v, v)) * 2.0).astype(np.float32)
+    phrases, weights, boost, lam = [[1, 2], [2, 2, 1], [1]], [1.0, 2.0, 0.5], 0.7, 0.6
+    graph = build_context_graph(phrases, v, boost=boost, weights=weights, lm_weight=lam)
+    n_seqs = sum((v - 1) ** n for n in range(max_symbols * t + 1))
+    lengths = [t, t - 1]
+    enc_p, pads = fake_enc(2, lengths, t)
+    full = table + lm_table[None]  # the logits the searches see: joint(one_hot(t), one_hot(u))
+    tokens, token_pads, scores = beam_search(
+        lm_fns(table, lm_table),
+        enc_p,
+        pads,
+        beam=n_seqs,
+        max_symbols=max_symbols,
+        fusion=context_fusion(stack_graphs([graph, graph], v)),
+    )
+    hyps = strip(tokens, token_pads)
+    for b, n in enumerate(lengths):
+        am = np_sequence_scores_multi(full, n, max_symbols)
+        ref = {
+            q: lp
+            + context_score(
+                phrases, q, boost, weights, lm_costs=np_lm_costs(lm_table, q), lm_weight=lam
+            )
+            for q, lp in am.items()
+        }
+        plain = {q: lp + context_score(phrases, q, boost, weights) for q, lp in am.items()}
+        live = np.asarray(scores[b]) > NEG / 2
+        got = {tuple(h): float(s) for h, s, ok in zip(hyps[b], scores[b], live, strict=True) if ok}
+        assert set(got) == set(ref)
+        for seq, lp in ref.items():
+            np.testing.assert_allclose(got[seq], lp, rtol=1e-5, atol=1e-4, err_msg=str(seq))
+        assert tuple(hyps[b][0]) == max(ref, key=ref.get)
+        assert any(abs(ref[q] - plain[q]) > 0.1 for q in ref)  # the discount counted
+
+
+def brute_held_lm(phrases, boost, seq, costs, lam):
+    """What a hypothesis spelling seq holds, by string matching: `context_score` (boosts and
+    the discount of covered tokens) plus what its partial match has pending: the boosts of the
+    longest suffix that is a proper prefix of a phrase (weights 1) and lambda times the costs of
+    that suffix's tokens no completed occurrence covers."""
+    total = context_score(phrases, seq, boost, lm_costs=costs, lm_weight=lam)
+    covered = [False] * len(seq)
+    for p in map(tuple, phrases):
+        for i in range(len(seq) - len(p) + 1):
+            if tuple(seq[i : i + len(p)]) == p:
+                covered[i : i + len(p)] = [True] * len(p)
+    for n in range(len(seq), 0, -1):  # longest suffix first
+        suffix = tuple(seq[len(seq) - n :])
+        if any(len(p) > n and tuple(p[:n]) == suffix for p in phrases):
+            tail = range(len(seq) - n, len(seq))
+            return total + boost * n + lam * sum(costs[i] for i in tail if not covered[i])
+    return total
+
+
+def np_greedy_lm(full, lm_table, n_frames, max_symbols, phrases, boost, lam):
+    """NumPy greedy over log-probs + the change of `brute_held_lm`: (tokens, fused score)."""
+    last, seq, score = 0, [], 0.0
+    for t in range(n_frames):
+        for _ in range(max_symbols):
+            lp = log_softmax(full[t, last].astype(np.float64))
+            before = brute_held_lm(phrases, boost, seq, np_lm_costs(lm_table, seq), lam)
+            gain = np.zeros_like(lp)
+            for k in range(1, len(lp)):
+                nxt = [*seq, k]
+                gain[k] = brute_held_lm(phrases, boost, nxt, np_lm_costs(lm_table, nxt), lam)
+                gain[k] -= before
+            k = int(np.argmax(lp + gain))
+            score += lp[k] + gain[k]
+            if k == 0:
+                break
+            seq.append(k)
+            last = k
+    costs = np_lm_costs(lm_table, seq)
+    final = context_score(phrases, seq, boost, lm_costs=costs, lm_weight=lam)
+    return seq, score - brute_held_lm(phrases, boost, seq, costs, lam) + final
+
+
+@pytest.mark.parametrize("max_symbols", [1, 2])
+def test_lm_discounted_greedy_matches_brute_force(max_symbols):
+    """Greedy with the discount against a NumPy greedy whose fusion score is the change of what
+    a hypothesis holds, computed by string matching from scratch at every step."""
+    rng = np.random.default_rng(150 + max_symbols)
+    t, v, lam, boost = 6, 5, 1.0, 0.5
+    changed = 0
+    for _ in range(6):
+        table = rng.normal(size=(t, v, v)).astype(np.float32) * 2.0
+        lm_table = (rng.normal(size=(v, v)) * 3.0).astype(np.float32)
+        phrases = [[int(x) for x in rng.integers(1, v, rng.integers(1, 4))] for _ in range(3)]
+        fns = lm_fns(table, lm_table)
+        lengths = [6, 4]
+        enc_p, pads = fake_enc(2, lengths, t)
+        plain_g = build_context_graph(phrases, v, boost=boost)
+        lm_g = build_context_graph(phrases, v, boost=boost, lm_weight=lam)
+        plain = greedy_search(fns, enc_p, pads, max_symbols, fusion=context_fusion(plain_g))
+        fused = greedy_search(fns, enc_p, pads, max_symbols, fusion=context_fusion(lm_g))
+        full = table + lm_table[None]
+        for b, n in enumerate(lengths):
+            ref, ref_score = np_greedy_lm(full, lm_table, n, max_symbols, phrases, boost, lam)
+            assert strip(fused[0], fused[1])[b] == ref
+            np.testing.assert_allclose(fused[2][b], ref_score, rtol=1e-5, atol=1e-4)
+            changed += ref != strip(plain[0], plain[1])[b]
+    assert changed > 0, "the discount never changed greedy's output: test would be vacuous"
+
+
 @pytest.mark.parametrize("max_symbols", [1, 2, 3])
 def test_fused_greedy_matches_numpy_reference(max_symbols):
     rng = np.random.default_rng(40 + max_symbols)

@@ -468,6 +468,9 @@ def test_bad_context_lists_are_clear_errors(tiny):
         evaluate_manifest(StubRecognizer({"a.wav": "go"}), rows)
     with pytest.raises(ValueError, match="context_boost"):
         Recognizer(tiny, DecodeSettings(context_boost=-1.0))
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="context_lm_weight must be a finite number >= 0"):
+            Recognizer(tiny, DecodeSettings(context_lm_weight=bad))
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
@@ -494,3 +497,27 @@ def test_fusion_writes_the_listed_phrase_only_where_listed(tiny, method):
     # with fusion off the lists do nothing (this model has no attention biasing network)
     off = Recognizer(tiny, DecodeSettings(method=method, beam=4, batch_size=4, context_boost=0.0))
     assert [h[0].text for h in off.recognize(x, context=[["call mom"], None, ["call mom"]])] == base
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_internal_lm_discount_decodes_lists_and_leaves_others_alone(tiny, method):
+    """With the discount on, rows without a list decode exactly as before, and where a list is
+    given the listed phrase is written as with fusion alone, scored higher by the discount of
+    its tokens (the random predictor gives them some cost)."""
+    x = [_speechy(1.5, 6), _speechy(1.4, 7), _speechy(1.6, 8)]
+    lists = [["call mom"], None, ["call mom"]]
+    plain = Recognizer(
+        tiny, DecodeSettings(method=method, beam=4, batch_size=4, context_boost=12.0)
+    )
+    lm = Recognizer(
+        tiny,
+        DecodeSettings(
+            method=method, beam=4, batch_size=4, context_boost=12.0, context_lm_weight=0.5
+        ),
+    )
+    base = [h[0] for h in plain.recognize(x, context=lists)]
+    out = [h[0] for h in lm.recognize(x, context=lists)]
+    assert out[1] == base[1]  # no list: the same text and score
+    for i in (0, 2):
+        assert "call mom" in out[i].text and out[i].text == base[i].text
+        assert out[i].score > base[i].score + 0.1  # the discount counted

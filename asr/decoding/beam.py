@@ -48,8 +48,10 @@ from asr.decoding.greedy import (
     DecoderFns,
     Fusion,
     check_encoder_outputs,
+    fusion_advance,
     fusion_scores,
     initial_predictor,
+    internal_lm,
     select_tree,
 )
 from asr.models.predictor import gather_state
@@ -166,8 +168,10 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols, fusion=No
         )  # -> [B, K, V]
         v_size = logits.shape[-1]
         logp = jnp.maximum(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), NEG)
+        lm = None  # the internal LM of each hypothesis, for a fusion that reads it
         if fusion is not None:  # shallow fusion: one gathered row of scores per hypothesis
-            fused = fusion_scores(fusion, s.extra, utts, logp.reshape(b * k, v_size))
+            lm = internal_lm(fns, s.pred_p, je) if fusion.uses_lm else None
+            fused = fusion_scores(fusion, s.extra, utts, logp.reshape(b * k, v_size), lm)
             logp = logp + fused.reshape(b, k, v_size)  # -> [B, K, V]
         nonblank = jnp.arange(v_size) != blank  # -> [V]
         stay = jnp.where(nonblank, NEG, 0.0)  # -> [V]: a finished hypothesis is only carried
@@ -224,7 +228,8 @@ def _beam_search(fns, enc_p, enc_paddings, beam, max_len, max_symbols, fusion=No
         extra = None
         if fusion is not None:
             extra_g = gather_state(s.extra, flat_src)
-            extra_new = fusion.advance(fusion.params, extra_g, tok.reshape(-1), utts)
+            lm_g = None if lm is None else lm[flat_src]
+            extra_new = fusion_advance(fusion, extra_g, tok.reshape(-1), utts, lm_g)
             extra = select_tree(ext_flat, extra_new, extra_g)
         new = BeamState(
             tokens=tokens,

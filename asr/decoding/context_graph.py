@@ -31,6 +31,29 @@ Scores. With `boost` b and phrase weights w(p) (default 1):
 * Blank never changes the state and scores 0 (`goto[:, blank] = arange(N)`); phrases may not
   contain blank.
 
+Internal-LM discount (`lm_weight` lambda > 0). A transducer's predictor is an internal language
+model: trained on the training sentences, it gives a name it never saw a very low probability,
+and that, not the audio, is most of what keeps an unseen name out of the beam (measured on the
+held-out names: the right sentence trails the one found by about 18 nats, and the predictor
+alone accounts for almost all of it). So a token on a phrase also earns lambda times its cost
+under the internal LM, c = -log P_ILM(token | tokens before) (the joiner with the encoder
+input set to zero, blank left out: Meng et al. 2021, "Internal Language Model Estimation for
+Domain-Adaptive End-to-End Speech Recognition"), which the search passes in (`Fusion.uses_lm`).
+Scores, on top of the boosts above:
+
+* A token covered by at least one completed phrase occurrence keeps lambda * c once (a union:
+  nested or overlapping occurrences do not count a token twice, unlike the boosts; the discount
+  undoes the LM's penalty on a name's tokens, it is not a reward per match). This is
+  `context_score(..., lm_costs=, lm_weight=)`.
+* While a phrase is being spelled, the tokens of the partial match that no completed occurrence
+  covers yet earn their lambda * c at once, and a failed match gives back what the tokens it
+  abandons earned, as the boosts do; the end of the utterance takes back what is pending.
+* State per hypothesis: the automaton state, the last `LM_SPAN` tokens' lambda * c, and which of
+  them a completed occurrence covers. `done[n, v]`, the length of the longest phrase completed
+  by token v from state n (it covers that many tokens; shorter ones completed at once are its
+  suffixes), and `depth[n]`, the length of state n's partial match, say which earned amounts
+  are locked in and which are pending.
+
 Arrays. N states (state 0 the root, the empty match), padded with unused states up to one of
 `STATE_BUCKETS` so that a new list of similar size reuses the compiled search; padded states go
 to the root on every token (blank: stay) and score 0. The device-side step is one gather: row
@@ -55,6 +78,9 @@ import numpy as np
 
 from asr.decoding.greedy import Fusion
 
+# Tokens of internal-LM discounts a hypothesis keeps: phrases up to this long with lm_weight > 0.
+LM_SPAN = 128
+
 # Sizes N the state axis is padded to; a list needs (root + proper prefixes of its phrases)
 # states, about 0.8 * total tokens. Past the last bucket, pass num_states explicitly.
 STATE_BUCKETS = (16, 64, 256, 1024, 4096, 16384)
@@ -70,6 +96,17 @@ class ContextGraph:
     goto: np.ndarray | jax.Array  # int32[..., N, V]: next state after token v from state n
     delta: np.ndarray | jax.Array  # f32[..., N, V]: score added when taking token v from state n
     finish: np.ndarray | jax.Array  # f32[..., N]: added at the end in state n (-pending score)
+    # internal-LM discount (module docstring), all three None without one (lm_weight 0):
+    done: np.ndarray | jax.Array | None = (
+        None  # uint8[..., N, V]: longest phrase completed (0 none)
+    )
+    depth: np.ndarray | jax.Array | None = None  # int32[..., N]: tokens of the partial match
+    lm_weight: np.ndarray | jax.Array | None = None  # f32[...]: lambda
+    blank_id: int = flax.struct.field(pytree_node=False, default=0)
+
+    @property
+    def uses_lm(self) -> bool:
+        return self.done is not None
 
     @property
     def num_states(self) -> int:
@@ -99,6 +136,7 @@ def build_context_graph(
     weights: Sequence[float] | None = None,
     blank_id: int = 0,
     num_states: int | None = None,
+    lm_weight: float = 0.0,
 ) -> ContextGraph:
     """The context graph of tokenized phrases (NumPy arrays; semantics in the module docstring).
 
@@ -111,13 +149,23 @@ def build_context_graph(
       weights: w(p) > 0 per phrase (default 1.0 each), scaling its boost.
       blank_id: the blank symbol (state self-loop, score 0).
       num_states: N to pad to; default the smallest of STATE_BUCKETS that fits.
+      lm_weight: lambda >= 0, the share of the internal LM's cost of a phrase's tokens given
+        back (module docstring); 0: no discount (and no `done` / `depth` arrays). Phrases may
+        then have at most LM_SPAN tokens.
 
     Returns:
-      ContextGraph with goto int32[N, V], delta f32[N, V], finish f32[N].
+      ContextGraph with goto int32[N, V], delta f32[N, V], finish f32[N], and with lm_weight >
+      0 done uint8[N, V], depth int32[N], lm_weight f32[].
     """
     _check_vocab(vocab_size, blank_id)
     if not (isinstance(boost, (int, float, np.number)) and math.isfinite(boost) and boost > 0):
         raise ValueError(f"boost must be a finite number > 0, got {boost!r}")
+    if not (
+        isinstance(lm_weight, (int, float, np.number))
+        and math.isfinite(lm_weight)
+        and lm_weight >= 0
+    ):
+        raise ValueError(f"lm_weight must be a finite number >= 0, got {lm_weight!r}")
     phrases = [list(p) for p in phrases]
     if weights is None:
         weights = [1.0] * len(phrases)
@@ -154,6 +202,11 @@ def build_context_graph(
             node = nxt
             max_w[node] = max(max_w[node], w)
         end_w[node] = max(end_w[node], w)
+        if lm_weight > 0 and len(p) > LM_SPAN:
+            raise ValueError(
+                f"phrase {i} has {len(p)} tokens: with lm_weight > 0 phrases may have at most "
+                f"{LM_SPAN}"
+            )
 
     # DFA states: the root and every node with children (a proper prefix of some phrase).
     m = len(children)
@@ -181,6 +234,7 @@ def build_context_graph(
     potential = np.zeros(m, np.float64)  # pending score of the partial match of each node
     out = np.zeros(m, np.float64)  # locked score earned on reaching each node
     eff = np.zeros(m, np.int64)  # the state of a node: itself if it has children, else eff[fail]
+    longest = np.zeros(m, np.int64)  # the longest phrase ending at a node (itself or a suffix)
     levels = [np.flatnonzero(depth == d) for d in range(int(depth.max()) + 1)]
     for d, nodes in enumerate(levels):
         if d:
@@ -188,6 +242,7 @@ def build_context_graph(
             full[nodes] = full[f]
             out[nodes] = boost * end_w[nodes] * d + out[f]
             eff[nodes] = np.where(has_children[nodes], nodes, eff[f])
+            longest[nodes] = np.where(end_w[nodes] > 0, d, longest[f])
             potential[nodes] = potential[parent[nodes]] + boost * max_w[nodes]
         if d + 1 < len(levels):
             kids = levels[d + 1]
@@ -207,13 +262,38 @@ def build_context_graph(
     finish[:needed] = 0.0 - potential[keep]
     goto[:, blank_id] = np.arange(num_states)
     delta[:, blank_id] = 0.0
-    return ContextGraph(goto=goto, delta=delta, finish=finish)
+    if lm_weight == 0:
+        return ContextGraph(goto=goto, delta=delta, finish=finish, blank_id=blank_id)
+    done = np.zeros((num_states, vocab_size), np.uint8)
+    depth_of = np.zeros(num_states, np.int32)
+    done[:needed] = longest[nxt]
+    done[:, blank_id] = 0
+    depth_of[:needed] = depth[keep]
+    return ContextGraph(
+        goto=goto,
+        delta=delta,
+        finish=finish,
+        done=done,
+        depth=depth_of,
+        lm_weight=np.float32(lm_weight),
+        blank_id=blank_id,
+    )
 
 
-def empty_context_graph(vocab_size: int, num_states: int = STATE_BUCKETS[0], blank_id: int = 0):
-    """The graph of no phrases: the root only, every score 0 (decoding as without a graph)."""
+def empty_context_graph(
+    vocab_size: int, num_states: int = STATE_BUCKETS[0], blank_id: int = 0, lm: bool = False
+):
+    """The graph of no phrases: the root only, every score 0 (decoding as without a graph);
+    `lm`: with the (all-zero) internal-LM discount arrays, to stack with graphs that have them."""
     _check_vocab(vocab_size, blank_id)
-    return build_context_graph([], vocab_size, blank_id=blank_id, num_states=num_states)
+    g = build_context_graph([], vocab_size, blank_id=blank_id, num_states=num_states)
+    if not lm:
+        return g
+    return g.replace(
+        done=np.zeros(g.goto.shape, np.uint8),
+        depth=np.zeros(g.goto.shape[:1], np.int32),
+        lm_weight=np.float32(0.0),
+    )
 
 
 def _pad(graph: ContextGraph, n: int, blank_id: int) -> ContextGraph:
@@ -222,10 +302,18 @@ def _pad(graph: ContextGraph, n: int, blank_id: int) -> ContextGraph:
     n0, v = goto.shape
     pad_goto = np.zeros((n - n0, v), np.int32)
     pad_goto[:, blank_id] = np.arange(n0, n)
-    return ContextGraph(
+    out = ContextGraph(
         goto=np.concatenate([goto.astype(np.int32), pad_goto]),
         delta=np.concatenate([delta.astype(np.float32), np.zeros((n - n0, v), np.float32)]),
         finish=np.concatenate([finish.astype(np.float32), np.zeros(n - n0, np.float32)]),
+        blank_id=blank_id,
+    )
+    if not graph.uses_lm:
+        return out
+    return out.replace(
+        done=np.concatenate([np.asarray(graph.done, np.uint8), np.zeros((n - n0, v), np.uint8)]),
+        depth=np.concatenate([np.asarray(graph.depth, np.int32), np.zeros(n - n0, np.int32)]),
+        lm_weight=np.float32(graph.lm_weight),
     )
 
 
@@ -236,6 +324,8 @@ def stack_graphs(
 
     N is the smallest of STATE_BUCKETS holding the largest graph (or the largest N itself past
     the last bucket); None stands for no list (the empty graph: that utterance is unbiased).
+    When any graph has the internal-LM discount, the others get it at weight 0 (the stacked
+    graph has `done` [B, N, V], `depth` [B, N] and `lm_weight` [B]).
     """
     _check_vocab(vocab_size, blank_id)
     graphs = list(graphs)
@@ -252,12 +342,31 @@ def stack_graphs(
             raise ValueError(f"graph {i}: vocab size {g.vocab_size}, expected {vocab_size}")
     largest = max((g.num_states for g in graphs if g is not None), default=STATE_BUCKETS[0])
     n = _bucket(largest) or largest
-    empty = empty_context_graph(vocab_size, 1, blank_id=blank_id)
-    padded = [_pad(empty if g is None else g, n, blank_id) for g in graphs]
-    return ContextGraph(
+    lm = any(g is not None and g.uses_lm for g in graphs)
+    empty = empty_context_graph(vocab_size, 1, blank_id=blank_id, lm=lm)
+
+    def with_lm(g: ContextGraph) -> ContextGraph:  # a graph without the discount, at weight 0
+        if not lm or g.uses_lm:
+            return g
+        return g.replace(
+            done=np.zeros(np.shape(g.goto), np.uint8),
+            depth=np.zeros(np.shape(g.goto)[:1], np.int32),
+            lm_weight=np.float32(0.0),
+        )
+
+    padded = [_pad(with_lm(empty if g is None else g), n, blank_id) for g in graphs]
+    out = ContextGraph(
         goto=np.stack([g.goto for g in padded]),
         delta=np.stack([g.delta for g in padded]),
         finish=np.stack([g.finish for g in padded]),
+        blank_id=blank_id,
+    )
+    if not lm:
+        return out
+    return out.replace(
+        done=np.stack([g.done for g in padded]),
+        depth=np.stack([g.depth for g in padded]),
+        lm_weight=np.stack([np.float32(g.lm_weight) for g in padded]),
     )
 
 
@@ -267,19 +376,30 @@ def context_score(
     boost: float = 1.5,
     weights: Sequence[float] | None = None,
     blank_id: int = 0,
+    lm_costs: Sequence[float] | None = None,
+    lm_weight: float = 0.0,
 ) -> float:
     """Reference, by string matching (not the automaton): the total a graph of `phrases` adds to
     a finished hypothesis spelling `tokens` (blanks ignored): the sum over every occurrence of
-    every distinct phrase p of boost * w(p) * len(p), overlapping and nested ones included."""
+    every distinct phrase p of boost * w(p) * len(p), overlapping and nested ones included;
+    plus, with `lm_costs` (one per non-blank token: its -log P_ILM), lm_weight times the sum of
+    the costs of the tokens that at least one occurrence covers."""
     weights = [1.0] * len(phrases) if weights is None else list(weights)
     best: dict[tuple[int, ...], float] = {}
     for p, w in zip(phrases, weights, strict=True):
         best[tuple(p)] = max(float(w), best.get(tuple(p), 0.0))
     seq = [int(t) for t in tokens if t != blank_id]
     total = 0.0
+    covered = [False] * len(seq)
     for p, w in best.items():
-        hits = sum(tuple(seq[i : i + len(p)]) == p for i in range(len(seq) - len(p) + 1))
-        total += hits * boost * w * len(p)
+        starts = [i for i in range(len(seq) - len(p) + 1) if tuple(seq[i : i + len(p)]) == p]
+        total += len(starts) * boost * w * len(p)
+        for i in starts:
+            covered[i : i + len(p)] = [True] * len(p)
+    if lm_costs is not None:
+        if len(lm_costs) != len(seq):
+            raise ValueError(f"{len(seq)} tokens but {len(lm_costs)} lm_costs")
+        total += lm_weight * sum(float(c) for c, k in zip(lm_costs, covered, strict=True) if k)
     return total
 
 
@@ -291,29 +411,89 @@ def _rows(graph: ContextGraph, utts: jax.Array, state: jax.Array) -> tuple:
     return (state,) if np.ndim(graph.goto) == 2 else (utts, state)
 
 
-def _init(graph: ContextGraph, utts: jax.Array, batch: int) -> jax.Array:
+def _init(graph: ContextGraph, utts: jax.Array, batch: int):
     if np.ndim(graph.goto) == 3 and np.shape(graph.goto)[0] != batch:
         raise ValueError(
             f"context graph batch {np.shape(graph.goto)[0]} != {batch} utterances decoded"
         )
-    return jnp.zeros(jnp.shape(utts), jnp.int32)  # every hypothesis starts at the root
+    state = jnp.zeros(jnp.shape(utts), jnp.int32)  # every hypothesis starts at the root
+    if not graph.uses_lm:
+        return state
+    n = jnp.shape(utts)[0]
+    # (state, the last LM_SPAN tokens' lambda * c newest first, and which of them a completed
+    # occurrence covers)
+    return state, jnp.zeros((n, LM_SPAN), jnp.float32), jnp.zeros((n, LM_SPAN), bool)
 
 
-def _scores(graph: ContextGraph, state: jax.Array, utts: jax.Array) -> jax.Array:
-    return jnp.asarray(graph.delta)[_rows(graph, utts, state)]  # -> [n, V]: one gathered row each
+def _lm_weight(graph: ContextGraph, utts: jax.Array) -> jax.Array:
+    w = jnp.asarray(graph.lm_weight, jnp.float32)
+    return w[utts] if w.ndim else jnp.broadcast_to(w, jnp.shape(utts))  # -> [n]
 
 
-def _advance(graph: ContextGraph, state, tokens: jax.Array, utts: jax.Array) -> jax.Array:
-    return jnp.asarray(graph.goto)[(*_rows(graph, utts, state), tokens)]  # -> [n]
+def _uncovered(hist: jax.Array, cov: jax.Array, k: jax.Array) -> jax.Array:
+    """What the newest k tokens earned and no completed occurrence covers yet: hist f32[n, D],
+    cov bool[n, D], k int32[n, ...] in [0, D] -> f32[n, ...]."""
+    sums = jnp.pad(jnp.cumsum(jnp.where(cov, 0.0, hist), axis=1), ((0, 0), (1, 0)))  # [n, D+1]
+    flat = k.reshape(k.shape[0], -1)
+    return jnp.take_along_axis(sums, flat, axis=1).reshape(k.shape)
 
 
-def _finalize(graph: ContextGraph, state: jax.Array, utts: jax.Array) -> jax.Array:
-    return jnp.asarray(graph.finish)[_rows(graph, utts, state)]  # -> [n]
+def _scores(graph: ContextGraph, extra, utts: jax.Array, lm=None) -> jax.Array:
+    if not graph.uses_lm:
+        return jnp.asarray(graph.delta)[_rows(graph, utts, extra)]  # -> [n, V]: one row each
+    state, hist, cov = extra
+    rows = _rows(graph, utts, state)
+    delta = jnp.asarray(graph.delta)[rows]  # -> [n, V]
+    goto = jnp.asarray(graph.goto)[rows]  # -> [n, V]
+    done = jnp.asarray(graph.done)[rows].astype(jnp.int32)  # -> [n, V]: L, 0 = none
+    depth = jnp.asarray(graph.depth)
+    d_new = depth[goto] if depth.ndim == 1 else depth[utts[:, None], goto]  # -> [n, V]
+    gain = _lm_weight(graph, utts)[:, None] * -lm  # -> [n, V]: lambda * c of each next token
+
+    def older(k):  # uncovered earnings of the newest k - 1 tokens before the new one
+        return _uncovered(hist, cov, jnp.maximum(k - 1, 0))
+
+    # a completion covers the new token and the L - 1 before it; the partial match (d_new
+    # tokens, the new one included) holds what the tokens no completion covers earned
+    locked = jnp.where(done > 0, gain + older(done), 0.0)
+    pending = jnp.where(
+        done > 0,
+        jnp.where(d_new > done, older(d_new) - older(done), 0.0),
+        jnp.where(d_new > 0, gain + older(d_new), 0.0),
+    )
+    before = _uncovered(hist, cov, depth[rows][:, None])  # -> [n, 1]
+    lm_delta = locked + pending - before
+    blank = jnp.arange(delta.shape[-1]) == graph.blank_id
+    return delta + jnp.where(blank, 0.0, lm_delta)
+
+
+def _advance(graph: ContextGraph, extra, tokens: jax.Array, utts: jax.Array, lm=None):
+    if not graph.uses_lm:
+        return jnp.asarray(graph.goto)[(*_rows(graph, utts, extra), tokens)]  # -> [n]
+    state, hist, cov = extra
+    rows = (*_rows(graph, utts, state), tokens)
+    gain = _lm_weight(graph, utts) * -jnp.take_along_axis(lm, tokens[:, None], axis=1)[:, 0]
+    hist = jnp.concatenate([gain[:, None], hist[:, :-1]], axis=1)
+    done = jnp.asarray(graph.done)[rows].astype(jnp.int32)  # -> [n]
+    cov = jnp.concatenate([jnp.zeros_like(cov[:, :1]), cov[:, :-1]], axis=1)
+    cov = cov | (jnp.arange(LM_SPAN)[None] < done[:, None])
+    return jnp.asarray(graph.goto)[rows], hist, cov
+
+
+def _finalize(graph: ContextGraph, extra, utts: jax.Array) -> jax.Array:
+    if not graph.uses_lm:
+        return jnp.asarray(graph.finish)[_rows(graph, utts, extra)]  # -> [n]
+    state, hist, cov = extra
+    rows = _rows(graph, utts, state)
+    pending = _uncovered(hist, cov, jnp.asarray(graph.depth)[rows][:, None])[:, 0]
+    return jnp.asarray(graph.finish)[rows] - pending
 
 
 def context_fusion(graph: ContextGraph) -> Fusion:
     """The graph as a shallow-fusion `Fusion`: per hypothesis an int32 state (root at the start),
-    the scores of the next tokens `delta[state]`, and `finish[state]` at the end.
+    the scores of the next tokens `delta[state]`, and `finish[state]` at the end; a graph with
+    the internal-LM discount (`uses_lm`) also keeps the last LM_SPAN discounts and which of those
+    tokens a completed phrase covers, and reads the search's internal-LM log-probs.
 
     graph: unbatched [N, V] (one list for every utterance) or batched [B, N, V] (row r of the
     search decodes utterance utts[r] and reads its graph); works on traced graphs inside jit.
@@ -329,4 +509,17 @@ def context_fusion(graph: ContextGraph) -> Fusion:
             "context graph: expected goto [..., N, V], delta [..., N, V], finish [..., N] with an "
             f"optional batch axis, got shapes {shapes}"
         )
-    return Fusion(init=_init, scores=_scores, advance=_advance, finalize=_finalize, params=graph)
+    lm_shapes = (np.shape(graph.done), np.shape(graph.depth), np.shape(graph.lm_weight))
+    if graph.uses_lm and lm_shapes != (shapes[0], shapes[2], shapes[2][:-1]):
+        raise ValueError(
+            "context graph: expected done [..., N, V], depth [..., N], lm_weight [...] like goto, "
+            f"got shapes {lm_shapes} for goto {shapes[0]}"
+        )
+    return Fusion(
+        init=_init,
+        scores=_scores,
+        advance=_advance,
+        finalize=_finalize,
+        params=graph,
+        uses_lm=graph.uses_lm,
+    )

@@ -73,6 +73,10 @@ class Fusion:
     advance(params, extra, tokens int32[n], utts) -> extra    after emitting tokens (non-blank)
     finalize(params, extra, utts) -> f32[n]              added to the score at the end
 
+    With `uses_lm`, scores and advance take one more argument, lm f32[n, V]: the model's internal
+    language model (`internal_lm`) after each row's tokens, the row's state before the token
+    for advance; a fusion that discounts it (context biasing of names the predictor never saw).
+
     The searches call `advance` on every row and keep its result only where a token was
     emitted (elsewhere the token passed may be blank and the result is dropped); padded frames
     leave the extra state as it is. Beam search regathers `extra` with the surviving hypotheses
@@ -87,11 +91,32 @@ class Fusion:
     advance: Callable[..., Any] = flax.struct.field(pytree_node=False)
     finalize: Callable[..., Any] = flax.struct.field(pytree_node=False)
     params: Any = None
+    uses_lm: bool = flax.struct.field(pytree_node=False, default=False)
 
 
-def fusion_scores(fusion: Fusion, extra, utts: jax.Array, like: jax.Array) -> jax.Array:
-    """fusion.scores checked against the log-probs `like` f32[n, V] (trace time) -> f32[n, V]."""
-    out = fusion.scores(fusion.params, extra, utts)
+def internal_lm(fns: DecoderFns, pred_p: jax.Array, enc_width: int) -> jax.Array:
+    """The transducer's internal LM after each history: f32[n, J] predictor outputs -> f32[n, V]
+    log-probs of the non-blank tokens, blank's entry 0. The joiner with a zero encoder frame
+    (enc_width wide), renormalized without blank (Meng et al. 2021, "Internal Language Model
+    Estimation for Domain-Adaptive End-to-End Speech Recognition")."""
+    zero = jnp.zeros((*pred_p.shape[:-1], enc_width), pred_p.dtype)
+    logits = fns.joint(fns.variables, zero, pred_p).astype(jnp.float32)
+    blank = jnp.arange(logits.shape[-1]) == fns.blank_id
+    logp = jax.nn.log_softmax(jnp.where(blank, -jnp.inf, logits), axis=-1)
+    return jnp.where(blank, 0.0, logp)
+
+
+def fusion_scores(
+    fusion: Fusion, extra, utts: jax.Array, like: jax.Array, lm: jax.Array | None = None
+) -> jax.Array:
+    """fusion.scores checked against the log-probs `like` f32[n, V] (trace time) -> f32[n, V];
+    lm: `internal_lm` of the rows, passed on when the fusion `uses_lm`."""
+    if fusion.uses_lm:
+        if lm is None:
+            raise ValueError("this fusion reads the internal LM: pass lm (internal_lm) too")
+        out = fusion.scores(fusion.params, extra, utts, lm)
+    else:
+        out = fusion.scores(fusion.params, extra, utts)
     if out.shape != like.shape:
         raise ValueError(
             f"fusion scores have shape {out.shape}, expected {like.shape} (hypotheses, vocab): "
@@ -109,6 +134,13 @@ class _ModelMethod:
 
     def __call__(self, variables, *args):
         return self.model.apply(variables, *args, method=getattr(type(self.model), self.name))
+
+
+def fusion_advance(fusion: Fusion, extra, tokens: jax.Array, utts: jax.Array, lm=None):
+    """fusion.advance, given the rows' `internal_lm` (before the tokens) when it `uses_lm`."""
+    if fusion.uses_lm:
+        return fusion.advance(fusion.params, extra, tokens, utts, lm)
+    return fusion.advance(fusion.params, extra, tokens, utts)
 
 
 def decoder_fns(model, variables) -> DecoderFns:
@@ -250,7 +282,10 @@ def greedy_frames(
         def body(loop):
             i, active, c = loop
             logp = jax.nn.log_softmax(fns.joint(fns.variables, enc_t, c.pred_p), axis=-1)
-            fused = None if fusion is None else fusion_scores(fusion, c.extra, rows, logp)
+            lm = None  # the internal LM, for a fusion that reads it
+            if fusion is not None and fusion.uses_lm:
+                lm = internal_lm(fns, c.pred_p, enc_t.shape[-1])
+            fused = None if fusion is None else fusion_scores(fusion, c.extra, rows, logp, lm)
             k = jnp.argmax(logp if fused is None else logp + fused, axis=-1).astype(jnp.int32)
             emit = active & (k != fns.blank_id)
             write = emit & (c.lengths < max_len)
@@ -261,7 +296,7 @@ def greedy_frames(
                 # state and score stay those of the written tokens
                 kept = write | (k == fns.blank_id)
                 gain = gain + jnp.where(kept, fused[rows, k], 0.0)
-                extra = select_tree(write, fusion.advance(fusion.params, c.extra, k, rows), extra)
+                extra = select_tree(write, fusion_advance(fusion, c.extra, k, rows, lm), extra)
             scores = c.scores + jnp.where(active, gain, 0.0)
             tokens = c.tokens.at[rows, jnp.where(write, c.lengths, max_len)].set(k, mode="drop")
             new_state, new_p = fns.pred_step(fns.variables, c.pred_state, k)

@@ -3,7 +3,7 @@ on utterances whose names are not listed and on real speech, and the search's sp
 
 Owns `python -m train.benchmarks.biasing --model M [--model M2 ...] --names MANIFEST...
 [--other MANIFEST] [--real NAME=MANIFEST ...] [--sizes 20 100 1000] [--boost 0.5]
-[--speed-utterances 16] [--repeats 10] [--speed-only] [--json PATH]`.
+[--lm-weight L] [--speed-utterances 16] [--repeats 10] [--speed-only] [--json PATH]`.
 
 - `--names`: test manifests (synthesized, held-out voices and held-out names); the rows whose
   text speaks one of their `context` names are the name rows. Each gets a list of N names: the
@@ -12,13 +12,15 @@ Owns `python -m train.benchmarks.biasing --model M [--model M2 ...] --names MANI
   error rate over the spoken name words (`asr eval`'s definition).
 - Conditions: `none` (decoded without a list; the name words are still scored), `fusion`
   (shallow fusion, `--boost`), and, for a model with an attention biasing network, `attention`
-  (lists fed to the network, no fusion) and `both`.
+  (lists fed to the network, no fusion) and `both`; with `--lm-weight` L > 0 also `fusion_ilm`
+  (shallow fusion with the internal-LM discount, `DecodeSettings.context_lm_weight`).
 - No harm: `--other` rows (the same manifests' rows without names, or any manifest) with 100
   distractors and no name of theirs, and every `--real` set with 100 distractors, against no list.
 - Speed: `--speed-utterances` name rows decoded in one batch with 1,000-name lists and without
   lists, `--repeats` times each after a compile run; median seconds and their ratio, for the
   whole recognizer (features, encoder with its attention biasing, search) and for the beam
-  search alone on the batch's encoder output. `--speed-only` skips the accuracy runs.
+  search alone on the batch's encoder output (with `--lm-weight`, also with the discounted
+  graphs). `--speed-only` skips the accuracy runs.
 
 Every number is measured in this run; the printed table says what each cell is.
 """
@@ -72,25 +74,34 @@ def with_lists(rows: list[dict], size: int, pool: list[str], seed: int, spoken: 
     return out
 
 
-def _eval(loaded, rows, boost: float, attention: bool, use: bool) -> dict:
+def _eval(loaded, rows, boost: float, attention: bool, use: bool, lm_weight: float = 0.0) -> dict:
     from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
 
-    settings = DecodeSettings(context_boost=boost, context_attention=attention)
+    settings = DecodeSettings(
+        context_boost=boost, context_attention=attention, context_lm_weight=lm_weight
+    )
     res = evaluate_manifest(Recognizer(loaded, settings), rows, use_context=use)
     keep = ("wer", "words", "context_wer", "context_words", "utterances", "rtf")
     return {k: res[k] for k in keep}
 
 
-def conditions(loaded, boost: float) -> dict[str, tuple[float, bool, bool]]:
-    """name -> (boost, attention on, lists used)."""
-    out = {"none": (boost, False, False), "fusion": (boost, False, True)}
+CONDITIONS = ("none", "fusion", "fusion_ilm", "attention", "both")
+
+
+def conditions(
+    loaded, boost: float, lm_weight: float = 0.0
+) -> dict[str, tuple[float, bool, bool, float]]:
+    """name -> (boost, attention on, lists used, internal-LM discount)."""
+    out = {"none": (boost, False, False, 0.0), "fusion": (boost, False, True, 0.0)}
+    if lm_weight > 0:
+        out["fusion_ilm"] = (boost, False, True, lm_weight)
     if getattr(loaded.model.config, "bias_dim", 0) > 0:
-        out["attention"] = (0.0, True, True)
-        out["both"] = (boost, True, True)
+        out["attention"] = (0.0, True, True, 0.0)
+        out["both"] = (boost, True, True, 0.0)
     return out
 
 
-def speed(loaded, rows, pool, boost: float, n: int, repeats: int) -> dict:
+def speed(loaded, rows, pool, boost: float, n: int, repeats: int, lm_weight: float = 0.0) -> dict:
     """Median decode seconds of one batch of n name rows, 1,000-name lists vs none."""
     from asr.audio import load_audio
     from asr.recognizer import DecodeSettings, Recognizer
@@ -109,16 +120,17 @@ def speed(loaded, rows, pool, boost: float, n: int, repeats: int) -> dict:
             times.append(time.perf_counter() - t0)
         out[name] = statistics.median(times)
     out["ratio"] = out["list_1000"] / out["no_list"]
-    out.update(search_speed(loaded, audios, lists, boost, repeats))
+    out.update(search_speed(loaded, audios, lists, boost, repeats, lm_weight))
     out["utterances"] = n
     out["audio_seconds"] = float(sum(len(a) for a in audios) / 16000)
     out["repeats"] = repeats
     return out
 
 
-def search_speed(loaded, audios, lists, boost: float, repeats: int) -> dict:
+def search_speed(loaded, audios, lists, boost: float, repeats: int, lm_weight: float = 0.0) -> dict:
     """The beam search alone (beam 4, 2 symbols per frame, on the encoder output of the batch),
-    with 1,000-name context graphs and without: median seconds and their ratio."""
+    with 1,000-name context graphs and without (and, with lm_weight > 0, with the discounted
+    graphs): median seconds and their ratios."""
     import jax
 
     from asr.context import make_context, tokenize_phrases
@@ -143,20 +155,30 @@ def search_speed(loaded, audios, lists, boost: float, repeats: int) -> dict:
         variables, x, pad
     )
     cfg = loaded.model.config
-    graphs = [
-        build_context_graph(
-            tokenize_phrases(loaded.tokenizer, make_context(c)), cfg.vocab_size, boost=boost
-        )
-        for c in lists
-    ]
-    graph = jax.device_put(stack_graphs(graphs, cfg.vocab_size))
+
+    def stacked(lm):
+        graphs = [
+            build_context_graph(
+                tokenize_phrases(loaded.tokenizer, make_context(c)),
+                cfg.vocab_size,
+                boost=boost,
+                lm_weight=lm,
+            )
+            for c in lists
+        ]
+        return jax.device_put(stack_graphs(graphs, cfg.vocab_size))
+
+    graph = stacked(0.0)
     fns = decoder_fns(model, variables)
 
     def run(fusion):
         return jax.block_until_ready(beam_search(fns, enc_p, enc_pad, 4, None, 2, fusion=fusion))
 
     out = {"search_states": int(graph.goto.shape[1]), "search_frames": int(enc_p.shape[1])}
-    for name, fusion in (("search_no_list", None), ("search_list_1000", context_fusion(graph))):
+    runs = [("search_no_list", None), ("search_list_1000", context_fusion(graph))]
+    if lm_weight > 0:
+        runs.append(("search_list_1000_ilm", context_fusion(stacked(lm_weight))))
+    for name, fusion in runs:
         run(fusion)  # compile
         times = []
         for _ in range(repeats):
@@ -165,6 +187,8 @@ def search_speed(loaded, audios, lists, boost: float, repeats: int) -> dict:
             times.append(time.perf_counter() - t0)
         out[name] = statistics.median(times)
     out["search_ratio"] = out["search_list_1000"] / out["search_no_list"]
+    if lm_weight > 0:
+        out["search_ratio_ilm"] = out["search_list_1000_ilm"] / out["search_no_list"]
     return out
 
 
@@ -181,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", action="append", default=[], metavar="NAME=MANIFEST")
     ap.add_argument("--sizes", type=int, nargs="+", default=[20, 100, 1000])
     ap.add_argument("--boost", type=float, default=0.5)
+    ap.add_argument(
+        "--lm-weight",
+        type=float,
+        default=0.0,
+        help="> 0: also the fusion_ilm condition (shallow fusion with this internal-LM discount)",
+    )
     ap.add_argument("--limit", type=int, default=0, help="name rows at most (0: all)")
     ap.add_argument("--speed-utterances", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=10)
@@ -216,16 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": platform.node(), "device": jax.devices()[0].device_kind, "models": {}}
     for model in args.model:
         loaded = load_model(model)
-        conds = conditions(loaded, args.boost)
+        conds = conditions(loaded, args.boost, args.lm_weight)
         res: dict = {"names": {}, "no_harm": {}}
         for size in [] if args.speed_only else args.sizes:
             listed = with_lists(name_rows, size, pool, args.seed, True)
-            for cname, (boost, att, use) in conds.items():
+            for cname, (boost, att, use, lm) in conds.items():
                 if cname == "none" and size != args.sizes[0]:
                     res["names"][f"{size}/none"] = res["names"][f"{args.sizes[0]}/none"]
                     continue
                 t0 = time.perf_counter()
-                r = _eval(loaded, listed, boost, att, use)
+                r = _eval(loaded, listed, boost, att, use, lm)
                 res["names"][f"{size}/{cname}"] = r
                 print(
                     f"{model} names list {size:5d} {cname:9s}: context WER "
@@ -236,12 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         sets = {} if args.speed_only else {"synth_no_names": other, **real}
         for sname, srows in sets.items():
             distract = with_lists(srows, 100, pool, args.seed + 1, False)
-            for cname, (boost, att, use) in conds.items():
-                r = _eval(loaded, distract, boost, att, use)
+            for cname, (boost, att, use, lm) in conds.items():
+                r = _eval(loaded, distract, boost, att, use, lm)
                 res["no_harm"][f"{sname}/{cname}"] = r
                 print(f"{model} no-harm {sname} {cname:9s}: WER {100 * r['wer']:5.2f}%", flush=True)
         res["speed"] = speed(
-            loaded, name_rows, pool, args.boost, args.speed_utterances, args.repeats
+            loaded,
+            name_rows,
+            pool,
+            args.boost,
+            args.speed_utterances,
+            args.repeats,
+            args.lm_weight,
         )
         print(f"{model} speed: {json.dumps(res['speed'])}", flush=True)
         report["models"][model] = res
@@ -259,7 +295,7 @@ def markdown(report: dict, sizes: list[int]) -> str:
             continue
         conds = sorted(
             {k.split("/")[1] for k in res["names"]},
-            key=["none", "fusion", "attention", "both"].index,
+            key=CONDITIONS.index,
         )
         lines.append(f"\n{model}: name-word error rate (context WER) / WER, by list size")
         lines.append("| list size | " + " | ".join(conds) + " |")
@@ -289,6 +325,12 @@ def _speed_line(sp: dict) -> str:
         f"recognizer; the beam search alone (beam 4, {sp['search_frames']} frames, graphs of "
         f"{sp['search_states']} states): {sp['search_no_list']:.3f} s and "
         f"{sp['search_list_1000']:.3f} s ({sp['search_ratio']:.2f}x)"
+        + (
+            f"; with the internal-LM discount {sp['search_list_1000_ilm']:.3f} s "
+            f"({sp['search_ratio_ilm']:.2f}x)"
+            if "search_ratio_ilm" in sp
+            else ""
+        )
     )
 
 
