@@ -331,3 +331,44 @@ def test_imitation_error_is_zero_for_a_perfect_cheap_branch_and_trains_it():
     want = np.sum(((a - t) * m) ** 2) / np.sum((t * m) ** 2)
     got = float(relative_error(jnp.asarray(a), jnp.asarray(t), jnp.asarray(valid)))
     assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_freeze_expensive_trains_only_the_cheap_branch_and_arbiter(weight_decay):
+    """`freeze='expensive'`: optimizer steps leave every other parameter bit for bit (weight
+    decay included) and move the cheap branch's and the arbiter's; a regex freezes what it
+    matches."""
+    import re
+
+    from train.regularizers import FROZEN_EXPENSIVE, freeze_mask
+    from train.trainer import make_optimizer
+
+    _, _, _, v = _branching(cfg=ATTEND)
+    params = v["params"]
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    trainable = {k for k in flat if "/cheap_" in k or k.startswith("encoder/arbiter/")}
+    assert {k.split("/")[1] for k in trainable} >= {"arbiter", "layer_0"}
+    assert len(trainable) < len(flat) / 2
+    assert not any(re.search(FROZEN_EXPENSIVE, k) for k in trainable)
+    cfg = get_recipe("tiny").replace(
+        freeze="expensive", weight_decay=weight_decay, peak_lr=1e-2, warmup_steps=1
+    )
+    tx = make_optimizer(cfg)
+    state = tx.init(params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    p = params
+    for _ in range(3):
+        updates, state = tx.update(grads, state, p)
+        p = jax.tree_util.tree_map(lambda a, u: a + u, p, updates)
+    after = flax.traverse_util.flatten_dict(flax.core.unfreeze(p), sep="/")
+    for k, x in flat.items():
+        same = np.array_equal(np.asarray(after[k]), np.asarray(x))
+        assert same == (k not in trainable), k
+    mask = flax.traverse_util.flatten_dict(
+        flax.core.unfreeze(freeze_mask(params, "joiner/|predictor/")), sep="/"
+    )
+    assert {k for k, m in mask.items() if m} == {
+        k for k in flat if k.startswith(("joiner/", "predictor/"))
+    }
+    with pytest.raises(ValueError, match="freeze: not a regular expression"):
+        get_recipe("tiny").replace(freeze="(")

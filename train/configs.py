@@ -235,6 +235,12 @@ class TrainConfig:
         "branching: cheap frames also attend (rank-branch_rank query and output projections "
         "over the same keys and values)",
     )
+    freeze: str = _f(
+        "",
+        "regex over parameter paths (e.g. encoder/layer_0/Dense_0/kernel) left as they are: no "
+        "update, no weight decay; 'expensive': all but the cheap branch and the arbiter of a "
+        "branching encoder (so all-expensive stays the initial model)",
+    )
 
     def __post_init__(self):
         problems = []
@@ -279,6 +285,11 @@ class TrainConfig:
                     re.compile(self.sparsity_exclude)
                 except re.error as e:
                     problems.append(f"sparsity_exclude: not a regular expression ({e})")
+            if self.freeze and self.freeze != "expensive":
+                try:
+                    re.compile(self.freeze)
+                except re.error as e:
+                    problems.append(f"freeze: not a regular expression ({e})")
             if self.bias_dim % self.bias_heads:
                 problems.append(
                     f"bias_dim: expected a multiple of bias_heads ({self.bias_heads}), "

@@ -194,6 +194,20 @@ def eligible_mask(params, embeddings: bool = False, exclude: str = ""):
     return jax.tree_util.tree_map_with_path(one, params)
 
 
+# the parameters of a branching encoder that are not its cheap branch or its arbiter
+FROZEN_EXPENSIVE = r"^(?!.*(?:/cheap_|^encoder/arbiter/)).*$"
+
+
+def freeze_mask(params, freeze: str):
+    """Tree of bools: the parameters a recipe's `freeze` leaves as they are (its regex searched
+    in each '/'-joined path; 'expensive': `FROZEN_EXPENSIVE`; '': none)."""
+    regex = FROZEN_EXPENSIVE if freeze == "expensive" else freeze
+    pat = re.compile(regex) if regex else None
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: bool(pat and pat.search("/".join(_path_names(path)))), params
+    )
+
+
 def sparsity_exclude_regex(value: str) -> str:
     """The regex a recipe's `sparsity_exclude` stands for ('small': `SMALL_LAYERS`)."""
     return SMALL_LAYERS if value == "small" else value

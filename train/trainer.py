@@ -69,6 +69,7 @@ from train.regularizers import (
     eligible_mask,
     find_sparsify_state,
     fit_levels,
+    freeze_mask,
     mr_acos_penalty,
     ramp,
     sparsify,
@@ -94,8 +95,10 @@ class TrainState:
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     """The recipe's chain of optax transforms: global-norm clipping; AdamW with linear warm-up
     and cosine decay, no decay on biases and normalization scales; then, with `sparsity` > 0,
-    gradual sparsification (`train.regularizers.sparsify`). A recipe without sparsity has the
-    chain (and the optimizer state) it always had."""
+    gradual sparsification (`train.regularizers.sparsify`). With `freeze`, the frozen
+    parameters' gradients are zeroed before clipping and their updates after everything (no
+    weight decay either). A recipe without sparsity or freeze has the chain (and the optimizer
+    state) it always had."""
     sched = make_lr(cfg)
     mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim > 1, p)  # noqa: E731
     chain = [
@@ -116,6 +119,13 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                 exclude=sparsity_exclude_regex(cfg.sparsity_exclude),
             )
         )
+    if cfg.freeze:
+        frozen = lambda p: freeze_mask(p, cfg.freeze)  # noqa: E731
+        chain = [
+            optax.masked(optax.set_to_zero(), frozen),
+            *chain,
+            optax.masked(optax.set_to_zero(), frozen),
+        ]
     return optax.chain(*chain)
 
 
