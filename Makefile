@@ -152,7 +152,7 @@ bias-benchmark: $(BIN)/.installed
 	  --noise-dir $(SHARED)/speech_commands/_silence_; done
 	$(BIN)/python -m train.benchmarks.biasing --model $(RUNS)/default_ft10b/model --model default \
 	  --names $(RUNS)/corpus6/test.jsonl $(RUNS)/names_test_s101/test.jsonl $(RUNS)/names_test_s102/test.jsonl \
-	  --real fsdd=$(RUNS)/real/fsdd_test.jsonl --real sc=$(RUNS)/real/sc_test.jsonl --boost 0.5
+	  --real fsdd=$(RUNS)/real/fsdd_test.jsonl --real sc=$(RUNS)/real/sc_test.jsonl --boost 0.5 --lm-weight 0.1
 
 # The compression table of the README: fine-tunes of the shipped float model, each 250 steps on
 # the same data (corpus6 + FSDD + Speech Commands training parts), compressed in training by the
@@ -289,7 +289,8 @@ BRANCH_RUNS ?= static2:encoder_layers=2 i45:$(BRANCH_B),branch_budget=0.45 i60:$
   i60kd_w500_1k:$(BRANCH_B),branch_budget=0.6,teacher=default,distill_weight=0.5,branch_weight=500,steps=1000,eval_every=1000 \
   a60:$(BRANCH_B),branch_attend=true,branch_budget=0.6 \
   a60kd_w500_1k:$(BRANCH_B),branch_attend=true,branch_budget=0.6,teacher=default,distill_weight=0.5,branch_weight=500,steps=1000,eval_every=1000 \
-  a50kd_w500_2k:$(BRANCH_B),branch_attend=true,branch_budget=0.5,teacher=default,distill_weight=0.5,branch_weight=500,steps=2000,eval_every=2000
+  a50kd_w500_2k:$(BRANCH_B),branch_attend=true,branch_budget=0.5,teacher=default,distill_weight=0.5,branch_weight=500,steps=2000,eval_every=2000 \
+  a50f_kd_w500_1k:$(BRANCH_B),branch_attend=true,branch_budget=0.5,freeze=expensive,teacher=default,distill_weight=0.5,branch_weight=500,steps=1000,eval_every=1000
 branching-table: $(BIN)/.installed
 	for r in $(BRANCH_RUNS); do name=$${r%%:*}; set=$$(echo $${r#*:} | tr , ' '); \
 	  $(BIN)/asr train --config small --workdir $(RUNS)/branch/$$name --noise-dir $(SHARED)/speech_commands/_silence_ \

@@ -381,6 +381,7 @@ def find_sparsify_state(opt_state):
 
 
 __all__ = [
+    "FROZEN_EXPENSIVE",
     "QUANT_METHODS",
     "SPARSITY_METHODS",
     "SMALL_LAYERS",
@@ -390,6 +391,7 @@ __all__ = [
     "eligible_mask",
     "find_sparsify_state",
     "fit_levels",
+    "freeze_mask",
     "mr_acos_penalty",
     "prune_masks",
     "ramp",
