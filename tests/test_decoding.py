@@ -572,6 +572,17 @@ def test_context_graph_switches_the_search_to_the_phrase():
         assert best(search, kw, other) == (plain, plain_score)
 
 
+def assert_beam_scores(hyps, scores, ref: dict) -> None:
+    """One utterance of a beam holding every sequence: its live hypotheses are exactly ref's
+    sequences, each scored as ref says, the best first."""
+    live = np.asarray(scores) > NEG / 2
+    got = {tuple(h): float(s) for h, s, ok in zip(hyps, scores, live, strict=True) if ok}
+    assert set(got) == set(ref)
+    for seq, lp in ref.items():
+        np.testing.assert_allclose(got[seq], lp, rtol=1e-5, atol=1e-4, err_msg=str(seq))
+    assert tuple(hyps[0]) == max(ref, key=ref.get)
+
+
 @pytest.mark.parametrize("max_symbols, t, v", [(1, 4, 3), (2, 3, 3)])
 def test_fused_beam_scores_are_alignment_sums_plus_context_score(max_symbols, t, v):
     """Beam holding every sequence: each score is the log-sum over its alignments (brute force)
@@ -596,12 +607,7 @@ def test_fused_beam_scores_are_alignment_sums_plus_context_score(max_symbols, t,
     for b, n in enumerate(lengths):
         am = np_sequence_scores_multi(table, n, max_symbols)
         ref = {q: lp + context_score(phrases, q, boost, weights) for q, lp in am.items()}
-        live = np.asarray(scores[b]) > NEG / 2
-        got = {tuple(h): float(s) for h, s, ok in zip(hyps[b], scores[b], live, strict=True) if ok}
-        assert set(got) == set(ref)
-        for seq, lp in ref.items():
-            np.testing.assert_allclose(got[seq], lp, rtol=1e-5, atol=1e-4, err_msg=str(seq))
-        assert tuple(hyps[b][0]) == max(ref, key=ref.get)
+        assert_beam_scores(hyps[b], scores[b], ref)
         assert max(ref, key=ref.get) != max(am, key=am.get) or b  # the boost changed the best
 
 
@@ -659,12 +665,7 @@ def test_lm_discounted_beam_scores_are_alignment_sums_plus_context_score(max_sym
             for q, lp in am.items()
         }
         plain = {q: lp + context_score(phrases, q, boost, weights) for q, lp in am.items()}
-        live = np.asarray(scores[b]) > NEG / 2
-        got = {tuple(h): float(s) for h, s, ok in zip(hyps[b], scores[b], live, strict=True) if ok}
-        assert set(got) == set(ref)
-        for seq, lp in ref.items():
-            np.testing.assert_allclose(got[seq], lp, rtol=1e-5, atol=1e-4, err_msg=str(seq))
-        assert tuple(hyps[b][0]) == max(ref, key=ref.get)
+        assert_beam_scores(hyps[b], scores[b], ref)
         assert any(abs(ref[q] - plain[q]) > 0.1 for q in ref)  # the discount counted
 
 
