@@ -146,8 +146,8 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="L",
         help="shallow fusion: share of the internal LM's cost of a listed phrase's tokens given "
-        "back, so names the model never heard can win (default: DecodeSettings, "
-        "asr.recognizer; 0 turns the discount off)",
+        "back (default: DecodeSettings, asr.recognizer: 0, off; the README measures what it "
+        "does to names the model never heard, and its harm)",
     )
 
 
