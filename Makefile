@@ -290,7 +290,8 @@ BRANCH_RUNS ?= static2:encoder_layers=2 i45:$(BRANCH_B),branch_budget=0.45 i60:$
   a60:$(BRANCH_B),branch_attend=true,branch_budget=0.6 \
   a60kd_w500_1k:$(BRANCH_B),branch_attend=true,branch_budget=0.6,teacher=default,distill_weight=0.5,branch_weight=500,steps=1000,eval_every=1000 \
   a50kd_w500_2k:$(BRANCH_B),branch_attend=true,branch_budget=0.5,teacher=default,distill_weight=0.5,branch_weight=500,steps=2000,eval_every=2000 \
-  a50f_kd_w500_1k:$(BRANCH_B),branch_attend=true,branch_budget=0.5,freeze=expensive,teacher=default,distill_weight=0.5,branch_weight=500,steps=1000,eval_every=1000
+  a50f_kd_w500_1k:$(BRANCH_B),branch_attend=true,branch_budget=0.5,freeze=expensive,teacher=default,distill_weight=0.5,branch_weight=500,steps=1000,eval_every=1000 \
+  a50f_kd_w500_2k:$(BRANCH_B),branch_attend=true,branch_budget=0.5,freeze=expensive,teacher=default,distill_weight=0.5,branch_weight=500,steps=2000,eval_every=2000
 branching-table: $(BIN)/.installed
 	for r in $(BRANCH_RUNS); do name=$${r%%:*}; set=$$(echo $${r#*:} | tr , ' '); \
 	  $(BIN)/asr train --config small --workdir $(RUNS)/branch/$$name --noise-dir $(SHARED)/speech_commands/_silence_ \
