@@ -431,10 +431,14 @@ def _lm_weight(graph: ContextGraph, utts: jax.Array) -> jax.Array:
     return w[utts] if w.ndim else jnp.broadcast_to(w, jnp.shape(utts))  # -> [n]
 
 
-def _uncovered(hist: jax.Array, cov: jax.Array, k: jax.Array) -> jax.Array:
-    """What the newest k tokens earned and no completed occurrence covers yet: hist f32[n, D],
-    cov bool[n, D], k int32[n, ...] in [0, D] -> f32[n, ...]."""
-    sums = jnp.pad(jnp.cumsum(jnp.where(cov, 0.0, hist), axis=1), ((0, 0), (1, 0)))  # [n, D+1]
+def _uncovered_sums(hist: jax.Array, cov: jax.Array) -> jax.Array:
+    """f32[n, D+1]: entry k is what the newest k tokens earned that no completed occurrence
+    covers yet (hist f32[n, D], cov bool[n, D], newest first)."""
+    return jnp.pad(jnp.cumsum(jnp.where(cov, 0.0, hist), axis=1), ((0, 0), (1, 0)))
+
+
+def _take(sums: jax.Array, k: jax.Array) -> jax.Array:
+    """sums f32[n, D+1] at k int32[n, ...] in [0, D] -> f32[n, ...]."""
     flat = k.reshape(k.shape[0], -1)
     return jnp.take_along_axis(sums, flat, axis=1).reshape(k.shape)
 
@@ -451,8 +455,10 @@ def _scores(graph: ContextGraph, extra, utts: jax.Array, lm=None) -> jax.Array:
     d_new = depth[goto] if depth.ndim == 1 else depth[utts[:, None], goto]  # -> [n, V]
     gain = _lm_weight(graph, utts)[:, None] * -lm  # -> [n, V]: lambda * c of each next token
 
+    sums = _uncovered_sums(hist, cov)  # once per step, gathered below
+
     def older(k):  # uncovered earnings of the newest k - 1 tokens before the new one
-        return _uncovered(hist, cov, jnp.maximum(k - 1, 0))
+        return _take(sums, jnp.maximum(k - 1, 0))
 
     # a completion covers the new token and the L - 1 before it; the partial match (d_new
     # tokens, the new one included) holds what the tokens no completion covers earned
@@ -462,7 +468,7 @@ def _scores(graph: ContextGraph, extra, utts: jax.Array, lm=None) -> jax.Array:
         jnp.where(d_new > done, older(d_new) - older(done), 0.0),
         jnp.where(d_new > 0, gain + older(d_new), 0.0),
     )
-    before = _uncovered(hist, cov, depth[rows][:, None])  # -> [n, 1]
+    before = _take(sums, depth[rows][:, None])  # -> [n, 1]
     lm_delta = locked + pending - before
     blank = jnp.arange(delta.shape[-1]) == graph.blank_id
     return delta + jnp.where(blank, 0.0, lm_delta)
@@ -486,7 +492,7 @@ def _finalize(graph: ContextGraph, extra, utts: jax.Array) -> jax.Array:
         return jnp.asarray(graph.finish)[_rows(graph, utts, extra)]  # -> [n]
     state, hist, cov = extra
     rows = _rows(graph, utts, state)
-    pending = _uncovered(hist, cov, jnp.asarray(graph.depth)[rows][:, None])[:, 0]
+    pending = _take(_uncovered_sums(hist, cov), jnp.asarray(graph.depth)[rows][:, None])[:, 0]
     return jnp.asarray(graph.finish)[rows] - pending
 
 
