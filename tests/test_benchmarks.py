@@ -248,9 +248,50 @@ def test_unseen_voices_run_names():
 
     for ok in ("all", "teacher", "no-kokoro", "no-kokoro+teacher", "all+teacher"):
         assert run_name(ok) == ok
-    for bad in ("teacher+teacher", "no-foo", "no-kokoro+student", "+teacher"):
+    for ok in ("no-fsdd-george", "no-fsdd-jo_2", "no-fsdd-theo+teacher", "fsdd-loso"):
+        assert run_name(ok) == ok
+    for bad in ("teacher+teacher", "no-foo", "no-kokoro+student", "+teacher", "no-fsdd-",
+                "no-fsdd-a b", "fsdd-loso+teacher"):  # fmt: skip
         with pytest.raises(argparse.ArgumentTypeError, match="unknown run"):
             run_name(bad)
+
+
+def test_leave_one_speaker_out_rows_and_table():
+    """A held-out FSDD speaker loses their clips and every WORLD resynthesis of them, nothing
+    else; the table pools errors over words, heard (`all`) beside never heard."""
+    from train.benchmarks.unseen_voices import fsdd_speakers, loso_table, without_speaker
+
+    rows = [
+        {"audio": "1", "speaker": "george", "text": "one"},
+        {"audio": "2", "speaker": "theo", "text": "two"},
+        {"audio": "3", "speaker": "world0:george", "voice": {"source_speaker": "george"}},
+        {"audio": "4", "speaker": "world0:theo", "voice": {"source_speaker": "theo"}},
+        {"audio": "5", "speaker": "en-us+zac", "voice": {"name": "en-us+zac"}},
+        {"audio": "6", "speaker": "george2", "voice": "not a dict"},
+    ]
+    assert [r["audio"] for r in without_speaker(rows, "george")] == ["2", "4", "5", "6"]
+    assert without_speaker(rows, "nobody") == rows
+    assert fsdd_speakers([{"speaker": "theo"}, {"speaker": "george"}, {"speaker": "theo"}]) == [
+        "george",
+        "theo",
+    ]
+
+    def scores(g, t):  # (errors, words) per speaker
+        return {
+            s: {"wer": e / w, "errors": e, "words": w}
+            for s, (e, w) in zip(["george", "theo"], [g, t], strict=True)
+        }
+
+    results = [
+        {"run": "all", "fsdd_by_speaker": scores((1, 50), (0, 40))},
+        {"run": "no-fsdd-george", "held_out_speaker": "george", "fsdd_by_speaker": scores((9, 50), (0, 40))},
+        {"run": "no-fsdd-theo", "held_out_speaker": "theo", "fsdd_by_speaker": scores((2, 50), (6, 40))},
+    ]  # fmt: skip
+    out = loso_table(results).splitlines()
+    assert out[2] == "| george | 2.0 | 18.0 | 50 |"
+    assert out[3] == "| theo | 0.0 | 15.0 | 40 |"
+    assert out[4] == "| all 2 pooled | 1.1 | 16.7 | 90 |"  # 1/90 heard, (9 + 6)/90 never heard
+    assert loso_table(results[:1]) is None and loso_table(results[1:]) is None
 
 
 def test_mixed_ptq_rounds_small_layers_at_their_own_bits():

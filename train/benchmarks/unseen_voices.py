@@ -2,7 +2,7 @@
 
 Owns `python -m train.benchmarks.unseen_voices [--real ../shared/data] [--workdir
 runs/unseen] [--steps 2000] [--runs all no-espeak no-kokoro no-world no-real teacher] [--teacher
-default] [--json PATH]`.
+default] [--set KEY=VALUE ...] [--json PATH]`.
 
 The task is the demo's (`train.demo`): the 10 digits and Speech Commands' 10 core commands,
 the `tiny` recipe (`train.demo.demo_recipe`), trained for minutes on 2 CPU cores, so that one
@@ -20,6 +20,11 @@ training run per held-out family fits in a session. Four voice families speak th
   Commands' test speakers (people never heard) and FSDD's official test takes.
 
 Runs: `all` trains on every family; `no-F` on all but F, so F's test sets are out of family;
+`no-fsdd-S` on everything but FSDD speaker S (their real clips and the WORLD resyntheses of
+them), so S's FSDD test takes are spoken by a person the run never heard (leave one speaker
+out; `--runs fsdd-loso` names one such run per FSDD speaker in the data). Every run reports its
+FSDD WER per speaker, and `loso_table` sets each speaker's takes decoded by `all` (heard)
+beside the same takes decoded by the run that never heard them;
 `teacher` is `all` with distillation (`TrainConfig.teacher`, weight 0.5) from `--teacher`, and
 `R+teacher` is run R with the same distillation (e.g. `no-kokoro+teacher`: with a teacher that
 never heard Kokoro either, such as the stage-8 model, the Kokoro test set is out of family for
@@ -46,6 +51,8 @@ from pathlib import Path
 FAMILIES = ("espeak", "kokoro", "world", "real")
 RUNS = ("all", "no-espeak", "no-kokoro", "no-world", "no-real", "teacher")
 TEACHER_SUFFIX = "+teacher"  # any run of RUNS but `teacher` with distillation added
+SPEAKER_RUN = "no-fsdd-"  # + an FSDD speaker: that speaker left out of every family
+LOSO = "fsdd-loso"  # in --runs: one SPEAKER_RUN per FSDD speaker of the test set
 TEST_FAMILY = {
     "espeak_test": "espeak",
     "kokoro_test": "kokoro",
@@ -163,8 +170,11 @@ def build_data(real: Path, data_dir: Path, n_synth: int, workers: int = 2) -> di
     return fams, tests
 
 
-def run_one(name: str, fams: dict, tests: dict, wd: Path, steps: int, teacher: str) -> dict:
-    """Trains run `name` (cached in wd/name) and evaluates it on every test set."""
+def run_one(
+    name: str, fams: dict, tests: dict, wd: Path, steps: int, teacher: str, sets: tuple = ()
+) -> dict:
+    """Trains run `name` (cached in wd/name) and evaluates it on every test set. `sets`:
+    recipe overrides (`KEY=VALUE`, as `asr train --set`) on top of the demo recipe."""
     from asr.model_io import load_model
     from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
     from train.demo import demo_recipe
@@ -172,12 +182,22 @@ def run_one(name: str, fams: dict, tests: dict, wd: Path, steps: int, teacher: s
 
     base = name.removesuffix(TEACHER_SUFFIX)
     distilled = name == "teacher" or name.endswith(TEACHER_SUFFIX)
-    held = base[3:] if base.startswith("no-") else None
+    speaker = base[len(SPEAKER_RUN) :] if base.startswith(SPEAKER_RUN) else None
+    held = None if speaker else base[3:] if base.startswith("no-") else None
     rows = [x for f in FAMILIES if f != held for s in ("train", "dev") for x in fams[f][s]]
+    if speaker is not None:
+        if speaker not in fsdd_speakers(tests["fsdd_test"]):
+            raise SystemExit(f"run {name}: no FSDD speaker {speaker!r} in the test set")
+        rows = without_speaker(rows, speaker)
     out_path = wd / name / "benchmark.json"
     if out_path.exists():
-        return json.loads(out_path.read_text())
-    cfg = demo_recipe(steps)
+        res = json.loads(out_path.read_text())
+        if "fsdd_by_speaker" not in res:  # written before per-speaker scores existed
+            rec = Recognizer(load_model(wd / name / "model"), DecodeSettings(beam=4))
+            res["fsdd_by_speaker"] = by_speaker(rec, tests["fsdd_test"])
+            out_path.write_text(json.dumps(res, indent=1))
+        return res
+    cfg = demo_recipe(steps).override(list(sets)) if sets else demo_recipe(steps)
     folder = wd / name
     teacher_model = load_model(teacher)
     if not (folder / "tokenizer.model").exists() and not distilled:
@@ -190,22 +210,87 @@ def run_one(name: str, fams: dict, tests: dict, wd: Path, steps: int, teacher: s
     train_s = time.perf_counter() - t0
     rec = Recognizer(load_model(folder / "model"), DecodeSettings(method="beam", beam=4))
     res = {"run": name, "held_out": held, "train_rows": len(rows), "train_seconds": train_s}
+    if speaker is not None:
+        res["held_out_speaker"] = speaker
     if distilled:
         res["teacher"] = str(teacher)
     for k, test_rows in tests.items():
         ev = evaluate_manifest(rec, test_rows, pairs=0)
         res[k] = {"wer": ev["wer"], "words": ev["words"], "utterances": ev["utterances"]}
+    res["fsdd_by_speaker"] = by_speaker(rec, tests["fsdd_test"])
     out_path.write_text(json.dumps(res, indent=1))
     return res
 
 
+def fsdd_speakers(fsdd_rows: list[dict]) -> list[str]:
+    """The speakers of FSDD rows, sorted."""
+    return sorted({r["speaker"] for r in fsdd_rows})
+
+
+def without_speaker(rows: list[dict], speaker: str) -> list[dict]:
+    """`rows` without those spoken by `speaker`: their own clips and every resynthesis of them
+    (WORLD rows name their source in `voice["source_speaker"]`)."""
+
+    def of(r: dict) -> bool:
+        voice = r.get("voice") if isinstance(r.get("voice"), dict) else {}
+        return r.get("speaker") == speaker or voice.get("source_speaker") == speaker
+
+    return [r for r in rows if not of(r)]
+
+
+def by_speaker(rec, fsdd_rows: list[dict]) -> dict:
+    """{speaker: {"wer", "words", "errors"}} of the recognizer on each speaker's FSDD rows."""
+    from asr.recognizer import evaluate_manifest
+
+    out = {}
+    for spk in fsdd_speakers(fsdd_rows):
+        ev = evaluate_manifest(rec, [r for r in fsdd_rows if r["speaker"] == spk], pairs=0)
+        errors = ev["substitutions"] + ev["deletions"] + ev["insertions"]
+        out[spk] = {"wer": ev["wer"], "words": ev["words"], "errors": errors}
+    return out
+
+
+def loso_table(results: list[dict], heard_run: str = "all") -> str | None:
+    """Markdown: per FSDD speaker, WER % on their test takes by `heard_run` (which trained on
+    their other takes) and by the run that left them out; the last row pools the speakers
+    (errors over words). None without `heard_run` or any leave-one-speaker-out run."""
+    runs = {r["run"]: r for r in results}
+    heard = runs.get(heard_run)
+    loso = {r["held_out_speaker"]: r for r in results if r.get("held_out_speaker")}
+    if heard is None or not loso or "fsdd_by_speaker" not in heard:
+        return None
+    lines = [
+        f"| FSDD speaker | heard (`{heard_run}`) | never heard (`{SPEAKER_RUN}S`) | words |",
+        "|---|---|---|---|",
+    ]
+    tot = {"heard": 0, "unheard": 0, "words": 0}
+    for spk in sorted(loso):
+        h, u = heard["fsdd_by_speaker"][spk], loso[spk]["fsdd_by_speaker"][spk]
+        lines.append(f"| {spk} | {100 * h['wer']:.1f} | {100 * u['wer']:.1f} | {h['words']} |")
+        tot["heard"] += h["errors"]
+        tot["unheard"] += u["errors"]
+        tot["words"] += h["words"]
+    w = max(tot["words"], 1)
+    lines.append(
+        f"| all {len(loso)} pooled | {100 * tot['heard'] / w:.1f} | "
+        f"{100 * tot['unheard'] / w:.1f} | {tot['words']} |"
+    )
+    return "\n".join(lines)
+
+
 def run_name(name: str) -> str:
-    """argparse type of --runs: one of RUNS, or one of them but `teacher` + TEACHER_SUFFIX."""
+    """argparse type of --runs: one of RUNS, or one of them but `teacher` + TEACHER_SUFFIX;
+    SPEAKER_RUN + a speaker name (letters, digits, _ or -), optionally + TEACHER_SUFFIX; or
+    LOSO."""
     base = name.removesuffix(TEACHER_SUFFIX)
-    if name in RUNS or (name != base and base in RUNS and base != "teacher"):
+    if name in RUNS or name == LOSO or (name != base and base in RUNS and base != "teacher"):
+        return name
+    spk = base[len(SPEAKER_RUN) :] if base.startswith(SPEAKER_RUN) else ""
+    if spk and all(c.isalnum() or c in "_-" for c in spk):
         return name
     raise argparse.ArgumentTypeError(
-        f"unknown run {name!r}: expected one of {RUNS}, or R{TEACHER_SUFFIX} for R in them"
+        f"unknown run {name!r}: expected one of {RUNS}, R{TEACHER_SUFFIX} for R in them, "
+        f"{SPEAKER_RUN}SPEAKER or {LOSO}"
     )
 
 
@@ -219,7 +304,7 @@ def table(results: list[dict]) -> str:
     for r in results:
         cells = []
         for c in cols:
-            star = "*" if r["held_out"] == TEST_FAMILY[c] else ""
+            star = "*" if r.get("held_out") == TEST_FAMILY[c] else ""
             cells.append(f"{100 * r[c]['wer']:.1f}{star}")
         lines.append(f"| {r['run']} | " + " | ".join(cells) + f" | {r['train_seconds'] / 60:.1f} |")
     return "\n".join(lines)
@@ -237,18 +322,36 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--teacher", default="default", help="teacher of the `teacher` run")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", dest="sets",
+        help="recipe overrides for every run (as asr train --set; e.g. augment_prob=0.8); "
+        "use a --workdir of their own, since finished runs are not trained again",
+    )  # fmt: skip
     p.add_argument("--json", default=None, help="write all results here too")
     args = p.parse_args(argv)
+    if args.sets:
+        from train.demo import demo_recipe
+
+        try:  # bad overrides fail now, not after the data are built
+            demo_recipe(args.steps).override(args.sets)
+        except ValueError as e:
+            p.error(str(e))
     wd = Path(args.workdir)
     t0 = time.perf_counter()
     fams, tests = build_data(Path(args.real), wd / "data", args.synth, args.workers)
     sizes = {f: {s: len(v) for s, v in parts.items()} for f, parts in fams.items()}
     sizes.update({k: len(v) for k, v in tests.items()})
     print("data:", json.dumps(sizes))
-    results = []
+    runs = []
     for name in args.runs:
+        more = (
+            [SPEAKER_RUN + s for s in fsdd_speakers(tests["fsdd_test"])] if name == LOSO else [name]
+        )
+        runs += [r for r in more if r not in runs]
+    results = []
+    for name in runs:
         print(f"run {name} ...", flush=True)
-        results.append(run_one(name, fams, tests, wd, args.steps, args.teacher))
+        results.append(run_one(name, fams, tests, wd, args.steps, args.teacher, args.sets))
         print(table(results[-1:]).splitlines()[-1], flush=True)
     print(
         f"\nWER % (beam 4), tiny model, {args.steps} steps per run; * = family held out of "
@@ -256,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{(time.perf_counter() - t0) / 60:.0f} min in all"
     )
     print(table(results))
-    out = {"sizes": sizes, "steps": args.steps, "results": results}
+    loso = loso_table(results)
+    if loso:
+        print("\nFSDD, leave one speaker out: WER % on each speaker's test takes (beam 4)")
+        print(loso)
+    out = {"sizes": sizes, "steps": args.steps, "sets": args.sets, "results": results}
     (wd / "results.json").write_text(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
