@@ -139,8 +139,10 @@ def test_unseen_voices_table_marks_the_held_out_family():
     rows = [
         dict(cells, run="all", held_out=None, train_seconds=60),
         dict(cells, run="no-real", held_out="real", train_seconds=120),
+        dict(cells, run="no-fsdd-theo", held_out=None, dropped_families=["world"], train_seconds=6),
     ]
     out = table(rows).splitlines()
+    assert out[4] == "| no-fsdd-theo | 10.0 | 20.0 | 30.0* | 40.0 | 50.0 | 0.1 |"
     assert out[0].startswith("| run | espeak_test")
     assert out[2] == "| all | 10.0 | 20.0 | 30.0 | 40.0 | 50.0 | 1.0 |"
     assert out[3] == "| no-real | 10.0 | 20.0 | 30.0 | 40.0* | 50.0* | 2.0 |"

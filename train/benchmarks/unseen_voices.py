@@ -2,7 +2,7 @@
 
 Owns `python -m train.benchmarks.unseen_voices [--real ../shared/data] [--workdir
 runs/unseen] [--steps 2000] [--runs all no-espeak no-kokoro no-world no-real teacher] [--teacher
-default] [--set KEY=VALUE ...] [--json PATH]`.
+default] [--set KEY=VALUE ...] [--drop FAMILY ...] [--json PATH]`.
 
 The task is the demo's (`train.demo`): the 10 digits and Speech Commands' 10 core commands,
 the `tiny` recipe (`train.demo.demo_recipe`), trained for minutes on 2 CPU cores, so that one
@@ -171,10 +171,18 @@ def build_data(real: Path, data_dir: Path, n_synth: int, workers: int = 2) -> di
 
 
 def run_one(
-    name: str, fams: dict, tests: dict, wd: Path, steps: int, teacher: str, sets: tuple = ()
+    name: str,
+    fams: dict,
+    tests: dict,
+    wd: Path,
+    steps: int,
+    teacher: str,
+    sets: tuple = (),
+    drop: tuple = (),
 ) -> dict:
     """Trains run `name` (cached in wd/name) and evaluates it on every test set. `sets`:
-    recipe overrides (`KEY=VALUE`, as `asr train --set`) on top of the demo recipe."""
+    recipe overrides (`KEY=VALUE`, as `asr train --set`) on top of the demo recipe; `drop`:
+    families no run of this call trains on."""
     from asr.model_io import load_model
     from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
     from train.demo import demo_recipe
@@ -184,7 +192,8 @@ def run_one(
     distilled = name == "teacher" or name.endswith(TEACHER_SUFFIX)
     speaker = base[len(SPEAKER_RUN) :] if base.startswith(SPEAKER_RUN) else None
     held = None if speaker else base[3:] if base.startswith("no-") else None
-    rows = [x for f in FAMILIES if f != held for s in ("train", "dev") for x in fams[f][s]]
+    keep = [f for f in FAMILIES if f != held and f not in drop]
+    rows = [x for f in keep for s in ("train", "dev") for x in fams[f][s]]
     if speaker is not None:
         if speaker not in fsdd_speakers(tests["fsdd_test"]):
             raise SystemExit(f"run {name}: no FSDD speaker {speaker!r} in the test set")
@@ -210,6 +219,8 @@ def run_one(
     train_s = time.perf_counter() - t0
     rec = Recognizer(load_model(folder / "model"), DecodeSettings(method="beam", beam=4))
     res = {"run": name, "held_out": held, "train_rows": len(rows), "train_seconds": train_s}
+    if drop:
+        res["dropped_families"] = list(drop)
     if speaker is not None:
         res["held_out_speaker"] = speaker
     if distilled:
@@ -295,7 +306,8 @@ def run_name(name: str) -> str:
 
 
 def table(results: list[dict]) -> str:
-    """Markdown: one row per run, WER % per test set; * = the set's family was not trained on."""
+    """Markdown: one row per run, WER % per test set; * = the set's family was not trained on
+    (held out of the run, or dropped from every run)."""
     cols = list(TEST_FAMILY)
     lines = [
         "| run | " + " | ".join(cols) + " | train min |",
@@ -304,7 +316,8 @@ def table(results: list[dict]) -> str:
     for r in results:
         cells = []
         for c in cols:
-            star = "*" if r.get("held_out") == TEST_FAMILY[c] else ""
+            out = {r.get("held_out"), *r.get("dropped_families", ())}
+            star = "*" if TEST_FAMILY[c] in out else ""
             cells.append(f"{100 * r[c]['wer']:.1f}{star}")
         lines.append(f"| {r['run']} | " + " | ".join(cells) + f" | {r['train_seconds'] / 60:.1f} |")
     return "\n".join(lines)
@@ -322,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--teacher", default="default", help="teacher of the `teacher` run")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--drop", nargs="*", default=[], choices=FAMILIES,
+        help="families no run trains on (their test sets are then out of family for all; "
+        "use a --workdir of their own)",
+    )  # fmt: skip
     p.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", dest="sets",
         help="recipe overrides for every run (as asr train --set; e.g. augment_prob=0.8); "
@@ -351,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in runs:
         print(f"run {name} ...", flush=True)
-        results.append(run_one(name, fams, tests, wd, args.steps, args.teacher, args.sets))
+        results.append(
+            run_one(name, fams, tests, wd, args.steps, args.teacher, args.sets, args.drop)
+        )
         print(table(results[-1:]).splitlines()[-1], flush=True)
     print(
         f"\nWER % (beam 4), tiny model, {args.steps} steps per run; * = family held out of "
@@ -363,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     if loso:
         print("\nFSDD, leave one speaker out: WER % on each speaker's test takes (beam 4)")
         print(loso)
-    out = {"sizes": sizes, "steps": args.steps, "sets": args.sets, "results": results}
+    out = {
+        "sizes": sizes,
+        "steps": args.steps,
+        "sets": args.sets,
+        "drop": args.drop,
+        "results": results,
+    }
     (wd / "results.json").write_text(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
