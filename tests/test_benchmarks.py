@@ -290,10 +290,12 @@ def test_leave_one_speaker_out_rows_and_table():
         {"run": "no-fsdd-theo", "held_out_speaker": "theo", "fsdd_by_speaker": scores((2, 50), (6, 40))},
     ]  # fmt: skip
     out = loso_table(results).splitlines()
-    assert out[2] == "| george | 2.0 | 18.0 | 50 |"
-    assert out[3] == "| theo | 0.0 | 15.0 | 40 |"
-    assert out[4] == "| all 2 pooled | 1.1 | 16.7 | 90 |"  # 1/90 heard, (9 + 6)/90 never heard
-    assert loso_table(results[:1]) is None and loso_table(results[1:]) is None
+    # heard by `all`, heard by the other leave-one-out run, never heard, words
+    assert out[2] == "| george | 2.0 | 4.0 | 18.0 | 50 |"  # the theo run: 2 of 50
+    assert out[3] == "| theo | 0.0 | 0.0 | 15.0 | 40 |"  # the george run: 0 of 40
+    assert out[4] == "| all 2 pooled | 1.1 | 2.2 | 16.7 | 90 |"  # 1/90, 2/90, (9 + 6)/90
+    assert loso_table(results[:1]) is None
+    assert loso_table(results[1:]).splitlines()[4] == "| all 2 pooled |  | 2.2 | 16.7 | 90 |"
 
 
 def test_mixed_ptq_rounds_small_layers_at_their_own_bits():
