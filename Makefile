@@ -26,7 +26,7 @@ BIAS_SET = spec_start_step=0 real_phrases=0.3 noise_pad_prob=0.3 noise_only=0.03
 TRAIN_DATA9 = $(RUNS)/corpus6/train.jsonl $(RUNS)/corpus6/dev.jsonl $(RUNS)/corpus9/train.jsonl $(RUNS)/corpus9/dev.jsonl \
   $(RUNS)/kokoro9/train.jsonl $(RUNS)/kokoro9/dev.jsonl $(RUNS)/world9_fsdd/train.jsonl $(RUNS)/world9_sc/train.jsonl $(REAL_DATA)
 
-.PHONY: demo test lint default-model distill-table bias-benchmark compression-table compression-long compression-gpu edge-benchmark branching-table branching-long benchmarks
+.PHONY: demo test lint default-model distill-table bias-benchmark loso-table compression-table compression-long compression-gpu edge-benchmark branching-table branching-long benchmarks
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -276,6 +276,16 @@ benchmarks: $(BIN)/.installed
 	$(BIN)/python -m train.benchmarks.long_audio
 	$(BIN)/python -m train.benchmarks.unseen_voices --steps 1500 --workdir $(RUNS)/unseen
 	$(BIN)/python -m train.benchmarks.transcribe --model default --manifest $(RUNS)/corpus6/test.jsonl $(RUNS)/real/fsdd_test.jsonl $(RUNS)/real/sc_test.jsonl --limit 300
+
+# The README's FSDD leave-one-speaker-out table: the unseen-voice benchmark's demo-scale runs
+# (`all` and one per FSDD speaker left out) as its recipe, without the WORLD family, and with
+# waveform augmentation; the three share one data folder
+loso-table: $(BIN)/.installed
+	$(BIN)/python -m train.benchmarks.unseen_voices --steps 1500 --runs all fsdd-loso --workdir $(RUNS)/unseen
+	$(BIN)/python -m train.benchmarks.unseen_voices --steps 1500 --runs all fsdd-loso --workdir $(RUNS)/unseen_noworld \
+	  --data-dir $(RUNS)/unseen/data --drop world
+	$(BIN)/python -m train.benchmarks.unseen_voices --steps 1500 --runs all fsdd-loso --workdir $(RUNS)/unseen_aug \
+	  --data-dir $(RUNS)/unseen/data --set augment_prob=0.8
 
 # The branching-encoder table, curve and pictures of the README (after compression-table, whose
 # corpus, real-speech manifests and float control run it reuses): fine-tunes of the shipped

@@ -2,7 +2,8 @@
 
 Owns `python -m train.benchmarks.unseen_voices [--real ../shared/data] [--workdir
 runs/unseen] [--steps 2000] [--runs all no-espeak no-kokoro no-world no-real teacher] [--teacher
-default] [--set KEY=VALUE ...] [--drop FAMILY ...] [--json PATH]`.
+default] [--set KEY=VALUE ...] [--drop FAMILY ...] [--data-dir DIR]
+[--json PATH]`.
 
 The task is the demo's (`train.demo`): the 10 digits and Speech Commands' 10 core commands,
 the `tiny` recipe (`train.demo.demo_recipe`), trained for minutes on 2 CPU cores, so that one
@@ -338,11 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--real", default="../shared/data", help="folder with fsdd/, speech_commands/")
     p.add_argument("--workdir", default="runs/unseen")
+    p.add_argument(
+        "--data-dir", default=None,
+        help="where the benchmark's clips and manifests are made or reused (default: "
+        "WORKDIR/data; runs with other --set or --drop can share one)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=2000, help="training steps per run")
     p.add_argument("--synth", type=int, default=1500, help="training clips per synthetic family")
     p.add_argument(
         "--runs", nargs="+", default=list(RUNS), type=run_name,
-        help=f"of {', '.join(RUNS)}; R{TEACHER_SUFFIX} adds distillation to run R",
+        help=f"of {', '.join(RUNS)}; R{TEACHER_SUFFIX} adds distillation to run R; "
+        f"{SPEAKER_RUN}S leaves FSDD speaker S out; {LOSO}: one such run per FSDD speaker",
     )  # fmt: skip
     p.add_argument("--teacher", default="default", help="teacher of the `teacher` run")
     p.add_argument("--workers", type=int, default=2)
@@ -367,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(e))
     wd = Path(args.workdir)
     t0 = time.perf_counter()
-    fams, tests = build_data(Path(args.real), wd / "data", args.synth, args.workers)
+    data_dir = Path(args.data_dir) if args.data_dir else wd / "data"
+    fams, tests = build_data(Path(args.real), data_dir, args.synth, args.workers)
     sizes = {f: {s: len(v) for s, v in parts.items()} for f, parts in fams.items()}
     sizes.update({k: len(v) for k, v in tests.items()})
     print("data:", json.dumps(sizes))
