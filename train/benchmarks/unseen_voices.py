@@ -24,8 +24,9 @@ Runs: `all` trains on every family; `no-F` on all but F, so F's test sets are ou
 `no-fsdd-S` on everything but FSDD speaker S (their real clips and the WORLD resyntheses of
 them), so S's FSDD test takes are spoken by a person the run never heard (leave one speaker
 out; `--runs fsdd-loso` names one such run per FSDD speaker in the data). Every run reports its
-FSDD WER per speaker, and `loso_table` sets each speaker's takes decoded by `all` (heard)
-beside the same takes decoded by the run that never heard them;
+FSDD WER per speaker, and `loso_table` sets each speaker's takes decoded by runs that heard
+them (`all`, and the other `no-fsdd-S` runs) beside the same takes decoded by the run that
+never heard them;
 `teacher` is `all` with distillation (`TrainConfig.teacher`, weight 0.5) from `--teacher`, and
 `R+teacher` is run R with the same distillation (e.g. `no-kokoro+teacher`: with a teacher that
 never heard Kokoro either, such as the stage-8 model, the Kokoro test set is out of family for
