@@ -334,3 +334,27 @@ def test_mixed_ptq_rounds_small_layers_at_their_own_bits():
         levels = max(len(np.unique(c)) for c in np.moveaxis(w1, -1, 0).reshape(w1.shape[-1], -1))
         many = w1.size // w1.shape[-1] > 100  # enough weights per channel to show the grid
         assert levels <= 2**bits - 1 and (bits == 4 or not many or levels > 15), (path, levels)
+
+
+def test_speaker_scores_count_each_speakers_errors(shared_data):
+    """Per-speaker errors from one evaluation with `by=("speaker",)` equal the word errors of
+    that speaker's rows counted one by one from the hypotheses (jiwer, per utterance)."""
+    from asr.model_io import load_model
+    from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
+    from asr.text import utterance_errors
+    from train.benchmarks.unseen_voices import speaker_scores
+    from train.corpus.loaders import load_fsdd
+
+    fsdd = [r for r in load_fsdd(shared_data / "fsdd", vad=False) if r["split"] == "test"]
+    rows = [r for s in ("george", "theo") for r in fsdd if r["speaker"] == s][::5]  # 20 takes
+    # a wrong two-word transcript on every third take, so that every speaker has errors
+    rows = [dict(r, text="nine nine") if i % 3 == 0 else r for i, r in enumerate(rows)]
+    rec = Recognizer(load_model("default"), DecodeSettings(beam=2))
+    ev = evaluate_manifest(rec, rows, pairs=0, by=("speaker",), details=True)
+    got = speaker_scores(ev)
+    assert sorted(got) == ["george", "theo"]
+    for spk, score in got.items():
+        mine = [d for d in ev["utterances_detail"] if d["speaker"] == spk]
+        counts = [utterance_errors(d["text"], d["hyp"]) for d in mine]
+        assert score["errors"] == sum(c["errors"] for c in counts) > 0
+        assert score["words"] == sum(c["words"] for c in counts) > len(mine)
