@@ -48,7 +48,6 @@ References:
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import importlib.resources
 import json
@@ -62,7 +61,8 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from train.corpus import espeak, grammar
+from asr.espeak import espeak_ipa  # noqa: F401  (re-exported for callers of this module)
+from train.corpus import grammar
 from train.corpus import names as name_pool
 from train.corpus.synth import apply_channel
 
@@ -80,31 +80,6 @@ _SPLIT_KEY = {"train": 0, "test": 1}
 
 # --------------------------------------------------------------------------------------------
 # English phonemes
-
-
-def espeak_ipa(text: str, accent: str = "en-us") -> str:
-    """eSpeak NG's IPA for ``text``, multi-letter phonemes tied with ``^`` (``"t^ʃ"``, ``"a^ɪ"``).
-
-    Clauses are joined by a space; punctuation is not returned. (``espeak.phonemes`` gives the
-    ASCII mnemonics; this is the same call with the IPA bit and a tie character, as misaki's
-    phonemizer backend makes it.)
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"text: expected a non-empty string, got {text!r}")
-    mode = 0x02 | 0x80 | (ord("^") << 8)  # bit 1: IPA; bit 7: tie with the char in bits 8-23
-    eng = espeak._engine()
-    with eng.lock:
-        name = espeak._ACCENT_ALIASES.get(accent, accent)
-        if eng.lib.espeak_SetVoiceByName(name.encode()) != 0:
-            raise ValueError(f"accent: eSpeak NG does not know {accent!r}")
-        buf = ctypes.create_string_buffer(text.encode("utf-8"))
-        ptr = ctypes.c_char_p(ctypes.addressof(buf))
-        out = []
-        while ptr.value:  # one clause per call; the pointer becomes NULL at the end
-            res = eng.lib.espeak_TextToPhonemes(ctypes.byref(ptr), 1, mode)
-            if res:
-                out.append(res.decode("utf-8", "replace").strip())
-    return " ".join(p for p in out if p)
 
 
 # eSpeak -> Kokoro, applied in this order: tied pairs ("^" ties the letters of one phoneme),
