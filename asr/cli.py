@@ -149,6 +149,20 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         "back (default: DecodeSettings, asr.recognizer: 0, off; the README measures what it "
         "does to names the model never heard, and its harm)",
     )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--phonetic-margin",
+        type=float,
+        default=None,
+        metavar="M",
+        help="a model with a phone head (asr train-phones): a listed name the phones hear "
+        "replaces words of the best hypothesis when it fits the audio better by more than M "
+        "nats (default: DecodeSettings, asr.recognizer: 2; lower finds more names and changes "
+        "more requests without one)",
+    )
+    g.add_argument(
+        "--no-phonetic", action="store_true", help="no phonetic second pass (phone head unused)"
+    )
 
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
@@ -177,6 +191,8 @@ def _recognizer(args):
         context_boost=args.context_boost,
         context_attention=not args.no_context,
         **({} if args.context_lm_weight is None else {"context_lm_weight": args.context_lm_weight}),
+        **({"phonetic_margin": None} if args.no_phonetic else {}),
+        **({} if args.phonetic_margin is None else {"phonetic_margin": args.phonetic_margin}),
     )
     loaded = load_model(args.model)
     small = getattr(args, "small_bits", None)

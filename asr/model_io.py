@@ -1,7 +1,9 @@
 """Finding and loading a trained model: `default`, a training work folder, or a model folder.
 
 A model folder holds `config.json` (the ModelConfig), `tokenizer.model` (sentencepiece bytes)
-and `params.msgpack` (flax msgpack of {'params', 'norm'}; float16 on disk, float32 in memory).
+and `params.msgpack` (flax msgpack of {'params', 'norm'}; float16 on disk, float32 in memory),
+and may hold a phone head for phonetic name matching (`phones.json`, `phones.msgpack`:
+`asr.phonetic.PhoneModel`).
 A training work folder holds `config.json`, `tokenizer.model` and orbax `checkpoints/`; its
 newest checkpoint is loaded. `default` is the model folder shipped inside the package. A file is loaded by the
 loader registered for its suffix in the `asr.model_loaders` entry-point group (`.edge`
@@ -21,6 +23,7 @@ from flax import serialization
 from asr.models.config import ModelConfig
 from asr.models.quant import FLOAT, QuantPolicy, quantize_params
 from asr.models.transducer import Transducer, build_model
+from asr.phonetic import PhoneModel, in_dim
 from asr.tokenizer import Tokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
@@ -41,6 +44,8 @@ class LoadedModel:
     tokenizer: Tokenizer
     config: ModelConfig
     source: str  # where it was loaded from
+    # the phone head of phonetic name matching (`asr.phonetic`), when the folder has one
+    phones: PhoneModel | None = None
 
 
 def _read_config(folder: Path) -> dict:
@@ -135,7 +140,18 @@ def load_model(spec: str | Path) -> LoadedModel:
         raise ModelLoadError(f"{folder}: has neither params.msgpack nor checkpoints/")
     variables = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), raw)
     _check_shapes(model, variables, folder)
-    return LoadedModel(model, variables, tokenizer, config, str(folder))
+    phones = None
+    if (folder / "phones.json").exists() or (folder / "phones.msgpack").exists():
+        try:
+            phones = PhoneModel.load(folder)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from None
+        if in_dim(phones.params) != config.d_model:
+            raise ModelLoadError(
+                f"{folder}/phones.msgpack: a phone head for {in_dim(phones.params)}-wide encoder "
+                f"states; this model's are {config.d_model}"
+            )
+    return LoadedModel(model, variables, tokenizer, config, str(folder), phones)
 
 
 LOADER_GROUP = "asr.model_loaders"
@@ -180,11 +196,13 @@ def quantized(loaded: LoadedModel, policy: QuantPolicy) -> LoadedModel:
     """`loaded` run with another quantization `policy`: its kernels rounded to
     `policy.weight_bits` levels, the small layers to `policy.small_bits` when set (post-training
     quantization; a no-op for weights on their levels already) and its products fake-quantized
-    (`asr.models.quant`)."""
+    (`asr.models.quant`). A phone head stays float, on the quantized encoder's output."""
     params = quantize_params(loaded.variables["params"], policy.weight_bits, policy.small_bits)
     variables = {**loaded.variables, "params": jax.tree_util.tree_map(np.asarray, params)}
     model = build_model(loaded.config, policy)
-    return LoadedModel(model, variables, loaded.tokenizer, loaded.config, loaded.source)
+    return LoadedModel(
+        model, variables, loaded.tokenizer, loaded.config, loaded.source, loaded.phones
+    )
 
 
 def _restore_orbax(path: Path) -> dict:

@@ -349,6 +349,9 @@ def add_train_command(sub) -> None:
     p.set_defaults(func=cmd_train)
 
     add_demo_parser(sub)
+    from train.phone_head import add_train_phones_parser
+
+    add_train_phones_parser(sub)
 
 
 def cmd_train(args) -> int:

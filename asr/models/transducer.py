@@ -140,6 +140,13 @@ class Transducer(nn.Module):
         )
         return self.joiner.project_encoder(enc), paddings, aux
 
+    def encode_states(self, feats, feat_paddings, context=None):
+        """`encode_aux` in inference mode, plus the encoder states before the joiner's projection
+        (what a phone head reads, `asr.phonetic`): (enc_p, enc_paddings, aux, states f32[B, T',
+        d_model])."""
+        enc, paddings, _, aux, _ = self._encode(feats, feat_paddings, False, context)
+        return self.joiner.project_encoder(enc), paddings, aux, enc
+
     def init_stream(self, batch: int) -> EncoderState:
         """The encoder's stream state before the first chunk of `batch` streams (zeros, no
         cached frame). Raises ValueError for a config with unlimited left context

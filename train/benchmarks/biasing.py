@@ -3,7 +3,8 @@ on utterances whose names are not listed and on real speech, and the search's sp
 
 Owns `python -m train.benchmarks.biasing --model M [--model M2 ...] --names MANIFEST...
 [--other MANIFEST] [--real NAME=MANIFEST ...] [--sizes 20 100 1000] [--boost 0.5]
-[--lm-weight L] [--speed-utterances 16] [--repeats 10] [--speed-only] [--json PATH]`.
+[--lm-weight L] [--phonetic-margin 2.0] [--speed-utterances 16] [--repeats 10] [--speed-only]
+[--json PATH]`.
 
 - `--names`: test manifests (synthesized, held-out voices and held-out names); the rows whose
   text speaks one of their `context` names are the name rows. Each gets a list of N names: the
@@ -13,14 +14,18 @@ Owns `python -m train.benchmarks.biasing --model M [--model M2 ...] --names MANI
 - Conditions: `none` (decoded without a list; the name words are still scored), `fusion`
   (shallow fusion, `--boost`), and, for a model with an attention biasing network, `attention`
   (lists fed to the network, no fusion) and `both`; with `--lm-weight` L > 0 also `fusion_ilm`
-  (shallow fusion with the internal-LM discount, `DecodeSettings.context_lm_weight`).
+  (shallow fusion with the internal-LM discount, `DecodeSettings.context_lm_weight`); for a
+  model with a phone head, `phonetic` (the phonetic second pass alone, `asr.phonetic`, margin
+  `--phonetic-margin`) and `fusion_phonetic` (shallow fusion, then the second pass). The other
+  conditions run with the second pass off.
 - No harm: `--other` rows (the same manifests' rows without names, or any manifest) with 100
   distractors and no name of theirs, and every `--real` set with 100 distractors, against no list.
 - Speed: `--speed-utterances` name rows decoded in one batch with 1,000-name lists and without
   lists, `--repeats` times each after a compile run; median seconds and their ratio, for the
   whole recognizer (features, encoder with its attention biasing, search) and for the beam
   search alone on the batch's encoder output (with `--lm-weight`, also with the discounted
-  graphs). `--speed-only` skips the accuracy runs.
+  graphs; with a phone head, also the whole recognizer with the second pass).
+  `--speed-only` skips the accuracy runs.
 
 Every number is measured in this run; the printed table says what each cell is.
 """
@@ -74,30 +79,46 @@ def with_lists(rows: list[dict], size: int, pool: list[str], seed: int, spoken: 
     return out
 
 
-def _eval(loaded, rows, boost: float, attention: bool, use: bool, lm_weight: float = 0.0) -> dict:
+def _eval(
+    loaded,
+    rows,
+    boost: float,
+    attention: bool,
+    use: bool,
+    lm_weight: float = 0.0,
+    phonetic: float | None = None,
+) -> dict:
     from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
 
     settings = DecodeSettings(
-        context_boost=boost, context_attention=attention, context_lm_weight=lm_weight
+        context_boost=boost,
+        context_attention=attention,
+        context_lm_weight=lm_weight,
+        phonetic_margin=phonetic,
     )
     res = evaluate_manifest(Recognizer(loaded, settings), rows, use_context=use)
     keep = ("wer", "words", "context_wer", "context_words", "utterances", "rtf")
     return {k: res[k] for k in keep}
 
 
-CONDITIONS = ("none", "fusion", "fusion_ilm", "attention", "both")
+CONDITIONS = ("none", "fusion", "fusion_ilm", "attention", "both", "phonetic", "fusion_phonetic")
 
 
 def conditions(
-    loaded, boost: float, lm_weight: float = 0.0
-) -> dict[str, tuple[float, bool, bool, float]]:
-    """name -> (boost, attention on, lists used, internal-LM discount)."""
-    out = {"none": (boost, False, False, 0.0), "fusion": (boost, False, True, 0.0)}
+    loaded, boost: float, lm_weight: float = 0.0, margin: float = 2.0
+) -> dict[str, tuple[float, bool, bool, float, float | None]]:
+    """name -> (boost, attention on, lists used, internal-LM discount, phonetic margin or None
+    for off). The phonetic conditions are there for a model with a phone head (`margin`: the
+    recognizer's `phonetic_margin`)."""
+    out = {"none": (boost, False, False, 0.0, None), "fusion": (boost, False, True, 0.0, None)}
     if lm_weight > 0:
-        out["fusion_ilm"] = (boost, False, True, lm_weight)
+        out["fusion_ilm"] = (boost, False, True, lm_weight, None)
     if getattr(loaded.model.config, "bias_dim", 0) > 0:
-        out["attention"] = (0.0, True, True, 0.0)
-        out["both"] = (boost, True, True, 0.0)
+        out["attention"] = (0.0, True, True, 0.0, None)
+        out["both"] = (boost, True, True, 0.0, None)
+    if getattr(loaded, "phones", None) is not None:
+        out["phonetic"] = (0.0, False, True, 0.0, margin)
+        out["fusion_phonetic"] = (boost, False, True, 0.0, margin)
     return out
 
 
@@ -109,17 +130,25 @@ def speed(loaded, rows, pool, boost: float, n: int, repeats: int, lm_weight: flo
     rows = rows[:n]
     audios = [load_audio(r["audio"]) for r in rows]
     lists = [r["context"] for r in with_lists(rows, 1000, pool, 7, True)]
-    rec = Recognizer(loaded, DecodeSettings(context_boost=boost, batch_size=n))
+    rec = Recognizer(
+        loaded, DecodeSettings(context_boost=boost, batch_size=n, phonetic_margin=None)
+    )
+    runs = [("no_list", rec, None), ("list_1000", rec, lists)]
+    if getattr(loaded, "phones", None) is not None:  # the same with the phonetic second pass
+        ph = Recognizer(loaded, DecodeSettings(context_boost=boost, batch_size=n))
+        runs.append(("list_1000_phonetic", ph, lists))
     out = {}
-    for name, ctx in (("no_list", None), ("list_1000", lists)):
-        rec.recognize(audios, context=ctx)  # compile
+    for name, r, ctx in runs:
+        r.recognize(audios, context=ctx)  # compile
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            rec.recognize(audios, context=ctx)
+            r.recognize(audios, context=ctx)
             times.append(time.perf_counter() - t0)
         out[name] = statistics.median(times)
     out["ratio"] = out["list_1000"] / out["no_list"]
+    if "list_1000_phonetic" in out:
+        out["ratio_phonetic"] = out["list_1000_phonetic"] / out["no_list"]
     out.update(search_speed(loaded, audios, lists, boost, repeats, lm_weight))
     out["utterances"] = n
     out["audio_seconds"] = float(sum(len(a) for a in audios) / 16000)
@@ -211,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="> 0: also the fusion_ilm condition (shallow fusion with this internal-LM discount)",
     )
+    ap.add_argument(
+        "--phonetic-margin",
+        type=float,
+        default=2.0,
+        help="the phonetic conditions' margin in nats (models with a phone head)",
+    )
     ap.add_argument("--limit", type=int, default=0, help="name rows at most (0: all)")
     ap.add_argument("--speed-utterances", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=10)
@@ -246,16 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": platform.node(), "device": jax.devices()[0].device_kind, "models": {}}
     for model in args.model:
         loaded = load_model(model)
-        conds = conditions(loaded, args.boost, args.lm_weight)
+        conds = conditions(loaded, args.boost, args.lm_weight, args.phonetic_margin)
         res: dict = {"names": {}, "no_harm": {}}
         for size in [] if args.speed_only else args.sizes:
             listed = with_lists(name_rows, size, pool, args.seed, True)
-            for cname, (boost, att, use, lm) in conds.items():
+            for cname, (boost, att, use, lm, ph) in conds.items():
                 if cname == "none" and size != args.sizes[0]:
                     res["names"][f"{size}/none"] = res["names"][f"{args.sizes[0]}/none"]
                     continue
                 t0 = time.perf_counter()
-                r = _eval(loaded, listed, boost, att, use, lm)
+                r = _eval(loaded, listed, boost, att, use, lm, ph)
                 res["names"][f"{size}/{cname}"] = r
                 print(
                     f"{model} names list {size:5d} {cname:9s}: context WER "
@@ -266,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         sets = {} if args.speed_only else {"synth_no_names": other, **real}
         for sname, srows in sets.items():
             distract = with_lists(srows, 100, pool, args.seed + 1, False)
-            for cname, (boost, att, use, lm) in conds.items():
-                r = _eval(loaded, distract, boost, att, use, lm)
+            for cname, (boost, att, use, lm, ph) in conds.items():
+                r = _eval(loaded, distract, boost, att, use, lm, ph)
                 res["no_harm"][f"{sname}/{cname}"] = r
                 print(f"{model} no-harm {sname} {cname:9s}: WER {100 * r['wer']:5.2f}%", flush=True)
         res["speed"] = speed(
@@ -329,6 +364,12 @@ def _speed_line(sp: dict) -> str:
             f"; with the internal-LM discount {sp['search_list_1000_ilm']:.3f} s "
             f"({sp['search_ratio_ilm']:.2f}x)"
             if "search_ratio_ilm" in sp
+            else ""
+        )
+        + (
+            f"; the whole recognizer with the phonetic second pass and 1,000-name lists "
+            f"{sp['list_1000_phonetic']:.3f} s ({sp['ratio_phonetic']:.2f}x)"
+            if "ratio_phonetic" in sp
             else ""
         )
     )

@@ -1,0 +1,330 @@
+"""Tests of asr.phonetic (phone head, keyword spotting, CTC scoring, the name-correcting second
+pass), its place in the recognizer and model folders, and train.phone_head.
+
+References are independent: spans are enumerated by brute force with a plain Viterbi, CTC
+likelihoods by a float64 NumPy forward pass over all alignments, and the second pass is fed
+phone posteriors built by hand from eSpeak NG's phones of the spoken sentence.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.model_io import ModelLoadError, load_model
+from asr.models import build_model, get_config
+from asr.models.transducer import init_variables
+from asr.phonetic import (
+    NEG,
+    PhoneHead,
+    PhoneModel,
+    candidates,
+    correct_names,
+    ctc_log_likelihoods,
+    rank_names,
+    spot,
+    text_phones,
+    word_phones,
+)
+from asr.recognizer import DecodeSettings, Recognizer
+from asr.tokenizer import Tokenizer
+from train.phone_head import row_accent, save_with_phones, train_phone_head
+
+SR = 16000
+
+
+# ---- phones ----
+
+
+def test_word_phones_ties_and_drops_stress():
+    p = word_phones("time")
+    assert "a^ɪ" in p  # the diphthong is one phone
+    assert not any(c in "".join(p) for c in "ˈˌː")
+    assert p[0] == "t" and p[-1] == "m"
+    # accents differ where they should ("office": US ɑ, British ɒ)
+    assert word_phones("office", "en-us") != word_phones("office", "en-gb")
+    assert text_phones("call  kennedy") == word_phones("call kennedy")
+    assert text_phones("  ") == ()
+
+
+# ---- keyword spotting against brute force ----
+
+
+def _brute_spot(rel, seq):
+    """max over spans [s, e] of the best CTC path of seq within exactly those frames."""
+    ext = [0]
+    for q in seq:
+        ext += [q, 0]
+    best = NEG
+    for s in range(rel.shape[0]):
+        d = np.full(len(ext), NEG)
+        d[1] = rel[s, ext[1]]
+        best = max(best, d[len(ext) - 2])
+        for t in range(s + 1, rel.shape[0]):
+            nd = np.full(len(ext), NEG)
+            for j in range(len(ext)):
+                c = d[j]
+                if j >= 1:
+                    c = max(c, d[j - 1])
+                if j >= 2 and ext[j] != 0 and ext[j] != ext[j - 2]:
+                    c = max(c, d[j - 2])
+                nd[j] = c + rel[t, ext[j]]
+            d = nd
+            best = max(best, d[len(ext) - 2])
+    return best
+
+
+def test_spot_equals_brute_force_over_spans():
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        t, k = int(rng.integers(2, 11)), 5
+        lp = np.log(rng.dirichlet(np.ones(k), t))
+        rel = lp - lp.max(1, keepdims=True)
+        seqs = [list(rng.integers(1, k, int(rng.integers(1, 4)))) for _ in range(4)]
+        seqs.append([2, 2])  # a repeated label needs a blank between
+        score, start, end = spot(rel, seqs)
+        ref = [_brute_spot(rel, s) for s in seqs]
+        feasible = np.array(ref) > NEG / 2
+        np.testing.assert_allclose(score[feasible], np.array(ref)[feasible], atol=1e-9)
+        assert np.all(score[~feasible] < NEG / 2)
+        assert np.all(start <= end)
+
+
+def test_spot_finds_the_span_and_scores_an_empty_sequence_out():
+    rel = np.full((12, 4), -5.0)
+    path = [0, 0, 0, 1, 1, 0, 2, 3, 0, 0, 0, 0]  # label 1 at frames 3-4, 2 at 6, 3 at 7
+    rel[np.arange(12), path] = 0.0
+    score, start, end = spot(rel, [[1, 2, 3], [3, 1], []])
+    assert score[0] == 0.0 and (start[0], end[0]) == (3, 7)
+    assert score[1] < 0.0
+    assert score[2] < NEG / 2
+
+
+# ---- CTC likelihoods against a float64 forward pass ----
+
+
+def _ctc_forward(lp, seq):
+    ext = [0]
+    for q in seq:
+        ext += [q, 0]
+    a = np.full(len(ext), -np.inf)
+    a[0] = lp[0, 0]
+    if seq:
+        a[1] = lp[0, ext[1]]
+    for t in range(1, lp.shape[0]):
+        n = np.full(len(ext), -np.inf)
+        for j in range(len(ext)):
+            terms = [a[j]]
+            if j >= 1:
+                terms.append(a[j - 1])
+            if j >= 2 and ext[j] != 0 and ext[j] != ext[j - 2]:
+                terms.append(a[j - 2])
+            n[j] = np.logaddexp.reduce(terms) + lp[t, ext[j]]
+        a = n
+    return np.logaddexp(a[-1], a[-2]) if seq else a[-1]
+
+
+def test_ctc_log_likelihoods_match_a_float64_forward_pass():
+    rng = np.random.default_rng(1)
+    lp = np.log(rng.dirichlet(np.ones(6), 14)).astype(np.float32)
+    seqs = [[1, 2, 3], [4], [2, 2, 5], [], [1, 2, 3, 4, 5, 1, 2]]
+    got = ctc_log_likelihoods(lp, seqs)
+    ref = [_ctc_forward(lp.astype(np.float64), s) for s in seqs]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
+# ---- the second pass ----
+
+
+def test_candidates_replace_and_insert():
+    got = candidates(["call", "kevin"], ["kennedy"], max_span=2)
+    assert set(got) == {
+        "kennedy call kevin",
+        "kennedy kevin",
+        "kennedy",
+        "call kennedy kevin",
+        "call kennedy",
+        "call kevin kennedy",
+    }
+    assert "call kevin" not in candidates(["call", "kevin"], ["kevin"])
+
+
+def _posteriors(pm: PhoneModel, text: str, accent: str = "en-us", p: float = 0.9) -> np.ndarray:
+    """f32[T, P+1]: each phone of `text` for two frames, a blank frame after each, the rest of
+    the mass spread evenly."""
+    k = len(pm.inventory) + 1
+    path = [0, 0]
+    for q in pm.encode(text, accent):
+        path += [q, q, 0]
+    path += [0, 0]
+    lp = np.full((len(path), k), np.log((1 - p) / (k - 1)), np.float32)
+    lp[np.arange(len(path)), path] = np.log(p)
+    return lp
+
+
+@pytest.fixture(scope="module")
+def pm() -> PhoneModel:
+    words = (
+        "call kennedy kevin dial zoe bauer weber wagner the lights turn on and off greta".split()
+    )
+    inv = sorted({p for w in words for a in ("en-us", "en-gb") for p in word_phones(w, a)})
+    head = PhoneHead(len(inv), hidden=16, kernel=3)
+    params = head.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 32)), jnp.zeros((1, 8)))
+    return PhoneModel(jax.device_get(params), tuple(inv), 16, 3)
+
+
+def test_correct_names_writes_the_spoken_name(pm):
+    lp = _posteriors(pm, "call kennedy")
+    names = ["zoe", "kennedy", "bauer", "greta"]
+    scores = rank_names(lp, names, pm)
+    assert int(np.argmax(scores)) == 1
+    assert correct_names("call kevin", lp, names, pm) == "call kennedy"
+    # a missing word is inserted
+    assert correct_names("call", lp, names, pm) == "call kennedy"
+    # nothing changes: with a margin too large, without a list, and where the sentence says
+    # what the phones say, even with a name that sounds alike listed ("kevin" / "kennedy")
+    assert correct_names("call kevin", lp, names, pm, margin=1e6) == "call kevin"
+    assert correct_names("call kevin", _posteriors(pm, "call kevin"), names, pm) == "call kevin"
+    assert correct_names("call kevin", lp, [], pm) == "call kevin"
+    # a sentence that already says what the phones say stays
+    lp2 = _posteriors(pm, "turn on the lights")
+    assert correct_names("turn on the lights", lp2, names, pm) == "turn on the lights"
+
+
+def test_correct_names_only_tries_the_top_k(pm):
+    lp = _posteriors(pm, "dial weber")
+    # weber ranks first; with top_k=1 and weber listed, it is tried; listing it last changes
+    # nothing about the rank
+    names = ["zoe", "bauer", "greta", "wagner", "weber"]
+    assert correct_names("dial wagner", lp, names, pm, top_k=1) == "dial weber"
+
+
+# ---- model folders and the recognizer ----
+
+
+def _tiny(tmp_path, with_phones: bool, head_dim: int | None = None):
+    tok = Tokenizer.train(["call kennedy", "turn on the lights", "dial zoe"] * 20, vocab_size=24)
+    cfg = get_config("tiny").replace(vocab_size=tok.vocab_size, num_layers=1)
+    model = build_model(cfg)
+    variables = jax.device_get(init_variables(model, jax.random.PRNGKey(0)))
+    folder = tmp_path / "m"
+    folder.mkdir(parents=True)
+    from asr.model_io import save_model_folder
+
+    save_model_folder(folder, cfg, tok, variables)
+    loaded = load_model(folder)
+    assert loaded.phones is None
+    if with_phones:
+        inv = tuple(sorted({p for w in ("call", "kennedy", "zoe", "dial") for p in word_phones(w)}))
+        head = PhoneHead(len(inv), hidden=16, kernel=3)
+        dim = head_dim or cfg.d_model
+        params = head.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, dim)), jnp.zeros((1, 8)))
+        PhoneModel(jax.device_get(params), inv, 16, 3).save(folder)
+    return folder, cfg
+
+
+def test_phone_model_round_trip_and_damage(tmp_path):
+    folder, cfg = _tiny(tmp_path, True)
+    loaded = load_model(folder)
+    assert loaded.phones is not None and loaded.phones.hidden == 16
+    assert json.loads((folder / "phones.json").read_text())["accents"] == ["en-us", "en-gb"]
+    (folder / "phones.msgpack").write_bytes(b"\xc1garbage")
+    with pytest.raises(ModelLoadError, match="phones.msgpack"):
+        load_model(folder)
+    folder2, _ = _tiny(tmp_path / "b", True, head_dim=cfg.d_model + 8)
+    with pytest.raises(ModelLoadError, match="wide encoder states"):
+        load_model(folder2)
+    meta = json.loads((folder / "phones.json").read_text())
+    meta["hidden"] = 17
+    (folder / "phones.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="phones"):
+        load_model(folder)
+
+
+def test_recognizer_phone_head_outputs_and_unchanged_without_lists(tmp_path):
+    folder, _ = _tiny(tmp_path, True)
+    loaded = load_model(folder)
+    rng = np.random.default_rng(0)
+    audios = [(0.2 * rng.standard_normal(int(s * SR))).astype(np.float32) for s in (0.8, 1.3)]
+    on = Recognizer(loaded, DecodeSettings(batch_size=2))
+    off = Recognizer(loaded, DecodeSettings(batch_size=2, phonetic_margin=None))
+    a = on.recognize(audios)
+    b = off.recognize(audios)
+    assert [h[0].text for h in a] == [h[0].text for h in b]
+    assert [h[0].score for h in a] == [h[0].score for h in b]
+    # the decode function's phone log-probs are the head on the encoder output
+    from asr.features import log_mel
+
+    x = log_mel(np.concatenate([audios[0], np.zeros(5120, np.float32)]))[None]
+    pad = np.zeros(x.shape[:2], np.float32)
+    res = on._decoder.run(on._variables, x, pad, None, None, on._phone_params)
+    enc_p, enc_pad, _, states = loaded.model.apply(loaded.variables, x, pad, method="encode_states")
+    want = loaded.phones.head.apply(loaded.phones.params, states, enc_pad)
+    # the states are the encoder's before the joiner's projection
+    np.testing.assert_allclose(
+        np.asarray(enc_p),
+        np.asarray(loaded.model.apply(loaded.variables, x, pad, method="encode")[0]),
+        atol=1e-5,
+    )
+    assert states.shape[-1] == loaded.config.d_model
+    np.testing.assert_allclose(np.asarray(res[4][0]), np.asarray(want), atol=1e-5)
+    # with lists it runs and returns one text per input
+    c = on.recognize(audios, context=["kennedy", "zoe"])
+    assert len(c) == 2 and all(isinstance(h[0].text, str) for h in c)
+    with pytest.raises(ValueError, match="phonetic_margin"):
+        Recognizer(loaded, DecodeSettings(phonetic_margin=float("nan")))
+    with pytest.raises(ValueError, match="phonetic_top_k"):
+        Recognizer(loaded, DecodeSettings(phonetic_top_k=0))
+
+
+# ---- training ----
+
+
+def test_row_accent():
+    assert row_accent({"speaker": "en-gb-x-rp+Andrea"}) == "en-gb-x-rp"
+    assert row_accent({"speaker": "x", "voice": {"name": "en-029+f3"}}) == "en-029"
+    assert row_accent({"speaker": "x", "voice": {"accent": "en-gb", "name": "jf_alpha"}}) == "en-gb"
+    assert row_accent({"speaker": "george"}) == "en-us"
+    assert row_accent({}) == "en-us"
+
+
+def test_train_phone_head_learns_and_saves(tmp_path):
+    folder, _ = _tiny(tmp_path, False)
+    loaded = load_model(folder)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, text in enumerate(["call kennedy", "dial zoe", "call zoe", "dial kennedy"] * 2):
+        f = tmp_path / f"{i}.wav"
+        sf.write(f, (0.2 * rng.standard_normal(SR)).astype(np.float32), SR)
+        rows.append({"audio": str(f), "text": text, "speaker": "en-us+m1"})
+    rows.append({"audio": str(tmp_path / "0.wav"), "text": ""})  # no transcript: left out
+    pm, log = train_phone_head(loaded, rows, steps=60, batch=4, progress=False, log_every=20)
+    assert [x["step"] for x in log] == [20, 40, 60]
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert set(pm.inventory) == {p for t in ("call kennedy", "dial zoe") for p in text_phones(t)}
+    out = save_with_phones(loaded, pm, tmp_path / "with_phones")
+    again = load_model(out)
+    assert again.phones is not None and again.phones.inventory == pm.inventory
+    with pytest.raises(ValueError, match="itself"):
+        save_with_phones(loaded, pm, folder)
+    with pytest.raises(ValueError, match="transcript"):
+        train_phone_head(loaded, rows[-1:], steps=1, progress=False)
+
+
+def test_biasing_benchmark_conditions_add_the_phonetic_ones(tmp_path):
+    from train.benchmarks.biasing import CONDITIONS, conditions
+
+    folder, _ = _tiny(tmp_path, True)
+    with_head = conditions(load_model(folder), 0.5, margin=3.0)
+    assert with_head["phonetic"] == (0.0, False, True, 0.0, 3.0)
+    assert with_head["fusion_phonetic"] == (0.5, False, True, 0.0, 3.0)
+    assert all(v[4] is None for k, v in with_head.items() if "phonetic" not in k)
+    assert list(with_head) == [c for c in CONDITIONS if c in with_head]
+    (folder / "phones.json").unlink()
+    (folder / "phones.msgpack").unlink()
+    assert "phonetic" not in conditions(load_model(folder), 0.5)

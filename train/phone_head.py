@@ -1,0 +1,225 @@
+"""Training the phone head of phonetic name matching (`asr.phonetic`) on a frozen transducer.
+
+Owns `asr train-phones --model M --data MANIFEST... --out FOLDER [--steps 2000]`: every row's
+audio goes once through the model's encoder (its states before the joiner's projection,
+`Transducer.encode_states`, with the recognizer's tail silence); its transcript becomes phones by eSpeak NG in the row's accent
+(`row_accent`); the head learns them by CTC (AdamW, warm-up then cosine decay, batches of similar
+lengths). The transducer is not changed: the output folder is a copy of the model folder plus
+`phones.json` and `phones.msgpack`, and decodes without a list exactly as the model did.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from asr.audio import SAMPLE_RATE, load_audio
+from asr.features import log_mel
+from asr.model_io import LoadedModel, load_model
+from asr.phonetic import PhoneHead, PhoneModel, text_phones
+from train.corpus.espeak import ACCENTS
+
+TAIL_SECONDS = 0.32  # the recognizer's tail silence (`DecodeSettings.tail_padding_seconds`)
+
+
+def row_accent(row: dict) -> str:
+    """The eSpeak NG accent a row's words were spoken in: the accent part ("en-gb-x-rp") of an
+    eSpeak NG speaker or voice name ("en-gb-x-rp+Andrea"), a Kokoro row's `voice.accent`, else
+    "en-us" (real speakers: their accent is not known)."""
+    voice = row.get("voice")
+    if isinstance(voice, dict) and voice.get("accent") in ACCENTS:
+        return str(voice["accent"])
+    for name in (voice.get("name") if isinstance(voice, dict) else None, row.get("speaker")):
+        if isinstance(name, str) and name.split("+")[0] in ACCENTS:
+            return name.split("+")[0]
+    return "en-us"
+
+
+def encoder_states(
+    loaded: LoadedModel, rows: list[dict], batch: int = 32, progress: bool = True
+) -> list[np.ndarray]:
+    """Each row's encoder states before the joiner's projection (`Transducer.encode_states`):
+    f16[T', d_model] (unpadded)."""
+    model, variables = loaded.model, loaded.variables
+    def states_of(x, p):
+        _, paddings, _, states = model.apply(variables, x, p, method="encode_states")
+        return states, paddings
+
+    encode = jax.jit(states_of)
+    tail = np.zeros(round(TAIL_SECONDS * SAMPLE_RATE), np.float32)
+    feats = [
+        log_mel(np.concatenate([load_audio(r["audio"]), tail]))
+        for r in tqdm(rows, desc="features", unit="utt", disable=not progress, leave=False)
+    ]
+    order = sorted(range(len(rows)), key=lambda i: len(feats[i]))
+    out: list[np.ndarray] = [np.zeros((0, 0), np.float16)] * len(rows)
+    starts = range(0, len(order), batch)
+    for s in tqdm(starts, desc="encoder", unit="batch", disable=not progress, leave=False):
+        idx = order[s : s + batch]
+        t = 64 * math.ceil(max(len(feats[i]) for i in idx) / 64)
+        x = np.zeros((batch, t, feats[idx[0]].shape[1]), np.float32)
+        pad = np.ones((batch, t), np.float32)
+        for k, i in enumerate(idx):
+            x[k, : len(feats[i])] = feats[i]
+            pad[k, : len(feats[i])] = 0.0
+        enc, enc_pad = jax.device_get(encode(x, pad))
+        for k, i in enumerate(idx):
+            out[i] = enc[k, : int(np.sum(enc_pad[k] < 0.5))].astype(np.float16)
+    return out
+
+
+def _batches(lengths: list[int], batch: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch] for i in range(0, len(order), batch)]
+
+
+def train_phone_head(
+    loaded: LoadedModel,
+    rows: list[dict],
+    steps: int = 2000,
+    batch: int = 48,
+    peak_lr: float = 2e-3,
+    hidden: int = 256,
+    kernel: int = 5,
+    accents: tuple[str, ...] = ("en-us", "en-gb"),
+    seed: int = 0,
+    progress: bool = True,
+    log_every: int = 100,
+) -> tuple[PhoneModel, list[dict]]:
+    """A `PhoneModel` trained by CTC on `rows` (manifest rows with `text`) through `loaded`'s
+    frozen encoder, and its log ([{"step", "loss"}], loss per phone averaged over
+    `log_every` steps). Rows whose phones outnumber their frames are left out."""
+    if steps < 1 or batch < 1:
+        raise ValueError(f"steps and batch must be >= 1, got {steps}, {batch}")
+    texts = [r.get("text") for r in rows]
+    keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+    if not keep:
+        raise ValueError("no row with a transcript (`text`) to learn phones from")
+    rows = [rows[i] for i in keep]
+    labels = [text_phones(r["text"].lower(), row_accent(r)) for r in rows]
+    states = encoder_states(loaded, rows, progress=progress)
+    inventory = tuple(sorted({p for seq in labels for p in seq}))
+    ids = {p: i + 1 for i, p in enumerate(inventory)}
+    data = [
+        (e, np.array([ids[p] for p in seq], np.int32))
+        for e, seq in zip(states, labels, strict=True)
+        if 0 < len(seq) and len(seq) + 2 <= len(e)
+    ]
+    if not data:
+        raise ValueError("no row has more encoder frames than phones")
+    head = PhoneHead(len(inventory), hidden, kernel)
+    dim = data[0][0].shape[1]
+    params = head.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, dim)), jnp.zeros((1, 8)))
+    sched = optax.warmup_cosine_decay_schedule(0.0, peak_lr, min(200, steps // 10 + 1), steps)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-4))
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state, x, xp, y, yp, key):
+        def loss_fn(p):
+            lp = head.apply(p, x, xp, True, rngs={"dropout": key})
+            loss = optax.ctc_loss(lp, xp, y, yp, blank_id=0)
+            return jnp.sum(loss) / jnp.maximum(jnp.sum(1.0 - yp), 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    groups = _batches([len(e) for e, _ in data], batch)
+    rng = np.random.default_rng(seed)
+    log, recent = [], []
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc="phone head", unit="step", disable=not progress)
+    for s in bar:
+        b = groups[int(rng.integers(len(groups)))]
+        t = 32 * math.ceil(max(len(data[i][0]) for i in b) / 32)
+        n = 16 * math.ceil(max(len(data[i][1]) for i in b) / 16)
+        x = np.zeros((batch, t, dim), np.float32)
+        xp = np.ones((batch, t), np.float32)
+        y = np.zeros((batch, n), np.int32)
+        yp = np.ones((batch, n), np.float32)
+        for k, i in enumerate(b):
+            e, q = data[i]
+            x[k, : len(e)], xp[k, : len(e)] = e, 0.0
+            y[k, : len(q)], yp[k, : len(q)] = q, 0.0
+        params, opt_state, loss = step(params, opt_state, x, xp, y, yp, jax.random.PRNGKey(s))
+        recent.append(float(loss))
+        if (s + 1) % log_every == 0 or s + 1 == steps:
+            log.append(
+                {"step": s + 1, "loss": float(np.mean(recent)), "seconds": time.perf_counter() - t0}
+            )
+            bar.set_postfix(loss=f"{log[-1]['loss']:.3f}")
+            recent = []
+    pm = PhoneModel(jax.device_get(params), inventory, hidden, kernel, tuple(accents))
+    return pm, log
+
+
+def save_with_phones(loaded: LoadedModel, pm: PhoneModel, out: str | Path) -> Path:
+    """A copy of `loaded`'s model folder with the phone head added (the folder must be a model
+    folder: config.json, tokenizer.model, params.msgpack)."""
+    src, out = Path(loaded.source), Path(out)
+    if not (src / "params.msgpack").exists():
+        raise ValueError(f"{src}: not a model folder (no params.msgpack); pass its model/ folder")
+    if out.resolve() == src.resolve():
+        raise ValueError(f"--out {out} is the model folder itself; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("phones."):
+            shutil.copy2(f, out / f.name)
+    pm.save(out)
+    return out
+
+
+def cmd_train_phones(args) -> int:
+    import json
+
+    from asr.manifest import read_manifest
+
+    loaded = load_model(args.model)
+    rows = [r for m in args.data for r in read_manifest(m)]
+    pm, log = train_phone_head(
+        loaded,
+        rows,
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    out = save_with_phones(loaded, pm, args.out)
+    (out / "phones_log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in log))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "phones": len(pm.inventory),
+                "rows": len(rows),
+                "final_loss": log[-1]["loss"],
+            }
+        )
+    )
+    return 0
+
+
+def add_train_phones_parser(sub) -> None:
+    p = sub.add_parser(
+        "train-phones",
+        help="add a phone head for phonetic name matching to a model (the model stays frozen)",
+    )
+    p.add_argument("--model", required=True, help="a model folder or `default`")
+    p.add_argument("--data", nargs="+", required=True, help="manifests (JSONL) with transcripts")
+    p.add_argument(
+        "--out", required=True, help="the new model folder (the model plus its phone head)"
+    )
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train_phones)
