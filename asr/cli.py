@@ -157,7 +157,7 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         metavar="M",
         help="a model with a phone head (asr train-phones): a listed name the phones hear "
         "replaces words of the best hypothesis when it fits the audio better by more than M "
-        "nats (default: DecodeSettings, asr.recognizer: 2; lower finds more names and changes "
+        "nats (default: DecodeSettings, asr.recognizer: 4; lower finds more names and changes "
         "more requests without one)",
     )
     g.add_argument(

@@ -231,15 +231,94 @@ def spot(rel: np.ndarray, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray
 
 
 @jax.jit
-def _ctc_many(log_probs, labels, label_paddings):
+def _spot_jax(rel, ext, valid, skip, last, has):
+    """`spot` as one scan over frames (shapes padded by `spot_fast`); the same recursion."""
+    n = ext.shape[0]
+    rows = jnp.arange(n)
+
+    def step(carry, xs):
+        score, start, best, b_start, b_end = carry
+        r_t, t = xs
+        negs = jnp.full((n, 2), NEG)
+        zeros = jnp.zeros((n, 2), jnp.int32)
+        cand = jnp.stack(
+            [
+                score,
+                jnp.concatenate([negs[:, :1], score[:, :-1]], 1),
+                jnp.where(skip, jnp.concatenate([negs, score[:, :-2]], 1), NEG),
+            ]
+        )
+        starts = jnp.stack(
+            [
+                start,
+                jnp.concatenate([zeros[:, :1], start[:, :-1]], 1),
+                jnp.concatenate([zeros, start[:, :-2]], 1),
+            ]
+        )
+        pick = jnp.argmax(cand, 0)[None]
+        prev = jnp.take_along_axis(cand, pick, 0)[0]
+        start = jnp.take_along_axis(starts, pick, 0)[0]
+        fresh = prev[:, 1] < 0.0
+        prev = prev.at[:, 1].set(jnp.where(fresh, 0.0, prev[:, 1]))
+        start = start.at[:, 1].set(jnp.where(fresh, t, start[:, 1]))
+        score = jnp.where(valid, prev + r_t[ext], NEG)
+        end = score[rows, last]
+        better = (end > best) & has
+        best = jnp.where(better, end, best)
+        b_start = jnp.where(better, start[rows, last], b_start)
+        b_end = jnp.where(better, t, b_end)
+        return (score, start, best, b_start, b_end), None
+
+    init = (
+        jnp.full(ext.shape, NEG),
+        jnp.zeros(ext.shape, jnp.int32),
+        jnp.full((n,), NEG),
+        jnp.zeros((n,), jnp.int32),
+        jnp.zeros((n,), jnp.int32),
+    )
+    ts = jnp.arange(rel.shape[0], dtype=jnp.int32)
+    (_, _, best, b_start, b_end), _ = jax.lax.scan(step, init, (rel, ts))
+    return best, b_start, b_end
+
+
+def spot_fast(rel: np.ndarray, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`spot` compiled (float32): names padded to a multiple of 64, phones to a multiple of 8
+    and frames to a multiple of 32, so lists and utterances of nearby sizes share a trace.
+    Padded frames score NEG for every phone and end no path."""
+    n = len(seqs)
+    lens = np.array([len(s) for s in seqs])
+    width = 2 * (8 * -(-max(int(lens.max(initial=0)), 1) // 8)) + 1
+    rows = 64 * -(-n // 64)
+    ext = np.zeros((rows, width), np.int32)
+    valid = np.zeros((rows, width), bool)
+    for k, s in enumerate(seqs):
+        ext[k, 1 : 2 * len(s) : 2] = s
+        valid[k, : 2 * len(s) + 1] = len(s) > 0
+    skip = np.zeros((rows, width), bool)
+    skip[:, 3::2] = ext[:, 3::2] != ext[:, 1:-2:2]
+    last = np.zeros(rows, np.int32)
+    last[:n] = np.maximum(2 * lens - 1, 0)
+    has = np.zeros(rows, bool)
+    has[:n] = lens > 0
+    t = rel.shape[0]
+    frames = np.full((32 * -(-t // 32), rel.shape[1]), NEG, np.float32)
+    frames[:t] = rel
+    best, b_start, b_end = jax.device_get(_spot_jax(frames, ext, valid, skip, last, has))
+    return np.asarray(best[:n], np.float64), np.asarray(b_start[:n]), np.asarray(b_end[:n])
+
+
+@jax.jit
+def _ctc_many(log_probs, frame_paddings, labels, label_paddings):
     n = labels.shape[0]
     x = jnp.broadcast_to(log_probs[None], (n,) + log_probs.shape)
-    return -optax.ctc_loss(x, jnp.zeros(x.shape[:2]), labels, label_paddings, blank_id=BLANK)
+    pads = jnp.broadcast_to(frame_paddings[None], (n,) + frame_paddings.shape)
+    return -optax.ctc_loss(x, pads, labels, label_paddings, blank_id=BLANK)
 
 
 def ctc_log_likelihoods(log_probs: np.ndarray, seqs: list[list[int]]) -> np.ndarray:
     """log P(sequence | frames) under CTC for each of `seqs` (f[N]; an empty sequence is the
-    all-blank path). Shapes are padded to multiples of 8 so few traces are compiled."""
+    all-blank path). Frames are padded to a multiple of 32 and sequences and their count to
+    multiples of 8 (padding masked out), so few traces are compiled."""
     width = 8 * (max(len(s) for s in seqs) // 8 + 1)
     rows = 8 * -(-len(seqs) // 8)
     labels = np.zeros((rows, width), np.int32)
@@ -247,7 +326,12 @@ def ctc_log_likelihoods(log_probs: np.ndarray, seqs: list[list[int]]) -> np.ndar
     for k, s in enumerate(seqs):
         labels[k, : len(s)] = s
         pads[k, : len(s)] = 0.0
-    return np.asarray(_ctc_many(jnp.asarray(log_probs), labels, pads))[: len(seqs)]
+    t = log_probs.shape[0]
+    frames = np.zeros((32 * -(-t // 32), log_probs.shape[1]), np.float32)
+    frames[:t] = log_probs
+    frame_pads = np.ones(frames.shape[0], np.float32)
+    frame_pads[:t] = 0.0
+    return np.asarray(_ctc_many(frames, frame_pads, labels, pads))[: len(seqs)]
 
 
 def rank_names(log_probs: np.ndarray, names: list[str], pm: PhoneModel) -> np.ndarray:
@@ -257,7 +341,7 @@ def rank_names(log_probs: np.ndarray, names: list[str], pm: PhoneModel) -> np.nd
     best = np.full(len(names), NEG)
     for accent in pm.accents:
         seqs = [pm.encode(n, accent) for n in names]
-        score, _, _ = spot(rel, seqs)
+        score, _, _ = spot_fast(rel, seqs)
         best = np.maximum(best, score / np.maximum([len(s) for s in seqs], 1))
     return best
 

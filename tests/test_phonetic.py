@@ -28,6 +28,7 @@ from asr.phonetic import (
     ctc_log_likelihoods,
     rank_names,
     spot,
+    spot_fast,
     text_phones,
     word_phones,
 )
@@ -93,6 +94,21 @@ def test_spot_equals_brute_force_over_spans():
         np.testing.assert_allclose(score[feasible], np.array(ref)[feasible], atol=1e-9)
         assert np.all(score[~feasible] < NEG / 2)
         assert np.all(start <= end)
+
+
+def test_spot_fast_equals_spot():
+    rng = np.random.default_rng(3)
+    for t in (5, 33, 70):
+        lp = np.log(rng.dirichlet(np.full(12, 0.3), t))
+        rel = lp - lp.max(1, keepdims=True)
+        seqs = [list(rng.integers(1, 12, int(rng.integers(1, 11)))) for _ in range(70)] + [[]]
+        a, b = spot(rel, seqs), spot_fast(rel, seqs)
+        ok = a[0] > NEG / 2
+        np.testing.assert_allclose(b[0][ok], a[0][ok], atol=1e-4)
+        assert np.all(b[0][~ok] < NEG / 2)
+        for k in np.flatnonzero(ok):  # the span found holds the best path (ties may differ)
+            inside = spot(rel[b[1][k] : b[2][k] + 1], [seqs[k]])[0][0]
+            assert abs(inside - a[0][k]) < 1e-4
 
 
 def test_spot_finds_the_span_and_scores_an_empty_sequence_out():

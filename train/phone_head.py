@@ -49,6 +49,7 @@ def encoder_states(
     """Each row's encoder states before the joiner's projection (`Transducer.encode_states`):
     f16[T', d_model] (unpadded)."""
     model, variables = loaded.model, loaded.variables
+
     def states_of(x, p):
         _, paddings, _, states = model.apply(variables, x, p, method="encode_states")
         return states, paddings

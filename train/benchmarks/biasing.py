@@ -3,7 +3,7 @@ on utterances whose names are not listed and on real speech, and the search's sp
 
 Owns `python -m train.benchmarks.biasing --model M [--model M2 ...] --names MANIFEST...
 [--other MANIFEST] [--real NAME=MANIFEST ...] [--sizes 20 100 1000] [--boost 0.5]
-[--lm-weight L] [--phonetic-margin 2.0] [--speed-utterances 16] [--repeats 10] [--speed-only]
+[--lm-weight L] [--phonetic-margin 4.0] [--speed-utterances 16] [--repeats 10] [--speed-only]
 [--json PATH]`.
 
 - `--names`: test manifests (synthesized, held-out voices and held-out names); the rows whose
@@ -105,7 +105,7 @@ CONDITIONS = ("none", "fusion", "fusion_ilm", "attention", "both", "phonetic", "
 
 
 def conditions(
-    loaded, boost: float, lm_weight: float = 0.0, margin: float = 2.0
+    loaded, boost: float, lm_weight: float = 0.0, margin: float = 4.0
 ) -> dict[str, tuple[float, bool, bool, float, float | None]]:
     """name -> (boost, attention on, lists used, internal-LM discount, phonetic margin or None
     for off). The phonetic conditions are there for a model with a phone head (`margin`: the
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--phonetic-margin",
         type=float,
-        default=2.0,
+        default=4.0,
         help="the phonetic conditions' margin in nats (models with a phone head)",
     )
     ap.add_argument("--limit", type=int, default=0, help="name rows at most (0: all)")
