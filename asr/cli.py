@@ -195,6 +195,10 @@ def _recognizer(args):
         **({} if args.phonetic_margin is None else {"phonetic_margin": args.phonetic_margin}),
     )
     loaded = load_model(args.model)
+    if args.phonetic_margin is not None and loaded.phones is None:
+        raise ValueError(
+            f"--phonetic-margin: {args.model} has no phone head (asr train-phones adds one)"
+        )
     small = getattr(args, "small_bits", None)
     if small is not None and args.bits is None:
         raise ValueError("--small-bits: goes with --bits (the other layers' weight bits)")

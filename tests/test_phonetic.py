@@ -344,3 +344,21 @@ def test_biasing_benchmark_conditions_add_the_phonetic_ones(tmp_path):
     (folder / "phones.json").unlink()
     (folder / "phones.msgpack").unlink()
     assert "phonetic" not in conditions(load_model(folder), 0.5)
+
+
+def test_cli_phonetic_flags(tmp_path, capsys):
+    from asr.cli import main
+
+    folder, _ = _tiny(tmp_path, False)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32), SR)
+    names = tmp_path / "names.txt"
+    names.write_text("kennedy\nzoe\n")
+    args = ["transcribe", "--model", str(folder), "--context", str(names), str(wav)]
+    assert main([*args, "--phonetic-margin", "2"]) == 2
+    assert "has no phone head" in capsys.readouterr().err
+    assert main([*args, "--no-phonetic"]) == 0
+    folder2, _ = _tiny(tmp_path / "b", True)
+    args2 = ["transcribe", "--model", str(folder2), "--context", str(names), str(wav)]
+    assert main([*args2, "--phonetic-margin", "2"]) == 0
+    assert main([*args2, "--phonetic-margin", "2", "--no-phonetic"]) == 2  # one or the other
