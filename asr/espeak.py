@@ -150,12 +150,9 @@ def _engine() -> _Engine:
     return _ENGINE
 
 
-def phonemes(text: str, accent: str = "en-us") -> str:
-    """eSpeak NG's phoneme mnemonics for ``text`` in ``accent`` (what it would speak).
-
-    Stress and length marks are kept (e.g. ``"h'an@"`` for "hannah"); clauses are joined by a
-    space. Used to tell names that sound alike apart from names that are only spelled alike.
-    """
+def _text_to_phonemes(text: str, accent: str, mode: int) -> str:
+    """``espeak_TextToPhonemes`` over every clause of ``text`` in ``accent`` with ``mode`` (its
+    phoneme-mode bits), clauses joined by a space."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text: expected a non-empty string, got {text!r}")
     eng = _engine()
@@ -168,32 +165,26 @@ def phonemes(text: str, accent: str = "en-us") -> str:
         out = []
         # Each call converts one clause and advances the pointer; it becomes NULL at the end.
         while ptr.value:
-            res = eng.lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_UTF8, 0)
+            res = eng.lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_UTF8, mode)
             if res:
                 out.append(res.decode("utf-8", "replace").strip())
     return " ".join(p for p in out if p)
+
+
+def phonemes(text: str, accent: str = "en-us") -> str:
+    """eSpeak NG's phoneme mnemonics for ``text`` in ``accent`` (what it would speak).
+
+    Stress and length marks are kept (e.g. ``"h'an@"`` for "hannah"); clauses are joined by a
+    space. Used to tell names that sound alike apart from names that are only spelled alike.
+    """
+    return _text_to_phonemes(text, accent, 0)
 
 
 def espeak_ipa(text: str, accent: str = "en-us") -> str:
     """eSpeak NG's IPA for ``text``, multi-letter phonemes tied with ``^`` (``"t^ʃ"``, ``"a^ɪ"``).
 
-    Clauses are joined by a space; punctuation is not returned. (``espeak.phonemes`` gives the
+    Clauses are joined by a space; punctuation is not returned. (:func:`phonemes` gives the
     ASCII mnemonics; this is the same call with the IPA bit and a tie character, as misaki's
     phonemizer backend makes it.)
     """
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"text: expected a non-empty string, got {text!r}")
-    mode = 0x02 | 0x80 | (ord("^") << 8)  # bit 1: IPA; bit 7: tie with the char in bits 8-23
-    eng = _engine()
-    with eng.lock:
-        name = _ACCENT_ALIASES.get(accent, accent)
-        if eng.lib.espeak_SetVoiceByName(name.encode()) != 0:
-            raise ValueError(f"accent: eSpeak NG does not know {accent!r}")
-        buf = ctypes.create_string_buffer(text.encode("utf-8"))
-        ptr = ctypes.c_char_p(ctypes.addressof(buf))
-        out = []
-        while ptr.value:  # one clause per call; the pointer becomes NULL at the end
-            res = eng.lib.espeak_TextToPhonemes(ctypes.byref(ptr), 1, mode)
-            if res:
-                out.append(res.decode("utf-8", "replace").strip())
-    return " ".join(p for p in out if p)
+    return _text_to_phonemes(text, accent, 0x02 | 0x80 | (ord("^") << 8))  # IPA; tie with "^"
