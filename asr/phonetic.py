@@ -169,70 +169,9 @@ def in_dim(params: dict) -> int:
     return int(params["params"]["Dense_0"]["kernel"].shape[0])
 
 
-def spot(rel: np.ndarray, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keyword spotting by CTC over free spans.
-
-    Args:
-      rel: f[T, K] phone log-probabilities minus each frame's best (all <= 0).
-      seqs: N phone-id sequences (ids >= 1; an empty one scores `NEG`).
-
-    Returns:
-      (score f[N], start i[N], end i[N]): the largest sum of `rel` along any CTC path of the
-      sequence (its labels in order, blanks between, a label repeated only across a blank) from
-      frame start to frame end inclusive, over all spans; and that span.
-    """
-    n = len(seqs)
-    lens = np.array([len(s) for s in seqs])
-    width = 2 * max(int(lens.max(initial=0)), 1) + 1
-    ext = np.zeros((n, width), np.int64)
-    valid = np.zeros((n, width), bool)
-    for k, s in enumerate(seqs):
-        ext[k, 1 : 2 * len(s) : 2] = s
-        valid[k, : 2 * len(s) + 1] = len(s) > 0
-    skip = np.zeros((n, width), bool)  # a label state may come from two back: labels differ
-    skip[:, 3::2] = ext[:, 3::2] != ext[:, 1:-2:2]
-    score = np.full((n, width), NEG)
-    start = np.zeros((n, width), np.int64)
-    best = np.full(n, NEG)
-    b_start = np.zeros(n, np.int64)
-    b_end = np.zeros(n, np.int64)
-    last = np.maximum(2 * lens - 1, 0)
-    rows = np.arange(n)
-    negs = np.full((n, 2), NEG)
-    zeros = np.zeros((n, 2), np.int64)
-    for t in range(rel.shape[0]):
-        cand = np.stack(
-            [
-                score,
-                np.concatenate([negs[:, :1], score[:, :-1]], 1),
-                np.where(skip, np.concatenate([negs, score[:, :-2]], 1), NEG),
-            ]
-        )
-        starts = np.stack(
-            [
-                start,
-                np.concatenate([zeros[:, :1], start[:, :-1]], 1),
-                np.concatenate([zeros, start[:, :-2]], 1),
-            ]
-        )
-        pick = np.argmax(cand, 0)[None]
-        prev = np.take_along_axis(cand, pick, 0)[0]
-        start = np.take_along_axis(starts, pick, 0)[0]
-        fresh = prev[:, 1] < 0.0  # entering the first label now (from 0) beats any path so far
-        prev[fresh, 1] = 0.0
-        start[fresh, 1] = t
-        score = np.where(valid, prev + rel[t][ext], NEG)
-        end = score[rows, last]
-        better = (end > best) & (lens > 0)
-        best = np.where(better, end, best)
-        b_start = np.where(better, start[rows, last], b_start)
-        b_end = np.where(better, t, b_end)
-    return best, b_start, b_end
-
-
 @jax.jit
 def _spot_jax(rel, ext, valid, skip, last, has):
-    """`spot` as one scan over frames (shapes padded by `spot_fast`); the same recursion."""
+    """`spot`'s recursion as one scan over frames (shapes padded by `spot`)."""
     n = ext.shape[0]
     rows = jnp.arange(n)
 
@@ -281,10 +220,21 @@ def _spot_jax(rel, ext, valid, skip, last, has):
     return best, b_start, b_end
 
 
-def spot_fast(rel: np.ndarray, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`spot` compiled (float32): names padded to a multiple of 64, phones to a multiple of 8
-    and frames to a multiple of 32, so lists and utterances of nearby sizes share a trace.
-    Padded frames score NEG for every phone and end no path."""
+def spot(rel: np.ndarray, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keyword spotting by CTC over free spans (compiled, float32).
+
+    Args:
+      rel: f[T, K] phone log-probabilities minus each frame's best (all <= 0).
+      seqs: N phone-id sequences (ids >= 1; an empty one scores below NEG / 2).
+
+    Returns:
+      (score f[N], start i[N], end i[N]): the largest sum of `rel` along any CTC path of the
+      sequence (its labels in order, blanks between, a label repeated only across a blank) from
+      frame start to frame end inclusive, over all spans; and that span. Names are padded to a
+      multiple of 64, phones to a multiple of 8 and frames to a multiple of 32, so lists and
+      utterances of nearby sizes share a trace; padded frames score NEG for every phone and end
+      no path.
+    """
     n = len(seqs)
     lens = np.array([len(s) for s in seqs])
     width = 2 * (8 * -(-max(int(lens.max(initial=0)), 1) // 8)) + 1
@@ -341,7 +291,7 @@ def rank_names(log_probs: np.ndarray, names: list[str], pm: PhoneModel) -> np.nd
     best = np.full(len(names), NEG)
     for accent in pm.accents:
         seqs = [pm.encode(n, accent) for n in names]
-        score, _, _ = spot_fast(rel, seqs)
+        score, _, _ = spot(rel, seqs)
         best = np.maximum(best, score / np.maximum([len(s) for s in seqs], 1))
     return best
 
