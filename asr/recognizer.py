@@ -357,8 +357,13 @@ class Recognizer:
         on = settings.phonetic_margin is not None and _counts_encoder(loaded.model)
         self._phones = loaded.phones if on else None
         self._phone_params = None if self._phones is None else jax.device_put(self._phones.params)
-        head = None if self._phones is None else self._phones.head
-        self._decoder = _decoder(loaded.model, settings.trace_key(), head)
+        self._decoder = _decoder(loaded.model, settings.trace_key())
+        # the same search plus the phone head's log-probs, for batches that carry a list
+        self._phone_decoder = (
+            None
+            if self._phones is None
+            else _decoder(loaded.model, settings.trace_key(), self._phones.head)
+        )
         self.timing = Timing(seen=self._decoder.compiled)
 
     def stream(self, context=None):
@@ -506,7 +511,6 @@ class Recognizer:
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]))
         bs = self.settings.batch_size
         starts = range(0, len(order), bs)
-        run = self._decoder.run
         for s in tqdm(starts, desc="decode", unit="batch", disable=not progress, leave=False):
             idx = order[s : s + bs]
             t = FRAME_BUCKET * math.ceil(max(len(feats[i]) for i in idx) / FRAME_BUCKET)
@@ -519,16 +523,20 @@ class Recognizer:
             rows_ctx = [contexts[i] for i in idx] + [None] * (bs - len(idx))
             graph, attention = self._context_inputs(rows_ctx)
             self.timing.compute_s += time.perf_counter() - t0
+            # the phone head runs only for batches with a list (its output is unused otherwise)
+            phonetic = self._phone_decoder is not None and any(c is not None for c in rows_ctx)
             shape = (
                 self._signature,
                 bs,
                 t,
                 None if graph is None else (graph.goto.shape, graph.uses_lm),
                 None if attention is None else attention[0].shape,
+                phonetic,
             )
             args = (self._variables, x, pad, graph, attention)
-            if self._phones is not None:
-                args = (*args, self._phone_params)
+            run = self._decoder.run
+            if phonetic:
+                args, run = (*args, self._phone_params), self._phone_decoder.run
             if shape not in self.timing.seen:  # first use of this shape: compile, not timed
                 c0 = time.perf_counter()
                 jax.block_until_ready(run(*args))

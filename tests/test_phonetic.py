@@ -274,7 +274,7 @@ def test_recognizer_phone_head_outputs_and_unchanged_without_lists(tmp_path):
 
     x = log_mel(np.concatenate([audios[0], np.zeros(5120, np.float32)]))[None]
     pad = np.zeros(x.shape[:2], np.float32)
-    res = on._decoder.run(on._variables, x, pad, None, None, on._phone_params)
+    res = on._phone_decoder.run(on._variables, x, pad, None, None, on._phone_params)
     enc_p, enc_pad, _, states = loaded.model.apply(loaded.variables, x, pad, method="encode_states")
     want = loaded.phones.head.apply(loaded.phones.params, states, enc_pad)
     # the states are the encoder's before the joiner's projection
@@ -285,9 +285,12 @@ def test_recognizer_phone_head_outputs_and_unchanged_without_lists(tmp_path):
     )
     assert states.shape[-1] == loaded.config.d_model
     np.testing.assert_allclose(np.asarray(res[4][0]), np.asarray(want), atol=1e-5)
+    # without lists the phone head does not run (the batch shapes compiled say which decoder)
+    assert on.timing.seen and not any(key[-1] for key in on.timing.seen)
     # with lists it runs and returns one text per input
     c = on.recognize(audios, context=["kennedy", "zoe"])
     assert len(c) == 2 and all(isinstance(h[0].text, str) for h in c)
+    assert any(key[-1] for key in on.timing.seen)
     with pytest.raises(ValueError, match="phonetic_margin"):
         Recognizer(loaded, DecodeSettings(phonetic_margin=float("nan")))
     with pytest.raises(ValueError, match="phonetic_top_k"):
