@@ -151,17 +151,21 @@ class PhoneModel:
             raw = serialization.msgpack_restore((folder / "phones.msgpack").read_bytes())
         except Exception as e:
             raise ValueError(f"{folder}/phones.msgpack: missing or damaged ({e})") from None
-        params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), raw)
-        pm = cls(params, inventory, hidden, kernel, accents)
-        want = jax.eval_shape(
-            pm.head.init,
-            jax.random.PRNGKey(0),
-            jnp.zeros((1, 8, in_dim(params))),
-            jnp.zeros((1, 8)),
-        )
-        got = jax.tree_util.tree_map(lambda x: x.shape, params)
+        bad = ValueError(f"{folder}/phones.msgpack: weights do not fit phones.json's sizes")
+        try:
+            params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), raw)
+            pm = cls(params, inventory, hidden, kernel, accents)
+            want = jax.eval_shape(
+                pm.head.init,
+                jax.random.PRNGKey(0),
+                jnp.zeros((1, 8, in_dim(params))),
+                jnp.zeros((1, 8)),
+            )
+            got = jax.tree_util.tree_map(lambda x: x.shape, params)
+        except (KeyError, TypeError, AttributeError, IndexError):  # not a phone head's tree
+            raise bad from None
         if jax.tree_util.tree_map(lambda x: x.shape, want) != got:
-            raise ValueError(f"{folder}/phones.msgpack: weights do not fit phones.json's sizes")
+            raise bad
         return pm
 
 

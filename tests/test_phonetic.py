@@ -245,16 +245,24 @@ def test_phone_model_round_trip_and_damage(tmp_path):
     loaded = load_model(folder)
     assert loaded.phones is not None and loaded.phones.hidden == 16
     assert json.loads((folder / "phones.json").read_text())["accents"] == ["en-us", "en-gb"]
+    good = (folder / "phones.msgpack").read_bytes()
     (folder / "phones.msgpack").write_bytes(b"\xc1garbage")
     with pytest.raises(ModelLoadError, match="phones.msgpack"):
+        load_model(folder)
+    from flax import serialization
+
+    (folder / "phones.msgpack").write_bytes(serialization.msgpack_serialize({"x": np.zeros(3)}))
+    with pytest.raises(ModelLoadError, match="do not fit"):
         load_model(folder)
     folder2, _ = _tiny(tmp_path / "b", True, head_dim=cfg.d_model + 8)
     with pytest.raises(ModelLoadError, match="wide encoder states"):
         load_model(folder2)
+    (folder / "phones.msgpack").write_bytes(good)
+    assert load_model(folder).phones is not None
     meta = json.loads((folder / "phones.json").read_text())
     meta["hidden"] = 17
     (folder / "phones.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelLoadError, match="phones"):
+    with pytest.raises(ModelLoadError, match="do not fit"):
         load_model(folder)
 
 

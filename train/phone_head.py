@@ -25,9 +25,10 @@ from asr.audio import SAMPLE_RATE, load_audio
 from asr.features import log_mel
 from asr.model_io import LoadedModel, load_model
 from asr.phonetic import PhoneHead, PhoneModel, text_phones
+from asr.recognizer import DecodeSettings
 from train.corpus.espeak import ACCENTS
 
-TAIL_SECONDS = 0.32  # the recognizer's tail silence (`DecodeSettings.tail_padding_seconds`)
+TAIL_SECONDS = DecodeSettings().tail_padding_seconds  # the recognizer's tail silence
 
 
 def row_accent(row: dict) -> str:
