@@ -157,11 +157,21 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         metavar="M",
         help="a model with a phone head (asr train-phones): a listed name the phones hear "
         "replaces words of the best hypothesis when it fits the audio better by more than M "
-        "nats (default: DecodeSettings, asr.recognizer: 4; lower finds more names and changes "
+        "nats, counting --phonetic-transducer-weight times the transducer's own log-likelihood "
+        "change (default: DecodeSettings, asr.recognizer: 2; lower finds more names and changes "
         "more requests without one)",
     )
     g.add_argument(
         "--no-phonetic", action="store_true", help="no phonetic second pass (phone head unused)"
+    )
+    p.add_argument(
+        "--phonetic-transducer-weight",
+        type=_at_least(0.0, float),
+        default=None,
+        metavar="W",
+        help="the phonetic second pass: weight of the transducer's log-likelihood change from "
+        "the best hypothesis to the name's (default: DecodeSettings, asr.recognizer: 0.2; 0: the "
+        "phones alone decide)",
     )
 
 
@@ -193,12 +203,21 @@ def _recognizer(args):
         **({} if args.context_lm_weight is None else {"context_lm_weight": args.context_lm_weight}),
         **({"phonetic_margin": None} if args.no_phonetic else {}),
         **({} if args.phonetic_margin is None else {"phonetic_margin": args.phonetic_margin}),
+        **(
+            {}
+            if args.phonetic_transducer_weight is None
+            else {"phonetic_transducer_weight": args.phonetic_transducer_weight}
+        ),
     )
     loaded = load_model(args.model)
-    if args.phonetic_margin is not None and loaded.phones is None:
-        raise ValueError(
-            f"--phonetic-margin: {args.model} has no phone head (asr train-phones adds one)"
-        )
+    for flag, value in (
+        ("--phonetic-margin", args.phonetic_margin),
+        ("--phonetic-transducer-weight", args.phonetic_transducer_weight),
+    ):
+        if value is not None and loaded.phones is None:
+            raise ValueError(f"{flag}: {args.model} has no phone head (asr train-phones adds one)")
+    if args.no_phonetic and args.phonetic_transducer_weight is not None:
+        raise ValueError("--phonetic-transducer-weight: goes with the phonetic pass, not --no-phonetic")
     small = getattr(args, "small_bits", None)
     if small is not None and args.bits is None:
         raise ValueError("--small-bits: goes with --bits (the other layers' weight bits)")

@@ -19,8 +19,15 @@ other word, and eSpeak NG spells the listed names in phones.
 - `correct_names`: the `top_k` best-ranked names are tried in the recognizer's sentence in
   place of every span of up to 2 words (or inserted between words); each candidate sentence
   and the original are scored by the head's CTC log-likelihood of their phones over the whole
-  utterance (the best of `accents`), and the best candidate replaces the sentence when it beats
-  it by more than `margin` nats. Without a list nothing changes.
+  utterance (the best of `accents`). The best candidate replaces the sentence when its gain,
+  plus `weight` times the transducer's own log-likelihood change from the sentence to the
+  candidate (`transducer`: the full lattice forward, `asr.lattice`), exceeds `margin` nats.
+  The transducer term keeps sentences the model is sure of: a name that sounds like "party"
+  is not written over a "party" the transducer heard well, while a misspelt name (which the
+  transducer itself finds about as likely as the name) is still replaced. On the dev set
+  (seed 100, lists of 100) it kept the name-word errors of the phone gain alone (54 against
+  54) and took the harm on 600 requests without names from +1 error to -1 (README, "Phonetic
+  name matching"). Without a list nothing changes.
 
 Sentences are spelled whole (cached; about 0.2 ms an eSpeak NG call), names alone.
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,6 +330,8 @@ def correct_names(
     pm: PhoneModel,
     top_k: int = 3,
     margin: float = 2.0,
+    transducer: Callable[[list[str]], np.ndarray] | None = None,
+    weight: float = 0.0,
 ) -> str:
     """The sentence with a listed name written where the phones say it was spoken (module
     docstring); `text` itself when no candidate beats it by more than `margin` nats.
@@ -330,6 +340,9 @@ def correct_names(
       text: the recognizer's sentence (normalized words).
       log_probs: f[T, n_phones + 1] the head's output for the utterance's frames (no padding).
       names: the utterance's list (normalized phrases).
+      transducer: sentences -> f[n] the transducer's log-likelihood of each on this utterance
+        (used only when `weight` > 0 and a candidate differs from `text`).
+      weight: the transducer's log-likelihood change counts `weight` times into the gain.
     """
     names = [n for n in dict.fromkeys(names) if n.strip()]
     if not names or log_probs.shape[0] == 0:
@@ -341,4 +354,10 @@ def correct_names(
         [ctc_log_likelihoods(log_probs, [pm.encode(c, a) for c in cands]) for a in pm.accents], 0
     )
     best = int(np.argmax(ll))
-    return cands[best] if ll[best] - ll[0] > margin else text
+    gain = float(ll[best] - ll[0])
+    if best == 0:
+        return text
+    if weight > 0 and transducer is not None:
+        t = np.asarray(transducer([text, cands[best]]), np.float64)
+        gain += weight * float(t[1] - t[0])
+    return cands[best] if gain > margin else text

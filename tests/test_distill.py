@@ -29,7 +29,7 @@ from train.distill import (
     rnnt_loss_from_collapsed,
     teacher_occupancy,
 )
-from train.loss import NEG, rnnt_loss
+from asr.lattice import NEG, rnnt_loss
 
 NEG32 = np.float32(NEG)  # log 0 as stored in float32 outputs
 

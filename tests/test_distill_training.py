@@ -15,7 +15,7 @@ from asr.manifest import read_manifest
 from asr.models import build_model
 from asr.models.transducer import init_variables
 from train.configs import get_recipe
-from train.loss import rnnt_loss
+from asr.lattice import rnnt_loss
 from train.trainer import ctc_feasible, loss_fn, teacher_collapsed, train
 
 _cfg = tiny_recipe

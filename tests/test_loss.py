@@ -1,4 +1,4 @@
-"""Tests for train/loss.py: the transducer loss against independent float64 references.
+"""Tests for asr/lattice.py: the transducer loss against independent float64 references.
 
 Owns: a plain-loop NumPy forward-backward (alpha and beta) reference, a brute-force sum over all
 alignments, Graves' analytic gradient, and the consistency checks of the JAX loss (batched equals
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from train.loss import auto_time_chunk, rnnt_loss, rnnt_loss_from_logprobs
+from asr.lattice import auto_time_chunk, rnnt_loss, rnnt_loss_from_logprobs
 
 # ----------------------------------------------------------------------------- references
 

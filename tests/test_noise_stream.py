@@ -283,7 +283,7 @@ def _tiny_joint(v, d, seed=0):
 
 
 def test_rnnt_loss_of_an_empty_transcript_is_minus_log_p_all_blanks():
-    from train.loss import rnnt_loss
+    from asr.lattice import rnnt_loss
 
     b, t, u, d, v = 3, 6, 4, 5, 7
     rng = np.random.default_rng(0)

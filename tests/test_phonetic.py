@@ -8,6 +8,7 @@ phone posteriors built by hand from eSpeak NG's phones of the spoken sentence.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import jax
@@ -208,6 +209,38 @@ def test_correct_names_writes_the_spoken_name(pm):
     assert correct_names("turn on the lights", lp2, names, pm) == "turn on the lights"
 
 
+def test_correct_names_weighs_in_the_transducer(pm):
+    lp = _posteriors(pm, "call kennedy")
+    names = ["zoe", "kennedy", "bauer", "greta"]
+    calls = []
+
+    def sure_of_kevin(texts):  # the transducer finds "call kevin" 100 nats likelier
+        calls.append(list(texts))
+        return np.array([0.0 if t == "call kevin" else -100.0 for t in texts])
+
+    def indifferent(texts):
+        calls.append(list(texts))
+        return np.zeros(len(texts))
+
+    # the gain of the phones alone (large: the posteriors say "kennedy" at p=0.9)
+    gain = correct_names("call kevin", lp, names, pm, margin=0.0)
+    assert gain == "call kennedy"
+    assert correct_names("call kevin", lp, names, pm, transducer=sure_of_kevin, weight=1.0) == (
+        "call kevin"
+    )
+    assert calls == [["call kevin", "call kennedy"]]  # the sentence and the best candidate only
+    assert correct_names("call kevin", lp, names, pm, transducer=indifferent, weight=1.0) == (
+        "call kennedy"
+    )
+    # weight 0 (or no transducer) never calls it; a sentence that already fits never calls it
+    calls.clear()
+    assert correct_names("call kevin", lp, names, pm, transducer=sure_of_kevin) == "call kennedy"
+    assert correct_names("call kennedy", lp, names, pm, transducer=sure_of_kevin, weight=1.0) == (
+        "call kennedy"
+    )
+    assert calls == []
+
+
 def test_correct_names_only_tries_the_top_k(pm):
     lp = _posteriors(pm, "dial weber")
     # weber ranks first; with top_k=1 and weber listed, it is tried; listing it last changes
@@ -303,6 +336,53 @@ def test_recognizer_phone_head_outputs_and_unchanged_without_lists(tmp_path):
         Recognizer(loaded, DecodeSettings(phonetic_margin=float("nan")))
     with pytest.raises(ValueError, match="phonetic_top_k"):
         Recognizer(loaded, DecodeSettings(phonetic_top_k=0))
+    with pytest.raises(ValueError, match="phonetic_transducer_weight"):
+        Recognizer(loaded, DecodeSettings(phonetic_transducer_weight=-1.0))
+
+
+def _brute_sequence_ll(logp: np.ndarray, labels: list[int], blank: int) -> float:
+    """log of the sum over every alignment (T blanks, U labels, the last symbol a blank) of the
+    product of its probabilities, float64: logp [T, U+1, V] the joint's log-softmax."""
+    t_len, u_len = logp.shape[0], len(labels)
+    total = 0.0
+    for steps in itertools.combinations(range(t_len + u_len - 1), u_len):
+        t = u = 0
+        s = 0.0
+        for k in range(t_len + u_len):
+            if k in steps:
+                s += logp[t, u, labels[u]]
+                u += 1
+            else:
+                s += logp[t, u, blank]
+                t += 1
+        total += np.exp(s)
+    return float(np.log(total))
+
+
+def test_sentence_log_likelihoods_equal_a_brute_force_sum_over_alignments(tmp_path):
+    folder, _ = _tiny(tmp_path, False)
+    loaded = load_model(folder)
+    model, variables, tok = loaded.model, loaded.variables, loaded.tokenizer
+    rec = Recognizer(loaded)
+    rng = np.random.default_rng(3)
+    from asr.features import log_mel
+
+    x = log_mel((0.2 * rng.standard_normal(int(0.3 * SR))).astype(np.float32))[None]
+    pad = np.zeros(x.shape[:2], np.float32)
+    enc_p = np.asarray(model.apply(variables, x, pad, method="encode")[0][0])
+    texts = ["call zoe", "dial kennedy", ""]
+    got = rec.sentence_log_likelihoods(enc_p, texts)
+    blank = loaded.config.blank_id
+    for text, g in zip(texts, got, strict=True):
+        ids = tok.encode(text)
+        hist = np.array([[blank, *ids]], np.int32)
+        pred = model.apply(variables, hist, method="predict")
+        logits = model.apply(variables, enc_p[None, :, None], pred[:, None], method="joint")[0]
+        z = np.asarray(logits, np.float64)
+        m = z.max(-1, keepdims=True)
+        logp = z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+        assert len(enc_p) + len(ids) <= 20  # the brute force stays small (C(19, 12) paths)
+        np.testing.assert_allclose(g, _brute_sequence_ll(logp, ids, blank), rtol=1e-4, atol=1e-3)
 
 
 # ---- training ----
@@ -343,9 +423,14 @@ def test_biasing_benchmark_conditions_add_the_phonetic_ones(tmp_path):
     from train.benchmarks.biasing import CONDITIONS, conditions
 
     folder, _ = _tiny(tmp_path, True)
-    with_head = conditions(load_model(folder), 0.5, margin=3.0)
-    assert with_head["phonetic"] == (0.0, False, True, 0.0, 3.0)
-    assert with_head["fusion_phonetic"] == (0.5, False, True, 0.0, 3.0)
+    with_head = conditions(load_model(folder), 0.5, margin=3.0, weight=0.1)
+    assert with_head["phonetic"] == (0.0, False, True, 0.0, (3.0, 0.1))
+    assert with_head["fusion_phonetic"] == (0.5, False, True, 0.0, (3.0, 0.1))
+    d = DecodeSettings()
+    assert conditions(load_model(folder), 0.5)["phonetic"][4] == (
+        d.phonetic_margin,
+        d.phonetic_transducer_weight,
+    )
     assert all(v[4] is None for k, v in with_head.items() if "phonetic" not in k)
     assert list(with_head) == [c for c in CONDITIONS if c in with_head]
     (folder / "phones.json").unlink()
@@ -369,3 +454,9 @@ def test_cli_phonetic_flags(tmp_path, capsys):
     args2 = ["transcribe", "--model", str(folder2), "--context", str(names), str(wav)]
     assert main([*args2, "--phonetic-margin", "2"]) == 0
     assert main([*args2, "--phonetic-margin", "2", "--no-phonetic"]) == 2  # one or the other
+    assert main([*args2, "--phonetic-transducer-weight", "0.5"]) == 0
+    assert main([*args, "--phonetic-transducer-weight", "0.5"]) == 2
+    assert "--phonetic-transducer-weight" in capsys.readouterr().err
+    assert main([*args2, "--phonetic-transducer-weight", "0.5", "--no-phonetic"]) == 2
+    assert "not --no-phonetic" in capsys.readouterr().err
+    assert main([*args2, "--phonetic-transducer-weight", "-1"]) == 2

@@ -20,7 +20,7 @@ Functions:
 
 - `collapsed_log_probs`: f32[B, T, U+1, 3] log-probabilities (label, blank, rest) from
   encoder and predictor outputs and a joint network, evaluated a time chunk at a time like
-  `train.loss.rnnt_loss` (`lax.map` over chunks, each chunk rematerialized with
+  `asr.lattice.rnnt_loss` (`lax.map` over chunks, each chunk rematerialized with
   `jax.checkpoint`), so [B, T, U+1, V] is never whole in either pass. "rest" is a masked
   logsumexp over the other V-2 logits, not log(1 - p_label - p_blank), so it keeps full
   precision when the teacher is confident (rest ~ 1e-9 would round to 0 in float32).
@@ -28,7 +28,7 @@ Functions:
   and optionally weighted per node; teacher and weights are constants (`stop_gradient`).
 - `teacher_occupancy`: optional node weights, the posterior probability under the teacher that
   an alignment of y passes through node (t, u): alpha(t, u) beta(t, u) / P(y | x). Cheap: it
-  is the gradient of log P(y | x) (from `train.loss.rnnt_loss_from_logprobs` on the teacher's
+  is the gradient of log P(y | x) (from `asr.lattice.rnnt_loss_from_logprobs` on the teacher's
   label and blank slots) with respect to the node's outgoing log-probabilities, one
   forward-backward over [B, T, U+1] floats. The paper uses a plain sum over nodes (weights 1);
   occupancy weighting concentrates the loss on nodes the teacher actually visits (weights sum
@@ -49,7 +49,7 @@ as exp(NEG) is), as .npy/.npz (no pickle). At training time, pad them to the bat
 encoder frame rate (same T after subsampling) and to be fed the same y; augmentation may differ
 (teacher on clean audio, student on SpecAugmented features is the usual choice).
 
-Padding follows `train.loss` and `optax.ctc_loss`: `*_paddings` float arrays, 1.0 = padded,
+Padding follows `asr.lattice` and `optax.ctc_loss`: `*_paddings` float arrays, 1.0 = padded,
 right-padded; lengths are derived from the masks.
 
 References:
@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from train.loss import (
+from asr.lattice import (
     NEG,
     JointFn,
     _lengths,
@@ -138,7 +138,7 @@ def collapsed_log_probs(
 
     Args:
       joint_fn: (enc f32[B, t, 1, De], pred f32[B, 1, U+1, Dp]) -> logits f32[B, t, U+1, V],
-        as for `train.loss.rnnt_loss`. May close over parameters; gradients flow to them.
+        as for `asr.lattice.rnnt_loss`. May close over parameters; gradients flow to them.
       enc: f32[B, T, De] encoder frames.
       enc_paddings: f32[B, T], 1.0 = padded frame.
       pred: f32[B, U+1, Dp] predictor outputs for the blank-prefixed history of `labels`.
@@ -147,7 +147,7 @@ def collapsed_log_probs(
         in padded positions are ignored.
       label_paddings: f32[B, U], 1.0 = padded label.
       blank_id: vocabulary index of blank.
-      time_chunk: frames per chunk of the joint; None chooses `train.loss.auto_time_chunk`.
+      time_chunk: frames per chunk of the joint; None chooses `asr.lattice.auto_time_chunk`.
 
     Returns:
       f32[B, T, U+1, 3], last axis (label, blank, rest) = log P(y_{u+1} | t, u),
@@ -268,7 +268,7 @@ def distill_loss(
 def rnnt_loss_from_collapsed(
     collapsed: ArrayLike, enc_paddings: ArrayLike, label_paddings: ArrayLike
 ) -> jax.Array:
-    """Transducer NLL f32[B] (`train.loss.rnnt_loss_from_logprobs`) of a collapsed array
+    """Transducer NLL f32[B] (`asr.lattice.rnnt_loss_from_logprobs`) of a collapsed array
     f32[B, T, U+1, 3]: its blank slot is log P(blank | t, u) and its label slot at u < U is
     log P(y_{u+1} | t, u). Lets a train step share one chunked joint pass between the NLL and
     the distillation term."""

@@ -23,7 +23,7 @@ logged while training is the one `asr eval` reports (`asr.recognizer.evaluate_ma
 search), from a decode function compiled once per model and batch shape.
 
 References: Loshchilov & Hutter 2019 (AdamW); Park et al. 2019 (SpecAugment);
-Graves 2012 (transducer loss, `train.loss`).
+Graves 2012 (transducer loss, `asr.lattice`).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from asr.tokenizer import Tokenizer
 from train.configs import TrainConfig, canonical_model_spec, resume_config
 from train.data import check_training_rows, training_dataset
 from train.distill import collapsed_log_probs, distill_loss, rnnt_loss_from_collapsed
-from train.loss import rnnt_loss
+from asr.lattice import rnnt_loss
 from train.regularizers import (
     acos_penalty,
     eligible_mask,

@@ -41,6 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from asr.recognizer import DecodeSettings
+
+_DEFAULT = DecodeSettings()
+
 
 def name_pool() -> list[str]:
     """Every name the project knows: core (training and held-out) and wide names, distinct."""
@@ -86,7 +90,7 @@ def _eval(
     attention: bool,
     use: bool,
     lm_weight: float = 0.0,
-    phonetic: float | None = None,
+    phonetic: tuple[float, float] | None = None,
 ) -> dict:
     from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
 
@@ -94,7 +98,8 @@ def _eval(
         context_boost=boost,
         context_attention=attention,
         context_lm_weight=lm_weight,
-        phonetic_margin=phonetic,
+        phonetic_margin=None if phonetic is None else phonetic[0],
+        **({} if phonetic is None else {"phonetic_transducer_weight": phonetic[1]}),
     )
     res = evaluate_manifest(Recognizer(loaded, settings), rows, use_context=use)
     keep = ("wer", "words", "context_wer", "context_words", "utterances", "rtf")
@@ -105,11 +110,16 @@ CONDITIONS = ("none", "fusion", "fusion_ilm", "attention", "both", "phonetic", "
 
 
 def conditions(
-    loaded, boost: float, lm_weight: float = 0.0, margin: float = 4.0
-) -> dict[str, tuple[float, bool, bool, float, float | None]]:
-    """name -> (boost, attention on, lists used, internal-LM discount, phonetic margin or None
-    for off). The phonetic conditions are there for a model with a phone head (`margin`: the
-    recognizer's `phonetic_margin`)."""
+    loaded,
+    boost: float,
+    lm_weight: float = 0.0,
+    margin: float = _DEFAULT.phonetic_margin,
+    weight: float = _DEFAULT.phonetic_transducer_weight,
+) -> dict[str, tuple[float, bool, bool, float, tuple[float, float] | None]]:
+    """name -> (boost, attention on, lists used, internal-LM discount, the phonetic pass's
+    (margin, transducer weight) or None for off). The phonetic conditions are there for a model
+    with a phone head (`margin`, `weight`: the recognizer's `phonetic_margin` and
+    `phonetic_transducer_weight`)."""
     out = {"none": (boost, False, False, 0.0, None), "fusion": (boost, False, True, 0.0, None)}
     if lm_weight > 0:
         out["fusion_ilm"] = (boost, False, True, lm_weight, None)
@@ -117,8 +127,8 @@ def conditions(
         out["attention"] = (0.0, True, True, 0.0, None)
         out["both"] = (boost, True, True, 0.0, None)
     if getattr(loaded, "phones", None) is not None:
-        out["phonetic"] = (0.0, False, True, 0.0, margin)
-        out["fusion_phonetic"] = (boost, False, True, 0.0, margin)
+        out["phonetic"] = (0.0, False, True, 0.0, (margin, weight))
+        out["fusion_phonetic"] = (boost, False, True, 0.0, (margin, weight))
     return out
 
 
@@ -243,8 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--phonetic-margin",
         type=float,
-        default=4.0,
-        help="the phonetic conditions' margin in nats (models with a phone head)",
+        default=_DEFAULT.phonetic_margin,
+        help="the phonetic conditions' margin in nats (models with a phone head; default: the "
+        "recognizer's)",
+    )
+    ap.add_argument(
+        "--phonetic-transducer-weight",
+        type=float,
+        default=_DEFAULT.phonetic_transducer_weight,
+        help="the phonetic conditions' transducer weight (default: the recognizer's)",
     )
     ap.add_argument("--limit", type=int, default=0, help="name rows at most (0: all)")
     ap.add_argument("--speed-utterances", type=int, default=16)
@@ -281,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": platform.node(), "device": jax.devices()[0].device_kind, "models": {}}
     for model in args.model:
         loaded = load_model(model)
-        conds = conditions(loaded, args.boost, args.lm_weight, args.phonetic_margin)
+        conds = conditions(
+            loaded, args.boost, args.lm_weight, args.phonetic_margin, args.phonetic_transducer_weight
+        )
         res: dict = {"names": {}, "no_harm": {}}
         for size in [] if args.speed_only else args.sizes:
             listed = with_lists(name_rows, size, pool, args.seed, True)

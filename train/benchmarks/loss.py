@@ -1,4 +1,4 @@
-"""Benchmark of the transducer loss: time-chunked joint (train/loss.py) vs. the naive full joint.
+"""Benchmark of the transducer loss: time-chunked joint (asr/lattice.py) vs. the naive full joint.
 
 Owns `python -m train.benchmarks.loss [--quick] [--json PATH]`. For each (B, T, U, V) of a grid it
 times a jitted forward + backward pass (after a warm-up call, median of N repeats) of
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train.loss import auto_time_chunk, rnnt_loss, rnnt_loss_from_logprobs
+from asr.lattice import auto_time_chunk, rnnt_loss, rnnt_loss_from_logprobs
 
 HIDDEN = 256
 FULL_GRID = [(8, t, u, v) for t in (100, 200, 400) for u in (20, 50, 100) for v in (128, 256, 512)]

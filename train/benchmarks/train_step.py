@@ -20,7 +20,7 @@ that bucket length), and reports:
   for a clean number.
 
 References: Graves 2012, "Sequence Transduction with Recurrent Neural Networks" (the loss the
-step computes, `train.loss`); Loshchilov & Hutter 2019 (AdamW, `train.trainer.make_optimizer`).
+step computes, `asr.lattice`); Loshchilov & Hutter 2019 (AdamW, `train.trainer.make_optimizer`).
 """
 
 from __future__ import annotations
