@@ -288,6 +288,12 @@ def _decoder(model: Transducer, trace_key: tuple, head: PhoneHead | None = None)
     return _Decoder(jax.jit(run), set())
 
 
+@functools.lru_cache(maxsize=8)
+def _head_fn(head: PhoneHead) -> Callable:
+    """jitted (phone params, states f32[B, T', d], paddings f32[B, T']) -> the head's log-probs."""
+    return jax.jit(head.apply)
+
+
 _LABEL_BUCKET = 8  # sentence scoring: tokens and rows padded to multiples of this
 
 
@@ -406,6 +412,35 @@ class Recognizer:
         from asr.streaming import StreamingRecognizer
 
         return StreamingRecognizer(self.loaded, self.settings, context, _recognizer=self)
+
+    def _second_pass(
+        self, text: str, phone_log_probs: np.ndarray, enc_p: np.ndarray, context: ContextList
+    ) -> str:
+        """The phonetic second pass (`asr.phonetic.correct_names`) on one utterance's best
+        sentence: its phone head's log-probs f32[T', P+1] and projected encoder frames
+        f32[T', J] (no padding), and its list."""
+        return correct_names(
+            text,
+            phone_log_probs,
+            list(context.phrases),
+            self._phones,
+            top_k=self.settings.phonetic_top_k,
+            margin=self.settings.phonetic_margin,
+            transducer=functools.partial(self.sentence_log_likelihoods, enc_p),
+            weight=self.settings.phonetic_transducer_weight,
+        )
+
+    def _phone_log_probs(self, states: np.ndarray) -> np.ndarray:
+        """The phone head on one utterance's encoder states f32[T', d_model] (no padding; the
+        streaming recognizer's, gathered chunk by chunk) -> f32[T', P+1], frames padded to a
+        bucket inside so that new lengths rarely compile."""
+        t = FRAME_BUCKET * max(1, math.ceil(len(states) / FRAME_BUCKET))
+        x = np.zeros((1, t, states.shape[1]), np.float32)
+        x[0, : len(states)] = states
+        pads = np.ones((1, t), np.float32)
+        pads[0, : len(states)] = 0.0
+        out = _head_fn(self._phones.head)(self._phone_params, x, pads)
+        return np.asarray(jax.device_get(out))[0, : len(states)]
 
     def sentence_log_likelihoods(self, enc_p: np.ndarray, texts: list[str]) -> np.ndarray:
         """f64[n] the transducer's log-likelihood of each sentence (normalized words) given one
@@ -620,15 +655,8 @@ class Recognizer:
                 ]
                 if phones is not None and contexts[i] is not None and hyps:
                     n = int(round(float(np.sum(1.0 - phones[1][k]))))
-                    text = correct_names(
-                        hyps[0].text,
-                        phones[0][k, :n],
-                        list(contexts[i].phrases),
-                        self._phones,
-                        top_k=self.settings.phonetic_top_k,
-                        margin=self.settings.phonetic_margin,
-                        transducer=functools.partial(self.sentence_log_likelihoods, phones[2][k, :n]),
-                        weight=self.settings.phonetic_transducer_weight,
+                    text = self._second_pass(
+                        hyps[0].text, phones[0][k, :n], phones[2][k, :n], contexts[i]
                     )
                     if text != hyps[0].text:
                         hyps[0] = Hypothesis(text, hyps[0].score, hyps[0].encoder)

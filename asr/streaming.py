@@ -22,7 +22,11 @@ A float model's transcript equals `Recognizer.recognize` with greedy settings on
 (tested with random piece sizes; the encoder outputs differ by float rounding only, about 1e-6),
 for inputs of at most `max_segment_seconds`: a stream is never cut into segments. Context lists
 work as in `Recognizer` (shallow fusion and, for a model trained with one, the attention biasing
-network).
+network). For a model with a phone head, a stream with a list keeps each chunk's encoder states
+(before the joiner's projection) and projected frames on the host, and `finish` runs the
+recognizer's phonetic second pass (`asr.phonetic`) on the whole utterance: the head over all the
+states at once (its convolution spans chunk boundaries), the transducer scoring the sentences.
+The final text then equals `Recognizer`'s; the partial texts are the first pass's.
 
 Latency: a frame's tokens come out when its chunk is complete (the encoder's attention sees the
 whole chunk); nothing waits for the end of the utterance except the tail silence.
@@ -64,6 +68,7 @@ from asr.model_io import LoadedModel
 from asr.models.encoder import SUBSAMPLING
 from asr.models.transducer import Transducer
 from asr.recognizer import (
+    FRAME_BUCKET,
     DecodeSettings,
     EncoderCost,
     Hypothesis,
@@ -92,8 +97,16 @@ class _StreamFns(NamedTuple):
     compiled: set  # shapes already run once
 
 
+def _stream_fns(model: Transducer, max_symbols: int, states: bool = False) -> _StreamFns:
+    """The stream functions of `model` (built once per arguments). `states`: the step also
+    returns the chunk's encoder states before the joiner's projection, its projected frames
+    and their paddings (f32[1, C, d_model], f32[1, C, J], f32[1, C]), for the phonetic second
+    pass at `finish`."""
+    return _build_stream_fns(model, int(max_symbols), bool(states))
+
+
 @functools.lru_cache(maxsize=8)
-def _stream_fns(model: Transducer, max_symbols: int) -> _StreamFns:
+def _build_stream_fns(model: Transducer, max_symbols: int, states: bool) -> _StreamFns:
     c = model.config
     buffer = c.chunk_size * max_symbols  # tokens one chunk can emit at most
 
@@ -104,9 +117,14 @@ def _stream_fns(model: Transducer, max_symbols: int) -> _StreamFns:
 
     def step(variables, enc_state, dec_state, feats, feat_paddings, graph=None, context=None):
         kw = {} if context is None else {"context": context}
-        enc_p, enc_pad, aux, enc_state = model.apply(
-            variables, feats, feat_paddings, enc_state, method="encode_step", **kw
-        )
+        if states:
+            enc_p, enc_pad, aux, enc_state, enc = model.apply(
+                variables, feats, feat_paddings, enc_state, method="encode_step_states", **kw
+            )
+        else:
+            enc_p, enc_pad, aux, enc_state = model.apply(
+                variables, feats, feat_paddings, enc_state, method="encode_step", **kw
+            )
         fusion = None if graph is None else context_fusion(graph)
         fns = decoder_fns(model, variables)
         dec_state = greedy_frames(fns, dec_state.drain(), enc_p, enc_pad, max_symbols, fusion)
@@ -114,7 +132,8 @@ def _stream_fns(model: Transducer, max_symbols: int) -> _StreamFns:
         costs = {"macs": jnp.sum(aux["macs"] * valid, 1), "frames": jnp.sum(valid, 1)}
         if "expensive" in aux:
             costs["expensive"] = jnp.sum(aux["expensive"] * valid, 1)
-        return enc_state, dec_state, dec_state.tokens, dec_state.lengths, costs
+        out = (enc_state, dec_state, dec_state.tokens, dec_state.lengths, costs)
+        return (*out, (enc, enc_p, enc_pad)) if states else out
 
     def score(dec_state, graph=None):
         return greedy_result(dec_state, None if graph is None else context_fusion(graph))[2]
@@ -128,6 +147,15 @@ def _has_stream_step(model: Transducer) -> bool:
     to be."""
     cls = type(model)
     return cls.encode is Transducer.encode or cls.encode_step is not Transducer.encode_step
+
+
+def _has_state_step(model: Transducer) -> bool:
+    """The model's `encode_step_states` runs the step its `encode_step` runs."""
+    cls = type(model)
+    return (
+        cls.encode_step is Transducer.encode_step
+        or cls.encode_step_states is not Transducer.encode_step_states
+    )
 
 
 class StreamingRecognizer:
@@ -170,6 +198,11 @@ class StreamingRecognizer:
             )
         self._rec = _recognizer or Recognizer(loaded, settings)
         self.loaded, self.settings = loaded, settings
+        if self._rec._phones is not None and not _has_state_step(model):
+            raise ValueError(
+                f"{type(model).__name__} overrides encode_step but not encode_step_states: "
+                "its phone head cannot read its states (decode with phonetic_margin=None)"
+            )
         self._fns = _stream_fns(model, settings.max_symbols_per_frame)
         self._chunk = SUBSAMPLING * model.config.chunk_size  # feature frames per step
         self.timing = Timing(seen=self._fns.compiled)
@@ -183,6 +216,14 @@ class StreamingRecognizer:
         if context is not ...:
             self._context = _as_context(context, "context")
         self._graph, self._attention = self._rec._context_inputs([self._context])
+        # the phonetic second pass (a model with a phone head, a list): the step also hands out
+        # the chunk's encoder states, kept until `finish`
+        self._phonetic = self._rec._phones is not None and self._context is not None
+        self._fns = _stream_fns(
+            self.loaded.model, self.settings.max_symbols_per_frame, self._phonetic
+        )
+        self._states: list[np.ndarray] = []  # per step: valid frames' states
+        self._enc_p: list[np.ndarray] = []  # per step: valid frames' projected frames
         self._features = FeatureStream(self.loaded.config.n_mels)
         self._pending = np.zeros((0, self.loaded.config.n_mels), np.float32)
         self._tokens: list[int] = []
@@ -223,6 +264,9 @@ class StreamingRecognizer:
         feats = np.concatenate([self._features.push(tail), self._features.finish()])
         self._feed(feats, final=True)
         score = float(jax.device_get(self._fns.score(self._dec, self._graph))[0])
+        text = self.text
+        if self._phonetic and text and self._states:
+            text = self._second_pass(text)
         self.timing.compute_s += time.perf_counter() - t0 - (self.timing.compile_s - c0)
         c = self._costs
         cost = EncoderCost(
@@ -231,9 +275,23 @@ class StreamingRecognizer:
             audio_s=self._samples / SAMPLE_RATE,
             expensive_frames=c.get("expensive"),
         )
-        self.result = Hypothesis(self.text, score, cost)
+        self.result = Hypothesis(text, score, cost)
         self.reset()
         return self.result.text
+
+    def _second_pass(self, text: str) -> str:
+        """The recognizer's phonetic second pass on the whole utterance: the phone head runs on
+        every chunk's states at once (its convolution spans chunk boundaries as in `Recognizer`),
+        compiled apart from the steps."""
+        states = np.concatenate(self._states)
+        key = ("phonetic", self._rec._signature, -(-len(states) // FRAME_BUCKET))
+        c0 = time.perf_counter()
+        lp = self._rec._phone_log_probs(states)
+        text = self._rec._second_pass(text, lp, np.concatenate(self._enc_p), self._context)
+        if key not in self.timing.seen:  # first use of this length bucket: compile time
+            self.timing.compile_s += time.perf_counter() - c0
+            self.timing.seen.add(key)
+        return text
 
     def _feed(self, feats: np.ndarray, final: bool = False) -> None:
         """Queues f32[k, n_mels] frames and runs every whole chunk; with `final` also the rest,
@@ -257,14 +315,20 @@ class StreamingRecognizer:
             self._rec._signature,
             None if self._graph is None else (self._graph.goto.shape, self._graph.uses_lm),
             None if self._attention is None else self._attention[0].shape,
+            self._phonetic,
         )
         if shape not in self.timing.seen:  # first use: compile (and run once), timed apart
             c0 = time.perf_counter()
             jax.block_until_ready(self._fns.step(*args))
             self.timing.compile_s += time.perf_counter() - c0
             self.timing.seen.add(shape)
-        self._enc, self._dec, tokens, lengths, costs = self._fns.step(*args)
+        self._enc, self._dec, tokens, lengths, costs, *extra = self._fns.step(*args)
         tokens, lengths, costs = jax.device_get((tokens, lengths, costs))
+        if extra:  # the phonetic pass's inputs, valid frames only
+            states, enc_p, enc_pad = jax.device_get(extra[0])
+            n = int(round(float(np.sum(1.0 - enc_pad[0]))))
+            self._states.append(states[0, :n])
+            self._enc_p.append(enc_p[0, :n])
         self._tokens.extend(int(t) for t in tokens[0, : int(lengths[0])])
         for k, v in costs.items():
             self._costs[k] = self._costs.get(k, 0.0) + float(v[0])

@@ -159,6 +159,46 @@ def test_streaming_greedy_equals_recognizer_and_compiles_once():
     assert stream.finish() == "" and stream.result.text == ""  # nothing pushed
 
 
+def test_streaming_runs_the_phonetic_second_pass_as_the_recognizer_does():
+    """A model with a phone head and a list: `finish` runs the second pass on the whole
+    utterance (the head over every chunk's states, the transducer scoring the sentences), so
+    the final text equals `Recognizer`'s greedy one. A margin far below zero makes the pass
+    write its best candidate whatever the random head says, so the comparison is strict."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from asr.phonetic import PhoneHead, PhoneModel, word_phones
+
+    base = _loaded(left_chunks=2)
+    inv = tuple(sorted({p for w in ("call", "mom", "kennedy", "zoe") for p in word_phones(w)}))
+    head = PhoneHead(len(inv), hidden=16, kernel=3)
+    dim = base.config.d_model
+    params = head.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, dim)), jnp.zeros((1, 8)))
+    loaded = dataclasses.replace(base, phones=PhoneModel(jax.device_get(params), inv, 16, 3))
+    settings = DecodeSettings(
+        method="greedy", max_symbols_per_frame=2, phonetic_margin=-1e6, batch_size=2
+    )
+    rec = Recognizer(loaded, settings)
+    off = Recognizer(loaded, dataclasses.replace(settings, phonetic_margin=None))
+    audios = [_speechy(s, 10 + i) for i, s in enumerate([1.1, 4.3])]  # 4.3 s: many chunks
+    context = ["kennedy", "zoe"]
+    whole = [h[0].text for h in rec.recognize(audios, context=context)]
+    plain = [h[0].text for h in off.recognize(audios, context=context)]
+    assert whole != plain and any("kennedy" in t or "zoe" in t for t in whole)  # the pass ran
+    stream = rec.stream(context=context)
+    rng = np.random.default_rng(2)
+    for audio, want, before in zip(audios, whole, plain, strict=True):
+        partials = _push_randomly(stream, audio, rng)
+        assert before.startswith(partials[-1].rstrip())  # partials: the first pass
+        assert stream.finish() == want
+        assert stream.result.text == want
+    # without a list: no states kept, the first pass's text
+    stream.reset(context=None)
+    _push_randomly(stream, audios[0], rng)
+    assert stream.finish() == off.recognize([audios[0]])[0][0].text
+
+
 def test_shipped_model_streams_its_transcript():
     """The shipped model (LSTM predictor, 8 chunks of 8 frames of left context) on synthesized
     speech longer than its cache: same text as whole-utterance greedy, partials growing."""

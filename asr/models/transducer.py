@@ -165,6 +165,16 @@ class Transducer(nn.Module):
         )
         return self.joiner.project_encoder(enc), paddings, aux, state
 
+    def encode_step_states(self, feats, feat_paddings, state: EncoderState, context=None):
+        """`encode_step` plus the chunk's encoder states before the joiner's projection (what a
+        phone head reads, as `encode_states`): (enc_p, enc_paddings, aux, the next state, states
+        f32[B, T/4, d_model])."""
+        check_step_inputs(self.config, feats, feat_paddings, state, self.encoder.initial_state)
+        enc, paddings, _, aux, state = self._encode(
+            feats, feat_paddings, False, context, state=state
+        )
+        return self.joiner.project_encoder(enc), paddings, aux, state, enc
+
     def context_entries(self, context, batch: int) -> ContextEntries:
         """A context list through the biasing network's phrase encoder and key and value
         projections (`asr.models.biasing.ContextEntries`): pass it as `context` to `encode`,
