@@ -217,7 +217,9 @@ def _recognizer(args):
         if value is not None and loaded.phones is None:
             raise ValueError(f"{flag}: {args.model} has no phone head (asr train-phones adds one)")
     if args.no_phonetic and args.phonetic_transducer_weight is not None:
-        raise ValueError("--phonetic-transducer-weight: goes with the phonetic pass, not --no-phonetic")
+        raise ValueError(
+            "--phonetic-transducer-weight: goes with the phonetic pass, not --no-phonetic"
+        )
     small = getattr(args, "small_bits", None)
     if small is not None and args.bits is None:
         raise ValueError("--small-bits: goes with --bits (the other layers' weight bits)")

@@ -93,7 +93,11 @@ class PhoneHead(nn.Module):
         x = nn.LayerNorm()(x)
         x = nn.gelu(nn.Dense(self.hidden)(x))
         keep = (1.0 - paddings)[..., None]
-        x = x + nn.gelu(nn.Conv(self.hidden, (self.kernel,))(x * keep))
+        # "same" padding written out (zeros, half the window each side) and a VALID
+        # convolution: what the emulated processor's convolution takes (`hw.runtime`)
+        left = (self.kernel - 1) // 2
+        xp = jnp.pad(x * keep, ((0, 0), (left, self.kernel - 1 - left), (0, 0)))
+        x = x + nn.gelu(nn.Conv(self.hidden, (self.kernel,), padding="VALID")(xp))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.log_softmax(nn.Dense(self.n_phones + 1)(x))
 

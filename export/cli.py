@@ -20,7 +20,8 @@ def add_export_command(sub) -> None:
         "export",
         help="write an edge artifact (low-bit, zero-compressed); size reports; delta updates",
         description="Without a subcommand: export --model to -o at --bits. Subcommands: report, "
-        "diff, apply.",
+        "diff, apply, add-phones. A model with a phone head (asr train-phones) takes it into "
+        "the artifact (its kernels at --phone-bits).",
     )
     p.add_argument("--model", help="model to export: default, a model folder or a training folder")
     p.add_argument(
@@ -56,10 +57,18 @@ def add_export_command(sub) -> None:
         help="store no kernel entropy-coded (larger, but a fine-tune's delta update then "
         "carries only the changed codes' blocks)",
     )
+    p.add_argument(
+        "--phone-bits",
+        type=int,
+        choices=range(2, 9),
+        metavar="{2..8}",
+        default=8,
+        help="weight bits of the phone head's kernels, for a model that has one (default 8)",
+    )
     p.add_argument("-o", "--out", help="artifact file to write (e.g. model.edge)")
     p.add_argument("--json", action="store_true", help="print the size report as one JSON object")
     p.set_defaults(func=cmd_export, export_command=None)
-    esub = p.add_subparsers(dest="export_command", required=False, metavar="{report,diff,apply}")
+    esub = p.add_subparsers(dest="export_command", required=False, metavar="{report,diff,apply,add-phones}")
 
     r = esub.add_parser("report", help="size report of an artifact")
     r.add_argument("artifact")
@@ -75,6 +84,17 @@ def add_export_command(sub) -> None:
     a.add_argument("old")
     a.add_argument("patch")
     a.add_argument("-o", "--out", required=True, help="artifact file to write")
+
+    h = esub.add_parser(
+        "add-phones",
+        help="ARTIFACT with the phone head of --phones (a model folder or default) added or "
+        "replaced; every other byte kept",
+    )
+    h.add_argument("artifact")
+    h.add_argument("--phones", required=True, help="model whose phone head to take")
+    h.add_argument("--bits", type=int, choices=range(2, 9), metavar="{2..8}", default=8)
+    h.add_argument("-o", "--out", required=True, help="artifact file to write (.edge)")
+    h.add_argument("--json", action="store_true", help="print the size report as one JSON object")
 
 
 def _print_report(report: dict, as_json: bool) -> None:
@@ -117,6 +137,19 @@ def cmd_export(args) -> int:
         _write(args.out, new)
         print(f"{args.out}: {len(new)} bytes (hash checked)")
         return 0
+    if cmd == "add-phones":
+        from asr.model_io import load_model
+        from export.artifact import read_artifact, write_artifact
+        from export.exporter import size_report, with_phones
+
+        if Path(args.out).suffix != ".edge":
+            raise ValueError(f"-o {args.out}: artifact files end in .edge")
+        phones = load_model(args.phones).phones
+        if phones is None:
+            raise ValueError(f"--phones {args.phones}: no phone head (asr train-phones adds one)")
+        art = with_phones(read_artifact(args.artifact), phones, args.bits)
+        _print_report(size_report(art, write_artifact(args.out, art)), args.json)
+        return 0
     missing = [f for f, v in (("--model", args.model), ("--bits", args.bits), ("-o", args.out))
                if v is None]  # fmt: skip
     if missing:
@@ -137,6 +170,7 @@ def cmd_export(args) -> int:
         args.sparsity,
         entropy=args.entropy,
         small_bits=args.small_bits,
+        phone_bits=args.phone_bits,
     )
     _print_report(report, args.json)
     return 0

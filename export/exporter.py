@@ -19,10 +19,16 @@ What goes in (`export_model`):
 - embedding tables, biases, normalization parameters and the feature statistics as float16
   (the shipped model folder stores them as float16 too, so it loses nothing);
 - the tokenizer's sentencepiece model as a blob (without the NFKC table it never needs:
-  `compact_tokenizer`), the model config and quantization policy in the header.
+  `compact_tokenizer`), the model config and quantization policy in the header;
+- the model's phone head (`asr.phonetic`), when it has one, under `phones/` (`PHONES_PREFIX`):
+  its kernels at `phone_bits` (8 by default: it is small, 0.4 MB, and its log-likelihood
+  margins are what the second pass compares), the rest float16, its inventory, sizes and
+  accents in the header's `phones`. `with_phones` adds (or replaces) a head in an existing
+  artifact without touching its other bytes (`asr export add-phones`), for an artifact whose
+  source folder holds no head (a fine-tune of a model that has one).
 
-`artifact_variables` reverses it in NumPy: float variables whose kernels are codes x steps, i.e.
-the fake-quant model of the artifact (`asr.models.quant.QuantPolicy(bits, act_bits, small_bits)`
+`artifact_variables` reverses it in NumPy (`artifact_phones` the phone head): float variables
+whose kernels are codes x steps, i.e. the fake-quant model of the artifact (`asr.models.quant.QuantPolicy(bits, act_bits, small_bits)`
 over these weights), the reference the emulated processor (`hw.runtime`) is measured against.
 `size_report` says what the bytes are spent on.
 """
@@ -39,6 +45,7 @@ from asr.model_io import LoadedModel
 from asr.models.config import ModelConfig, get_config
 from asr.models.quant import QuantPolicy, contracting_axes, is_kernel, is_small, qmax
 from asr.models.transducer import build_model, init_variables
+from asr.phonetic import PhoneModel, in_dim
 from asr.tokenizer import Tokenizer
 from export.artifact import Artifact, TensorRecord
 from export.encodings import choose, decode
@@ -47,6 +54,8 @@ EXPORTER_VERSION = 1
 SCALE_SUFFIX = "@scale"
 TOKENIZER_BLOB = "tokenizer.model"
 ACT_BITS = 8
+PHONES_PREFIX = "phones/"  # the phone head's tensors: phones/params/Dense_0/kernel, ...
+PHONE_BITS = 8
 
 
 def _names(path) -> tuple[str, ...]:
@@ -105,10 +114,12 @@ def export_model(
     act_bits: int = ACT_BITS,
     entropy: bool = True,
     small_bits: int | None = None,
+    phone_bits: int = PHONE_BITS,
 ) -> Artifact:
     """The artifact of `loaded` (see module docstring) at `bits` (2..8) weight bits, the small
     layers at `small_bits` (2..8; None: as `loaded` was trained, `QuantPolicy.small_bits`, else
-    `bits`); `entropy=False`: no entropy-coded kernels (`export.encodings.choose`)."""
+    `bits`); `entropy=False`: no entropy-coded kernels (`export.encodings.choose`); a phone
+    head, when `loaded` has one, at `phone_bits`."""
     if small_bits is None:
         small_bits = getattr(loaded.model.quant, "small_bits", 0) or bits
     for name, b in (("bits", bits), ("small_bits", small_bits)):
@@ -149,7 +160,117 @@ def export_model(
         "exporter_version": EXPORTER_VERSION,
     }
     blobs = {TOKENIZER_BLOB: compact_tokenizer(loaded.tokenizer.model_proto)}
-    return Artifact(header=header, tensors=tensors, blobs=blobs)
+    art = Artifact(header=header, tensors=tensors, blobs=blobs)
+    phones = getattr(loaded, "phones", None)
+    return art if phones is None else with_phones(art, phones, phone_bits, entropy)
+
+
+def _quantized_record(name: str, path, w: np.ndarray, bits: int, entropy: bool):
+    """A kernel's record and its steps' record (`<name>@scale`)."""
+    k, n = matrix_shape(path, w.shape)
+    codes, step = quantize_kernel(w, bits, k)
+    enc = choose(codes, bits, entropy=entropy)
+    meta = {"shape": list(w.shape), "role": "kernel", "K": k, "N": n}
+    sname = name + SCALE_SUFFIX
+    return TensorRecord.from_encoded(name, meta, enc), TensorRecord.raw(
+        sname, {"shape": [n], "role": "scale"}, step
+    )
+
+
+def with_phones(
+    artifact: Artifact, phones: PhoneModel, bits: int = PHONE_BITS, entropy: bool = True
+) -> Artifact:
+    """`artifact` with `phones` as its phone head (an existing one replaced; every other
+    tensor, blob and header field kept as it is). Raises ValueError when the head reads states
+    of another width than the artifact's encoder, or for bits outside 2..8."""
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise ValueError(f"phone_bits must be an integer in [2, 8], got {bits!r}")
+    d_model = artifact_config(artifact).d_model
+    if in_dim(phones.params) != d_model:
+        raise ValueError(
+            f"the phone head reads {in_dim(phones.params)}-wide encoder states, the artifact's "
+            f"encoder gives {d_model}"
+        )
+    tensors = {k: v for k, v in artifact.tensors.items() if not k.startswith(PHONES_PREFIX)}
+    for path, value in jax.tree_util.tree_leaves_with_path(phones.params):
+        names = _names(path)
+        name = PHONES_PREFIX + "/".join(names)
+        w = np.asarray(value, np.float32)
+        if is_kernel(path):
+            rec, srec = _quantized_record(name, path[1:], w, bits, entropy)
+            tensors[name], tensors[srec.name] = rec, srec
+        else:
+            meta = {"shape": list(w.shape), "role": "param"}
+            tensors[name] = TensorRecord.raw(name, meta, w.astype(np.float16))
+    header = dict(artifact.header, phones=dict(phones.meta(), bits=bits))
+    return Artifact(header=header, tensors=tensors, blobs=dict(artifact.blobs))
+
+
+def phone_meta(artifact: Artifact, source: str = "artifact") -> dict | None:
+    """The header's `phones` entry checked against the tensors (None: no head). Raises
+    ValueError naming what is wrong."""
+    meta = artifact.header.get("phones")
+    has = any(k.startswith(PHONES_PREFIX) for k in artifact.tensors)
+    if meta is None and not has:
+        return None
+    if meta is None or not has:
+        what = "phone tensors without a header entry" if has else "a header entry, no tensors"
+        raise ValueError(f"{source}: damaged phone head ({what})")
+    try:
+        out = {
+            "inventory": tuple(str(p) for p in meta["inventory"]),
+            "hidden": int(meta["hidden"]),
+            "kernel": int(meta["kernel"]),
+            "accents": tuple(str(a) for a in meta["accents"]),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{source}: damaged phone head header ({e!r})") from None
+    if not out["inventory"] or min(out["hidden"], out["kernel"]) < 1 or not out["accents"]:
+        raise ValueError(f"{source}: damaged phone head header ({meta})")
+    return out
+
+
+def _phone_shapes(meta: dict, d_model: int) -> dict:
+    """{'params/Dense_0/kernel': shape, ...} of the head `meta` describes."""
+    head = PhoneModel({}, meta["inventory"], meta["hidden"], meta["kernel"]).head
+    want = jax.eval_shape(
+        head.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, d_model)), jnp.zeros((1, 8))
+    )
+    return {
+        "/".join(_names(p)): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(want)
+    }
+
+
+def check_phone_tensors(artifact: Artifact, meta: dict, source: str = "artifact") -> None:
+    """Raises ValueError unless the artifact's phone tensors are exactly the head `meta`
+    describes, on the artifact's encoder width."""
+    want = _phone_shapes(meta, artifact_config(artifact).d_model)
+    got = {
+        k[len(PHONES_PREFIX) :]: tuple(r.meta.get("shape", ()))
+        for k, r in artifact.tensors.items()
+        if k.startswith(PHONES_PREFIX) and r.meta.get("role") != "scale"
+    }
+    if got != want:
+        raise ValueError(f"{source}: the phone head's tensors do not fit its header")
+
+
+def artifact_phones(artifact: Artifact, source: str = "artifact") -> PhoneModel | None:
+    """The artifact's phone head as float weights (kernels = codes x steps), or None."""
+    meta = phone_meta(artifact, source)
+    if meta is None:
+        return None
+    check_phone_tensors(artifact, meta, source)
+    flat = {}
+    for name, rec in artifact.tensors.items():
+        if not name.startswith(PHONES_PREFIX) or rec.meta.get("role") == "scale":
+            continue
+        key = name[len(PHONES_PREFIX) :]
+        if rec.meta.get("role") == "kernel":
+            codes, step = kernel_codes(artifact, name)
+            flat[key] = (codes.astype(np.float32) * step[None, :]).reshape(rec.meta["shape"])
+        else:
+            flat[key] = np.asarray(rec.fields["data"], np.float32).reshape(rec.meta["shape"])
+    return PhoneModel(unflatten(flat), **meta)
 
 
 def artifact_config(artifact: Artifact) -> ModelConfig:
@@ -186,7 +307,7 @@ def artifact_variables(artifact: Artifact) -> dict:
     flat = {}
     for name, rec in artifact.tensors.items():
         role = rec.meta.get("role")
-        if role == "scale":
+        if role == "scale" or name.startswith(PHONES_PREFIX):
             continue
         if role == "kernel":
             codes, step = kernel_codes(artifact, name)
@@ -207,7 +328,8 @@ def reference_model(artifact: Artifact, source: str = "artifact (fake-quant)") -
         config, QuantPolicy(q["weight_bits"], q["act_bits"], q.get("small_bits", 0))
     )
     tok = artifact_tokenizer(artifact)
-    return LoadedModel(model, artifact_variables(artifact), tok, config, source)
+    phones = artifact_phones(artifact, source)
+    return LoadedModel(model, artifact_variables(artifact), tok, config, source, phones)
 
 
 def float32_params(config: ModelConfig) -> int:
@@ -227,11 +349,14 @@ def size_report(artifact: Artifact, file_bytes: int | None = None) -> dict:
     kernel_bytes, other_bytes, encodings (count per encoding), tensors (per tensor rows).
     """
     rows, zeros, total_w = [], 0, 0
-    float32 = kernel_bytes = other_bytes = 0
+    float32 = kernel_bytes = other_bytes = phone_bytes = 0
     encodings: dict[str, int] = {}
     for name, rec in artifact.tensors.items():
         role = rec.meta.get("role")
         nbytes = rec.nbytes
+        if name.startswith(PHONES_PREFIX):  # the phone head: counted apart
+            phone_bytes += nbytes
+            continue
         if role == "kernel":
             codes, _ = kernel_codes(artifact, name)
             z = int(np.sum(codes == 0))
@@ -258,7 +383,7 @@ def size_report(artifact: Artifact, file_bytes: int | None = None) -> dict:
                 "zero_fraction": row_zero,
             }
         )
-    tensor_bytes = kernel_bytes + other_bytes
+    tensor_bytes = kernel_bytes + other_bytes + phone_bytes
     blob_bytes = sum(len(b) for b in artifact.blobs.values())
     large = 4 * float32_params(get_config("large"))
     total = int(file_bytes) if file_bytes is not None else tensor_bytes + blob_bytes
@@ -267,6 +392,7 @@ def size_report(artifact: Artifact, file_bytes: int | None = None) -> dict:
         "tensor_bytes": tensor_bytes,
         "kernel_bytes": kernel_bytes,
         "other_bytes": other_bytes,
+        "phone_bytes": phone_bytes,
         "blob_bytes": blob_bytes,
         "float32_bytes": float32,
         "large_float32_bytes": large,
@@ -291,7 +417,10 @@ def format_report(report: dict, top: int = 12) -> str:
         + f", {100 * report['zero_fraction']:.1f}% zero weights",
         f"  kernels {report['kernel_bytes'] / mb:.3f} MB (encodings {report['encodings']}), "
         f"other parameters {report['other_bytes'] / mb:.3f} MB (float16), "
-        f"tokenizer etc. {report['blob_bytes'] / mb:.3f} MB",
+        f"tokenizer etc. {report['blob_bytes'] / mb:.3f} MB"
+        + (
+            f", phone head {report['phone_bytes'] / mb:.3f} MB" if report.get("phone_bytes") else ""
+        ),
         f"  vs float32 of this model {report['float32_bytes'] / mb:.3f} MB: "
         f"{100 * report['share_of_float32']:.1f}%",
         f"  vs float32 of the large server model {report['large_float32_bytes'] / mb:.1f} MB: "
@@ -314,17 +443,23 @@ def export_to_file(
     sparsity=None,
     entropy: bool = True,
     small_bits: int | None = None,
+    phone_bits: int = PHONE_BITS,
 ) -> dict:
     """Exports `loaded` to `out` and returns its size report."""
     from export.artifact import write_artifact
 
-    art = export_model(loaded, bits, sparsity, entropy=entropy, small_bits=small_bits)
+    art = export_model(
+        loaded, bits, sparsity, entropy=entropy, small_bits=small_bits, phone_bits=phone_bits
+    )
     n = write_artifact(out, art)
     return size_report(art, n)
 
 
 __all__ = [
+    "PHONES_PREFIX",
     "artifact_config",
+    "artifact_phones",
+    "check_phone_tensors",
     "compact_tokenizer",
     "artifact_tokenizer",
     "artifact_variables",
@@ -338,4 +473,6 @@ __all__ = [
     "reference_model",
     "size_report",
     "unflatten",
+    "phone_meta",
+    "with_phones",
 ]

@@ -86,9 +86,18 @@ from asr.models.branching import active_rows
 from asr.models.predictor import PREDICTORS
 from asr.models.quant import LSTM_GATES, LstmCell, QuantPolicy, lstm_update, qmax
 from asr.models.transducer import ENCODER_CLASSES, Transducer
+from asr.phonetic import PhoneHead, PhoneModel
 from export.artifact import Artifact, ArtifactError, read_artifact
 from export.encodings import decode
-from export.exporter import SCALE_SUFFIX, artifact_config, artifact_tokenizer, unflatten
+from export.exporter import (
+    PHONES_PREFIX,
+    SCALE_SUFFIX,
+    artifact_config,
+    artifact_tokenizer,
+    check_phone_tensors,
+    phone_meta,
+    unflatten,
+)
 from hw.primitives import decode_weights, int_matmul
 from hw.primitives.fixedpoint import quantize_multiplier
 
@@ -381,13 +390,85 @@ class EdgeTransducer(Transducer):
 
     encode = _on_edge(Transducer.encode)
     encode_aux = _on_edge(Transducer.encode_aux)
+    encode_states = _on_edge(Transducer.encode_states)
     encode_step = _on_edge(Transducer.encode_step)  # init_stream has no product: inherited
+    encode_step_states = _on_edge(Transducer.encode_step_states)
     bias_attention = _on_edge(Transducer.bias_attention)
     context_entries = _on_edge(Transducer.context_entries)
     predict = _on_edge(Transducer.predict)
     predict_step = _on_edge(Transducer.predict_step)
     joint = _on_edge(Transducer.joint)
     ctc_logits = _on_edge(Transducer.ctc_logits)
+
+
+class EdgePhoneHead(PhoneHead):
+    """`asr.phonetic.PhoneHead` with its dense and convolution products on the emulated NPU
+    (int8 activations per row, the convolution's per utterance, as the encoder's); the norm,
+    GELU and log-softmax on the DSP."""
+
+    layout: tuple[KernelLayout, ...] = ()
+    act_bits: int = 8
+
+    def __call__(self, x, paddings, train: bool = False):
+        with nn.intercept_methods(_Edge(self.layout, self.act_bits, False)):
+            return PhoneHead.__call__(self, x, paddings, train)
+
+
+@dataclass(frozen=True)
+class EdgePhoneModel(PhoneModel):
+    """A phone head from an artifact: `params` holds its float parameters (`params`) and its
+    packed kernels (`edge`), `layout` how they are packed."""
+
+    layout: tuple[KernelLayout, ...] = ()
+
+    @property
+    def head(self) -> EdgePhoneHead:
+        return EdgePhoneHead(len(self.inventory), self.hidden, self.kernel, layout=self.layout)
+
+
+def _packed(artifact: Artifact, names: list[str], prefix: str, source: str, act_bits: int = 8):
+    """The tensors `names` (each starting with `prefix`, which is cut off) -> (float variables,
+    packed kernels {'edge/<path>': ...}, layouts): kernels stay packed for the NPU, with their
+    fixed-point multipliers, shifts and output scale; other parameters widened to float32."""
+    flat, edge, layout = {}, {}, []
+    for full in names:
+        rec = artifact.tensors[full]
+        name = full[len(prefix) :]
+        role = rec.meta.get("role")
+        if role == "scale":
+            continue
+        if role != "kernel":
+            flat[name] = np.asarray(rec.fields["data"], np.float32).reshape(rec.meta["shape"])
+            continue
+        col, _, path = name.partition("/")
+        assert col == "params", name
+        k, n = int(rec.meta["K"]), int(rec.meta["N"])
+        step = np.asarray(artifact.tensors[full + SCALE_SUFFIX].fields["data"], np.float32)
+        try:
+            codes = decode(rec.to_encoded()).reshape(k, n)  # the compiler reads them once
+        except ValueError as e:  # well-formed file (checksums hold), non-canonical codes
+            raise ModelLoadError(f"{source}: tensor {full!r}: {e}") from None
+        mult, shift, oscale = requantization(step, codes, act_bits)
+        fields = tuple(np.asarray(rec.fields[f]) for f in FIELD_ORDER[rec.encoding])
+        edge["edge/" + path] = {"fields": fields, "mult": mult, "shift": shift, "oscale": oscale}
+        layout.append(KernelLayout(path, rec.encoding, rec.bits, rec.count, k, n))
+    return flat, edge, tuple(layout)
+
+
+def _edge_phones(artifact: Artifact, source: str) -> EdgePhoneModel | None:
+    """The artifact's phone head compiled for the processor, or None without one."""
+    try:
+        meta = phone_meta(artifact, source)
+        if meta is None:
+            return None
+        check_phone_tensors(artifact, meta, source)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
+    names = [k for k in artifact.tensors if k.startswith(PHONES_PREFIX)]
+    flat, edge, layout = _packed(artifact, names, PHONES_PREFIX, source)
+    variables = unflatten(flat)
+    variables.update(unflatten(edge))
+    return EdgePhoneModel(variables, layout=layout, **meta)
 
 
 def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedModel:
@@ -407,26 +488,8 @@ def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedMode
         raise ModelLoadError(
             f"{source}: the processor runs w2..8 a8, artifact is w{bits}a{act_bits}{small}"
         )
-    flat, edge, layout = {}, {}, []
-    for name, rec in artifact.tensors.items():
-        role = rec.meta.get("role")
-        if role == "scale":
-            continue
-        if role != "kernel":
-            flat[name] = np.asarray(rec.fields["data"], np.float32).reshape(rec.meta["shape"])
-            continue
-        col, _, path = name.partition("/")
-        assert col == "params", name
-        k, n = int(rec.meta["K"]), int(rec.meta["N"])
-        step = np.asarray(artifact.tensors[name + SCALE_SUFFIX].fields["data"], np.float32)
-        try:
-            codes = decode(rec.to_encoded()).reshape(k, n)  # the compiler reads them once
-        except ValueError as e:  # well-formed file (checksums hold), non-canonical codes
-            raise ModelLoadError(f"{source}: tensor {name!r}: {e}") from None
-        mult, shift, oscale = requantization(step, codes, act_bits)
-        fields = tuple(np.asarray(rec.fields[f]) for f in FIELD_ORDER[rec.encoding])
-        edge["edge/" + path] = {"fields": fields, "mult": mult, "shift": shift, "oscale": oscale}
-        layout.append(KernelLayout(path, rec.encoding, rec.bits, rec.count, k, n))
+    names = [k for k in artifact.tensors if not k.startswith(PHONES_PREFIX)]
+    flat, edge, layout = _packed(artifact, names, "", source, act_bits)
     variables = unflatten(flat)
     variables.update(unflatten(edge))
     model = EdgeTransducer(
@@ -434,9 +497,10 @@ def compile_artifact(artifact: Artifact, source: str = "artifact") -> LoadedMode
         predictor_cls=PREDICTORS[config.predictor],
         quant=EdgePolicy(bits, act_bits, small_bits if small_bits != bits else 0),
         encoder_cls=ENCODER_CLASSES[config.encoder],
-        layout=tuple(layout),
+        layout=layout,
     )
-    return LoadedModel(model, variables, artifact_tokenizer(artifact), config, source)
+    tok = artifact_tokenizer(artifact)
+    return LoadedModel(model, variables, tok, config, source, _edge_phones(artifact, source))
 
 
 def load_edge(path: str | Path) -> LoadedModel:
@@ -450,6 +514,8 @@ def load_edge(path: str | Path) -> LoadedModel:
 
 
 __all__ = [
+    "EdgePhoneHead",
+    "EdgePhoneModel",
     "EdgePolicy",
     "EdgeTransducer",
     "KernelLayout",

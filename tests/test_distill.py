@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from asr.lattice import NEG, rnnt_loss
 from train.distill import (
     collapsed_log_probs,
     distill_loss,
     rnnt_loss_from_collapsed,
     teacher_occupancy,
 )
-from asr.lattice import NEG, rnnt_loss
 
 NEG32 = np.float32(NEG)  # log 0 as stored in float32 outputs
 

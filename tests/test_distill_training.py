@@ -11,11 +11,11 @@ import optax
 import pytest
 from conftest import tiny_recipe
 
+from asr.lattice import rnnt_loss
 from asr.manifest import read_manifest
 from asr.models import build_model
 from asr.models.transducer import init_variables
 from train.configs import get_recipe
-from asr.lattice import rnnt_loss
 from train.trainer import ctc_feasible, loss_fn, teacher_collapsed, train
 
 _cfg = tiny_recipe

@@ -9,6 +9,7 @@ recognizer on it must decode like the fake-quant recognizer.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -293,3 +294,114 @@ def test_huffman_coded_kernels_run_bit_identically():
         ModelLoadError, match=f"bad.edge: tensor '{name}': huffman: a codeword length over 12"
     ):
         compile_artifact(read_artifact(data), "bad.edge")
+
+
+# ---- the phone head (phonetic name matching) in the artifact ----
+
+
+def _head(d: int):
+    from asr.phonetic import PhoneHead, PhoneModel, word_phones
+
+    inv = tuple(sorted({p for w in ("call", "mom", "kennedy", "zoe") for p in word_phones(w)}))
+    head = PhoneHead(len(inv), hidden=16, kernel=3)
+    params = head.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, d)), jnp.zeros((1, 8)))
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+    return PhoneModel(params, inv, 16, 3)
+
+
+def _with_head(variant: str = "lstm"):
+    base = _loaded(variant)
+    return dataclasses.replace(base, phones=_head(base.config.d_model))
+
+
+def _record_bytes(rec: TensorRecord) -> tuple:
+    fields = tuple(sorted((k, bytes(np.asarray(v))) for k, v in rec.fields.items()))
+    return rec.encoding, rec.bits, fields
+
+
+def test_phone_head_travels_in_the_artifact_and_runs_on_the_npu(tmp_path):
+    from export.exporter import PHONES_PREFIX, artifact_phones, size_report, with_phones
+    from hw.runtime import EdgePhoneHead
+
+    lm = _with_head()
+    art = export_model(lm, 4)
+    assert art.header["phones"]["bits"] == 8
+    assert art.header["phones"]["inventory"] == list(lm.phones.inventory)
+    # the transducer's tensors are those of an export without the head, byte for byte
+    plain = export_model(dataclasses.replace(lm, phones=None), 4)
+    for name, rec in plain.tensors.items():
+        assert _record_bytes(art.tensors[name]) == _record_bytes(rec), name
+    assert set(art.tensors) - set(plain.tensors) == {
+        k for k in art.tensors if k.startswith(PHONES_PREFIX)
+    }
+    report = size_report(art)
+    assert (
+        report["phone_bytes"] > 0 and report["kernel_bytes"] == size_report(plain)["kernel_bytes"]
+    )
+    # with_phones on the head-less artifact gives the same artifact
+    assert to_bytes(with_phones(plain, lm.phones)) == to_bytes(art)
+    # the fake-quant reference: kernels are codes x steps at 8 bits, the rest float16
+    ref_pm = artifact_phones(art)
+    k = np.asarray(lm.phones.params["params"]["Conv_0"]["kernel"])
+    kq = np.asarray(ref_pm.params["params"]["Conv_0"]["kernel"])
+    step = np.abs(k).reshape(-1, k.shape[-1]).max(0) / 127
+    assert np.all(np.abs(kq - k) <= step / 2 + 1e-7)
+    # the runtime's head: products on the NPU, outputs close to the reference head's
+    path = tmp_path / "m.edge"
+    write_artifact(path, art)
+    edge = load_model(path)
+    assert isinstance(edge.phones.head, EdgePhoneHead)
+    rng = np.random.default_rng(5)
+    states = rng.standard_normal((1, 12, lm.config.d_model)).astype(np.float32)
+    pads = np.zeros((1, 12), np.float32)
+    pads[0, 9:] = 1.0
+    got = np.asarray(edge.phones.head.apply(edge.phones.params, states, pads))
+    want = np.asarray(ref_pm.head.apply(ref_pm.params, states, pads))
+    _close([np.exp(got)], [np.exp(want)], 0.03)  # probabilities, int8 activations
+    jaxpr = jax.make_jaxpr(lambda v: edge.phones.head.apply(v, states, pads))(edge.phones.params)
+    prims = _primitives(jaxpr.jaxpr)
+    assert prims.get("dot_general", 0) == 0 and prims.get("conv_general_dilated", 0) == 0, prims
+    assert prims["edge_int_matmul"] == 3  # Dense, Conv, Dense
+    # the recognizer on the artifact runs the second pass with a list
+    from asr.recognizer import DecodeSettings, Recognizer
+
+    audio = (0.1 * rng.standard_normal(16000)).astype(np.float32)
+    rec = Recognizer(edge, DecodeSettings(beam=2, phonetic_margin=-1e6))
+    off = Recognizer(edge, DecodeSettings(beam=2, phonetic_margin=None))
+    with_list = rec.recognize([audio], context=["kennedy", "zoe"])[0][0].text
+    without = off.recognize([audio], context=["kennedy", "zoe"])[0][0].text
+    assert with_list != without and ("kennedy" in with_list or "zoe" in with_list)
+    assert rec.recognize([audio])[0][0].text == off.recognize([audio])[0][0].text
+
+
+def test_damaged_phone_heads_are_load_errors(tmp_path):
+    from export.exporter import PHONES_PREFIX, with_phones
+
+    lm = _with_head()
+    art = export_model(lm, 4)
+    cases = {
+        "no header entry": Artifact(
+            {k: v for k, v in art.header.items() if k != "phones"}, art.tensors, art.blobs
+        ),
+        "no tensors": Artifact(
+            art.header,
+            {k: v for k, v in art.tensors.items() if not k.startswith(PHONES_PREFIX)},
+            art.blobs,
+        ),
+        "do not fit": Artifact(
+            dict(art.header, phones=dict(art.header["phones"], hidden=17)), art.tensors, art.blobs
+        ),
+        "header": Artifact(dict(art.header, phones={"inventory": "x"}), art.tensors, art.blobs),
+    }
+    for what, bad in cases.items():
+        path = tmp_path / "bad.edge"
+        write_artifact(path, bad)
+        with pytest.raises(ModelLoadError, match="bad.edge.*phone head"):
+            load_model(path)
+        if what in ("no header entry", "no tensors"):
+            assert what.split()[-1] in str(pytest.raises(ModelLoadError, load_model, path).value)
+    # a head for another encoder width is refused when it is added
+    with pytest.raises(ValueError, match="wide encoder states"):
+        with_phones(art, _head(lm.config.d_model + 8))
+    with pytest.raises(ValueError, match="phone_bits"):
+        with_phones(art, lm.phones, bits=9)

@@ -460,3 +460,36 @@ def test_cli_phonetic_flags(tmp_path, capsys):
     assert main([*args2, "--phonetic-transducer-weight", "0.5", "--no-phonetic"]) == 2
     assert "not --no-phonetic" in capsys.readouterr().err
     assert main([*args2, "--phonetic-transducer-weight", "-1"]) == 2
+
+
+def test_cli_export_takes_the_phone_head_and_add_phones_adds_it(tmp_path, capsys):
+    import shutil
+
+    from asr.cli import main
+
+    folder, _ = _tiny(tmp_path, True)
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    (bare / "phones.json").unlink()
+    (bare / "phones.msgpack").unlink()
+    a, b, c = (tmp_path / f"{n}.edge" for n in "abc")
+    assert main(["export", "--model", str(folder), "--bits", "4", "-o", str(a)]) == 0
+    assert "phone head" in capsys.readouterr().out
+    assert main(["export", "--model", str(bare), "--bits", "4", "-o", str(b)]) == 0
+    assert "phone head" not in capsys.readouterr().out
+    assert load_model(b).phones is None and load_model(a).phones is not None
+    assert main(["export", "add-phones", str(b), "--phones", str(folder), "-o", str(c)]) == 0
+    # the same artifact as exported with its head (but for the header's source folder)
+    from export.artifact import read_artifact
+
+    got, want = read_artifact(c), read_artifact(a)
+    assert {k: v for k, v in got.header.items() if k != "source"} == {
+        k: v for k, v in want.header.items() if k != "source"
+    }
+    assert list(got.tensors) == list(want.tensors)
+    for name, rec in want.tensors.items():
+        g = got.tensors[name]
+        assert (g.encoding, g.meta, sorted(g.fields)) == (rec.encoding, rec.meta, sorted(rec.fields))
+        assert all(np.array_equal(g.fields[f], rec.fields[f]) for f in rec.fields), name
+    assert main(["export", "add-phones", str(b), "--phones", str(bare), "-o", str(c)]) == 2
+    assert "no phone head" in capsys.readouterr().err

@@ -45,6 +45,7 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from asr.features import log_mel
+from asr.lattice import rnnt_loss
 from asr.model_io import load_model, save_model_folder
 from asr.models.branching import init_cheap_branch
 from asr.models.config import ModelConfig
@@ -63,7 +64,6 @@ from asr.tokenizer import Tokenizer
 from train.configs import TrainConfig, canonical_model_spec, resume_config
 from train.data import check_training_rows, training_dataset
 from train.distill import collapsed_log_probs, distill_loss, rnnt_loss_from_collapsed
-from asr.lattice import rnnt_loss
 from train.regularizers import (
     acos_penalty,
     eligible_mask,

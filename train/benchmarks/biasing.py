@@ -299,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.model:
         loaded = load_model(model)
         conds = conditions(
-            loaded, args.boost, args.lm_weight, args.phonetic_margin, args.phonetic_transducer_weight
+            loaded,
+            args.boost,
+            args.lm_weight,
+            args.phonetic_margin,
+            args.phonetic_transducer_weight,
         )
         res: dict = {"names": {}, "no_harm": {}}
         for size in [] if args.speed_only else args.sizes:
