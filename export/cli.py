@@ -68,7 +68,9 @@ def add_export_command(sub) -> None:
     p.add_argument("-o", "--out", help="artifact file to write (e.g. model.edge)")
     p.add_argument("--json", action="store_true", help="print the size report as one JSON object")
     p.set_defaults(func=cmd_export, export_command=None)
-    esub = p.add_subparsers(dest="export_command", required=False, metavar="{report,diff,apply,add-phones}")
+    esub = p.add_subparsers(
+        dest="export_command", required=False, metavar="{report,diff,apply,add-phones}"
+    )
 
     r = esub.add_parser("report", help="size report of an artifact")
     r.add_argument("artifact")

@@ -344,7 +344,8 @@ def size_report(artifact: Artifact, file_bytes: int | None = None) -> dict:
     """Bytes per tensor and in total, against float32 and the `large` model's float32 size.
 
     Keys: bytes (the file, or the tensors plus blobs without one), tensor_bytes,
-    float32_bytes (every variable of this model as float32), large_float32_bytes,
+    float32_bytes (every variable of this model as float32, its phone head's too),
+    phone_bytes (the phone head's tensors, also in bytes and tensor_bytes), large_float32_bytes,
     share_of_large, bits, zero_fraction (share of zero codes in the packed kernels),
     kernel_bytes, other_bytes, encodings (count per encoding), tensors (per tensor rows).
     """
@@ -356,6 +357,8 @@ def size_report(artifact: Artifact, file_bytes: int | None = None) -> dict:
         nbytes = rec.nbytes
         if name.startswith(PHONES_PREFIX):  # the phone head: counted apart
             phone_bytes += nbytes
+            if role != "scale":
+                float32 += 4 * int(np.prod(rec.meta["shape"]))
             continue
         if role == "kernel":
             codes, _ = kernel_codes(artifact, name)

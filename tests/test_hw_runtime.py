@@ -335,9 +335,11 @@ def test_phone_head_travels_in_the_artifact_and_runs_on_the_npu(tmp_path):
         k for k in art.tensors if k.startswith(PHONES_PREFIX)
     }
     report = size_report(art)
-    assert (
-        report["phone_bytes"] > 0 and report["kernel_bytes"] == size_report(plain)["kernel_bytes"]
-    )
+    base = size_report(plain)
+    assert report["phone_bytes"] > 0 and report["kernel_bytes"] == base["kernel_bytes"]
+    assert report["tensor_bytes"] == base["tensor_bytes"] + report["phone_bytes"]
+    head_floats = sum(np.size(x) for x in jax.tree_util.tree_leaves(lm.phones.params))
+    assert report["float32_bytes"] == base["float32_bytes"] + 4 * head_floats
     # with_phones on the head-less artifact gives the same artifact
     assert to_bytes(with_phones(plain, lm.phones)) == to_bytes(art)
     # the fake-quant reference: kernels are codes x steps at 8 bits, the rest float16

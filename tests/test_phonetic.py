@@ -489,7 +489,11 @@ def test_cli_export_takes_the_phone_head_and_add_phones_adds_it(tmp_path, capsys
     assert list(got.tensors) == list(want.tensors)
     for name, rec in want.tensors.items():
         g = got.tensors[name]
-        assert (g.encoding, g.meta, sorted(g.fields)) == (rec.encoding, rec.meta, sorted(rec.fields))
+        assert (g.encoding, g.meta, sorted(g.fields)) == (
+            rec.encoding,
+            rec.meta,
+            sorted(rec.fields),
+        )
         assert all(np.array_equal(g.fields[f], rec.fields[f]) for f in rec.fields), name
     assert main(["export", "add-phones", str(b), "--phones", str(bare), "-o", str(c)]) == 2
     assert "no phone head" in capsys.readouterr().err

@@ -99,8 +99,10 @@ def train_phone_head(
     """A `PhoneModel` trained by CTC on `rows` (manifest rows with `text`) through `loaded`'s
     frozen encoder, and its log ([{"step", "loss"}], loss per phone averaged over
     `log_every` steps). Rows whose phones outnumber their frames are left out."""
-    if steps < 1 or batch < 1:
-        raise ValueError(f"steps and batch must be >= 1, got {steps}, {batch}")
+    if min(steps, batch, hidden, kernel) < 1:
+        raise ValueError(
+            f"steps, batch, hidden and kernel must be >= 1, got {steps}, {batch}, {hidden}, {kernel}"
+        )
     texts = [r.get("text") for r in rows]
     keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
     if not keep:
@@ -192,6 +194,8 @@ def cmd_train_phones(args) -> int:
         rows,
         steps=args.steps,
         batch=args.batch,
+        hidden=args.hidden,
+        kernel=args.kernel,
         seed=args.seed,
         progress=not args.no_progress,
     )
@@ -222,6 +226,10 @@ def add_train_phones_parser(sub) -> None:
     )
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=48)
+    p.add_argument(
+        "--hidden", type=int, default=256, help="the head's width (64: a head of 0.03 M weights)"
+    )
+    p.add_argument("--kernel", type=int, default=5, help="its convolution's width in frames")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train_phones)
