@@ -132,13 +132,14 @@ default-model: $(BIN)/.installed
 # seed 0's corpus, the requests that speak a name of a corpus whose every name is one of the
 # wide names (1,883 of 19,543), and the real training clips. No held-out name is in them.
 default-phones: $(BIN)/.installed
-	test -f $(RUNS)/wide7/train.jsonl || $(BIN)/asr corpus synth --out $(RUNS)/wide7 --hours 12 --seed 7 \
-	  --wide-names 1.0 --free-sentences 0.2 --random-voices 0.6 --noise-dir $(SHARED)/speech_commands/_silence_
-	$(BIN)/python -c "import json; from train.benchmarks.biasing import spoken_names; \
-	  rows = [json.loads(x) for x in open('$(RUNS)/wide7/train.jsonl')]; \
-	  open('$(RUNS)/wide7/train_named.jsonl', 'w').writelines(json.dumps(r) + '\\n' for r in rows if spoken_names(r))"
+	for s in 7 8 12; do test -f $(RUNS)/wide$$s/train.jsonl || $(BIN)/asr corpus synth --out $(RUNS)/wide$$s --hours 12 \
+	  --seed $$s --wide-names 1.0 --free-sentences 0.2 --random-voices 0.6 --noise-dir $(SHARED)/speech_commands/_silence_; \
+	  $(BIN)/python -c "import json; from train.benchmarks.biasing import spoken_names; \
+	  rows = [json.loads(x) for x in open('$(RUNS)/wide'+'$$s'+'/train.jsonl')]; \
+	  open('$(RUNS)/wide'+'$$s'+'/train_named.jsonl', 'w').writelines(json.dumps(r) + '\\n' for r in rows if spoken_names(r))"; done
 	$(BIN)/asr train-phones --model asr/assets/default --out $(RUNS)/default_phones --data $(RUNS)/corpus6/train.jsonl \
-	  $(RUNS)/wide7/train_named.jsonl $(RUNS)/real/fsdd_train.jsonl $(RUNS)/real/sc_train.jsonl
+	  $(RUNS)/wide7/train_named.jsonl $(RUNS)/wide8/train_named.jsonl $(RUNS)/wide12/train_named.jsonl \
+	  $(RUNS)/real/fsdd_train.jsonl $(RUNS)/real/sc_train.jsonl
 	cp $(RUNS)/default_phones/phones.json $(RUNS)/default_phones/phones.msgpack $(RUNS)/default_phones/phones_log.jsonl \
 	  asr/assets/default/
 

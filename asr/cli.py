@@ -158,7 +158,7 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         help="a model with a phone head (asr train-phones): a listed name the phones hear "
         "replaces words of the best hypothesis when it fits the audio better by more than M "
         "nats, counting --phonetic-transducer-weight times the transducer's own log-likelihood "
-        "change (default: DecodeSettings, asr.recognizer: 2; lower finds more names and changes "
+        "change (default: DecodeSettings, asr.recognizer: 1; lower finds more names and changes "
         "more requests without one)",
     )
     g.add_argument(

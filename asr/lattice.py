@@ -1,5 +1,9 @@
 """The transducer (RNN-T) loss: log-space forward recursion, memory-aware joint evaluation.
 
+It lives in `asr` because the recognizer uses it too: the phonetic second pass scores whole
+sentences by the transducer's log-likelihood over every alignment (`Recognizer.
+sentence_log_likelihoods`), and `asr` may not import `train`. The trainer imports it from here.
+
 Owns two functions:
 
 - `rnnt_loss_from_logprobs`: the negative log-likelihood of the label sequence given the blank

@@ -181,7 +181,6 @@ def search_speed(loaded, audios, lists, boost: float, repeats: int, lm_weight: f
         stack_graphs,
     )
     from asr.features import log_mel
-    from asr.models.transducer import Transducer
 
     feats = [log_mel(a) for a in audios]
     t = max(len(f) for f in feats)
@@ -190,7 +189,8 @@ def search_speed(loaded, audios, lists, boost: float, repeats: int, lm_weight: f
     for i, f in enumerate(feats):
         x[i, : len(f)], pad[i, : len(f)] = f, 0.0
     model, variables = loaded.model, loaded.variables
-    enc_p, enc_pad = jax.jit(lambda v, a, b: model.apply(v, a, b, method=Transducer.encode))(
+    # by name, so a subclass's encode runs (the emulated processor's for an .edge model)
+    enc_p, enc_pad = jax.jit(lambda v, a, b: model.apply(v, a, b, method="encode"))(
         variables, x, pad
     )
     cfg = loaded.model.config
