@@ -374,6 +374,15 @@ def test_phone_head_travels_in_the_artifact_and_runs_on_the_npu(tmp_path):
     without = off.recognize([audio], context=["kennedy", "zoe"])[0][0].text
     assert with_list != without and ("kennedy" in with_list or "zoe" in with_list)
     assert rec.recognize([audio])[0][0].text == off.recognize([audio])[0][0].text
+    # streamed on the processor, `finish` runs the pass too (the stream's text may differ a
+    # little from the whole run's: per-step activation scales, hw.runtime docstring)
+    greedy = DecodeSettings(method="greedy", phonetic_margin=-1e6)
+    stream = Recognizer(edge, greedy).stream(context=["kennedy", "zoe"])
+    for i in range(0, len(audio), 4000):
+        partial = stream.push(audio[i : i + 4000])
+    final = stream.finish()
+    assert stream._phonetic and final != partial
+    assert "kennedy" in final.split() or "zoe" in final.split()
 
 
 def test_damaged_phone_heads_are_load_errors(tmp_path):
