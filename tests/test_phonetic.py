@@ -8,7 +8,6 @@ phone posteriors built by hand from eSpeak NG's phones of the spoken sentence.
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import jax
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile as sf
+from test_loss import brute_force_loss, columns
 
 from asr.model_io import ModelLoadError, load_model
 from asr.models import build_model, get_config
@@ -340,25 +340,6 @@ def test_recognizer_phone_head_outputs_and_unchanged_without_lists(tmp_path):
         Recognizer(loaded, DecodeSettings(phonetic_transducer_weight=-1.0))
 
 
-def _brute_sequence_ll(logp: np.ndarray, labels: list[int], blank: int) -> float:
-    """log of the sum over every alignment (T blanks, U labels, the last symbol a blank) of the
-    product of its probabilities, float64: logp [T, U+1, V] the joint's log-softmax."""
-    t_len, u_len = logp.shape[0], len(labels)
-    total = 0.0
-    for steps in itertools.combinations(range(t_len + u_len - 1), u_len):
-        t = u = 0
-        s = 0.0
-        for k in range(t_len + u_len):
-            if k in steps:
-                s += logp[t, u, labels[u]]
-                u += 1
-            else:
-                s += logp[t, u, blank]
-                t += 1
-        total += np.exp(s)
-    return float(np.log(total))
-
-
 def test_sentence_log_likelihoods_equal_a_brute_force_sum_over_alignments(tmp_path):
     folder, _ = _tiny(tmp_path, False)
     loaded = load_model(folder)
@@ -382,7 +363,8 @@ def test_sentence_log_likelihoods_equal_a_brute_force_sum_over_alignments(tmp_pa
         m = z.max(-1, keepdims=True)
         logp = z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
         assert len(enc_p) + len(ids) <= 20  # the brute force stays small (C(19, 12) paths)
-        np.testing.assert_allclose(g, _brute_sequence_ll(logp, ids, blank), rtol=1e-4, atol=1e-3)
+        want = -brute_force_loss(*columns(logp, np.array(ids, np.int64), blank))
+        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-3)
 
 
 # ---- training ----
