@@ -94,7 +94,6 @@ from export.exporter import (
     SCALE_SUFFIX,
     artifact_config,
     artifact_tokenizer,
-    check_phone_tensors,
     phone_meta,
     unflatten,
 )
@@ -459,11 +458,10 @@ def _edge_phones(artifact: Artifact, source: str) -> EdgePhoneModel | None:
     """The artifact's phone head compiled for the processor, or None without one."""
     try:
         meta = phone_meta(artifact, source)
-        if meta is None:
-            return None
-        check_phone_tensors(artifact, meta, source)
     except ValueError as e:
         raise ModelLoadError(str(e)) from None
+    if meta is None:
+        return None
     names = [k for k in artifact.tensors if k.startswith(PHONES_PREFIX)]
     flat, edge, layout = _packed(artifact, names, PHONES_PREFIX, source)
     variables = unflatten(flat)
