@@ -173,6 +173,14 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
         "the best hypothesis to the name's (default: DecodeSettings, asr.recognizer: 0.2; 0: the "
         "phones alone decide)",
     )
+    p.add_argument(
+        "--phonetic-min-spot",
+        type=float,
+        default=None,
+        metavar="S",
+        help="the phonetic second pass tries only names whose phones match their best span to "
+        "within S nats per phone of the frame-best phones (default: any name)",
+    )
 
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
@@ -208,18 +216,22 @@ def _recognizer(args):
             if args.phonetic_transducer_weight is None
             else {"phonetic_transducer_weight": args.phonetic_transducer_weight}
         ),
+        **({} if args.phonetic_min_spot is None else {"phonetic_min_spot": args.phonetic_min_spot}),
     )
     loaded = load_model(args.model)
     for flag, value in (
         ("--phonetic-margin", args.phonetic_margin),
         ("--phonetic-transducer-weight", args.phonetic_transducer_weight),
+        ("--phonetic-min-spot", args.phonetic_min_spot),
     ):
         if value is not None and loaded.phones is None:
             raise ValueError(f"{flag}: {args.model} has no phone head (asr train-phones adds one)")
-    if args.no_phonetic and args.phonetic_transducer_weight is not None:
-        raise ValueError(
-            "--phonetic-transducer-weight: goes with the phonetic pass, not --no-phonetic"
-        )
+    for flag, value in (
+        ("--phonetic-transducer-weight", args.phonetic_transducer_weight),
+        ("--phonetic-min-spot", args.phonetic_min_spot),
+    ):
+        if args.no_phonetic and value is not None:
+            raise ValueError(f"{flag}: goes with the phonetic pass, not --no-phonetic")
     small = getattr(args, "small_bits", None)
     if small is not None and args.bits is None:
         raise ValueError("--small-bits: goes with --bits (the other layers' weight bits)")

@@ -79,6 +79,12 @@ def text_phones(text: str, accent: str = "en-us") -> tuple[str, ...]:
     return word_phones(" ".join(text.split()), accent) if text.strip() else ()
 
 
+# The head's convolution: "full" (hidden x hidden x kernel weights) or "separable" (a depthwise
+# convolution and a pointwise product, hidden x (hidden + kernel): a head small enough for the
+# edge artifact's size budget)
+CONVS = ("full", "separable")
+
+
 class PhoneHead(nn.Module):
     """Encoder states f32[B, T, D] -> phone log-probabilities f32[B, T, n_phones + 1] (index 0 is
     the CTC blank)."""
@@ -87,9 +93,12 @@ class PhoneHead(nn.Module):
     hidden: int = 256
     kernel: int = 5
     dropout: float = 0.1
+    conv: str = "full"  # "full" | "separable" (see `CONVS`)
 
     @nn.compact
     def __call__(self, x, paddings, train: bool = False):
+        if self.conv not in CONVS:
+            raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
         x = nn.LayerNorm()(x)
         x = nn.gelu(nn.Dense(self.hidden)(x))
         keep = (1.0 - paddings)[..., None]
@@ -97,7 +106,14 @@ class PhoneHead(nn.Module):
         # convolution: what the emulated processor's convolution takes (`hw.runtime`)
         left = (self.kernel - 1) // 2
         xp = jnp.pad(x * keep, ((0, 0), (left, self.kernel - 1 - left), (0, 0)))
-        x = x + nn.gelu(nn.Conv(self.hidden, (self.kernel,), padding="VALID")(xp))
+        if self.conv == "full":
+            y = nn.Conv(self.hidden, (self.kernel,), padding="VALID")(xp)
+        else:  # depthwise over time, then a pointwise product: kernel + hidden times fewer weights
+            y = nn.Conv(
+                self.hidden, (self.kernel,), padding="VALID", feature_group_count=self.hidden
+            )(xp)
+            y = nn.Dense(self.hidden, name="pointwise")(y)
+        x = x + nn.gelu(y)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.log_softmax(nn.Dense(self.n_phones + 1)(x))
 
@@ -112,10 +128,11 @@ class PhoneModel:
     hidden: int = 256
     kernel: int = 5
     accents: tuple[str, ...] = ("en-us", "en-gb")
+    conv: str = "full"
 
     @property
     def head(self) -> PhoneHead:
-        return PhoneHead(len(self.inventory), self.hidden, self.kernel)
+        return PhoneHead(len(self.inventory), self.hidden, self.kernel, conv=self.conv)
 
     @functools.cached_property
     def ids(self) -> dict[str, int]:
@@ -132,6 +149,7 @@ class PhoneModel:
             "hidden": self.hidden,
             "kernel": self.kernel,
             "accents": list(self.accents),
+            "conv": self.conv,
         }
 
     def save(self, folder: str | Path) -> None:
@@ -157,6 +175,9 @@ class PhoneModel:
             inventory = tuple(str(p) for p in meta["inventory"])
             hidden, kernel = int(meta["hidden"]), int(meta["kernel"])
             accents = tuple(str(a) for a in meta["accents"])
+            conv = str(meta.get("conv", "full"))  # heads saved before `conv` are full
+            if conv not in CONVS:
+                raise ValueError(f"conv {conv!r} is not one of {CONVS}")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{folder}/phones.json: missing or damaged ({e})") from None
         try:
@@ -166,7 +187,7 @@ class PhoneModel:
         bad = ValueError(f"{folder}/phones.msgpack: weights do not fit phones.json's sizes")
         try:
             params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), raw)
-            pm = cls(params, inventory, hidden, kernel, accents)
+            pm = cls(params, inventory, hidden, kernel, accents, conv)
             want = jax.eval_shape(
                 pm.head.init,
                 jax.random.PRNGKey(0),
@@ -336,6 +357,7 @@ def correct_names(
     margin: float = 2.0,
     transducer: Callable[[list[str]], np.ndarray] | None = None,
     weight: float = 0.0,
+    min_spot: float | None = None,
 ) -> str:
     """The sentence with a listed name written where the phones say it was spoken (module
     docstring); `text` itself when no candidate beats it by more than `margin` nats.
@@ -347,12 +369,17 @@ def correct_names(
       transducer: sentences -> f[n] the transducer's log-likelihood of each on this utterance
         (used only when `weight` > 0 and a candidate differs from `text`).
       weight: the transducer's log-likelihood change counts `weight` times into the gain.
+      min_spot: names whose `rank_names` score (their best span's log-likelihood per phone
+        below the frame-best phones) is lower are not tried (None: every top-k name is).
     """
     names = [n for n in dict.fromkeys(names) if n.strip()]
     if not names or log_probs.shape[0] == 0:
         return text
     scores = rank_names(log_probs, names, pm)
-    top = [names[i] for i in np.argsort(-scores, kind="stable")[:top_k]]
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    top = [names[i] for i in order if min_spot is None or scores[i] >= min_spot]
+    if not top:
+        return text
     cands = [text] + candidates(text.split(), top)
     ll = np.max(
         [ctc_log_likelihoods(log_probs, [pm.encode(c, a) for c in cands]) for a in pm.accents], 0

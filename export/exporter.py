@@ -46,7 +46,7 @@ from asr.model_io import LoadedModel
 from asr.models.config import ModelConfig, get_config
 from asr.models.quant import QuantPolicy, contracting_axes, is_kernel, is_small, qmax
 from asr.models.transducer import build_model, init_variables
-from asr.phonetic import PhoneModel, in_dim
+from asr.phonetic import CONVS, PhoneModel, in_dim
 from asr.tokenizer import Tokenizer
 from export.artifact import Artifact, TensorRecord
 from export.encodings import choose, decode
@@ -218,10 +218,12 @@ def phone_meta(artifact: Artifact, source: str = "artifact") -> dict | None:
             "hidden": int(meta["hidden"]),
             "kernel": int(meta["kernel"]),
             "accents": tuple(str(a) for a in meta["accents"]),
+            "conv": str(meta.get("conv", "full")),  # heads exported before `conv` are full
         }
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{source}: damaged phone head header ({e!r})") from None
-    if not out["inventory"] or min(out["hidden"], out["kernel"]) < 1 or not out["accents"]:
+    bad = not out["inventory"] or min(out["hidden"], out["kernel"]) < 1 or not out["accents"]
+    if bad or out["conv"] not in CONVS:
         raise ValueError(f"{source}: damaged phone head header ({meta})")
     _check_phone_tensors(artifact, out, source)
     return out
@@ -229,7 +231,9 @@ def phone_meta(artifact: Artifact, source: str = "artifact") -> dict | None:
 
 def _phone_shapes(meta: dict, d_model: int) -> dict:
     """{'params/Dense_0/kernel': shape, ...} of the head `meta` describes."""
-    head = PhoneModel({}, meta["inventory"], meta["hidden"], meta["kernel"]).head
+    head = PhoneModel(
+        {}, meta["inventory"], meta["hidden"], meta["kernel"], conv=meta.get("conv", "full")
+    ).head
     want = jax.eval_shape(
         head.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, d_model)), jnp.zeros((1, 8))
     )

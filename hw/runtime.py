@@ -422,7 +422,9 @@ class EdgePhoneModel(PhoneModel):
 
     @property
     def head(self) -> EdgePhoneHead:
-        return EdgePhoneHead(len(self.inventory), self.hidden, self.kernel, layout=self.layout)
+        return EdgePhoneHead(
+            len(self.inventory), self.hidden, self.kernel, conv=self.conv, layout=self.layout
+        )
 
 
 def _packed(artifact: Artifact, names: list[str], prefix: str, source: str, act_bits: int = 8):

@@ -299,14 +299,14 @@ def test_huffman_coded_kernels_run_bit_identically():
 # ---- the phone head (phonetic name matching) in the artifact ----
 
 
-def _head(d: int):
+def _head(d: int, conv: str = "full"):
     from asr.phonetic import PhoneHead, PhoneModel, word_phones
 
     inv = tuple(sorted({p for w in ("call", "mom", "kennedy", "zoe") for p in word_phones(w)}))
-    head = PhoneHead(len(inv), hidden=16, kernel=3)
+    head = PhoneHead(len(inv), hidden=16, kernel=3, conv=conv)
     params = head.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, d)), jnp.zeros((1, 8)))
     params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
-    return PhoneModel(params, inv, 16, 3)
+    return PhoneModel(params, inv, 16, 3, conv=conv)
 
 
 def _with_head(variant: str = "lstm"):
@@ -383,6 +383,50 @@ def test_phone_head_travels_in_the_artifact_and_runs_on_the_npu(tmp_path):
     final = stream.finish()
     assert stream._phonetic and final != partial
     assert "kennedy" in final.split() or "zoe" in final.split()
+
+
+def test_separable_phone_head_runs_on_the_npu(tmp_path):
+    """The small head (depthwise convolution, pointwise product) travels with its kind, at 4
+    bits, and runs its four products on the NPU close to its fake-quant reference."""
+    from export.exporter import artifact_phones, size_report, with_phones
+
+    base = _loaded("lstm")
+    full = dataclasses.replace(base, phones=_head(base.config.d_model))
+    sep = dataclasses.replace(base, phones=_head(base.config.d_model, "separable"))
+    art = export_model(sep, 4, phone_bits=4)
+    assert art.header["phones"]["conv"] == "separable" and art.header["phones"]["bits"] == 4
+    assert size_report(art)["phone_bytes"] < size_report(export_model(full, 4))["phone_bytes"]
+    ref = artifact_phones(art)
+    assert ref.conv == "separable"
+    k = np.asarray(sep.phones.params["params"]["Conv_0"]["kernel"])  # [taps, 1, channels]
+    kq = np.asarray(ref.params["params"]["Conv_0"]["kernel"])
+    step = np.abs(k).reshape(-1, k.shape[-1]).max(0) / 7  # one step per channel, over taps
+    assert np.all(np.abs(kq - k) <= step / 2 + 1e-7) and not np.allclose(kq, k)
+    path = tmp_path / "s.edge"
+    write_artifact(path, art)
+    edge = load_model(path)
+    assert edge.phones.conv == "separable"
+    rng = np.random.default_rng(6)
+    states = rng.standard_normal((2, 12, base.config.d_model)).astype(np.float32)
+    pads = np.zeros((2, 12), np.float32)
+    pads[1, 7:] = 1.0
+    got = np.asarray(edge.phones.head.apply(edge.phones.params, states, pads))
+    want = np.asarray(ref.head.apply(ref.params, states, pads))
+    _close([np.exp(got)], [np.exp(want)], 0.03)
+    jaxpr = jax.make_jaxpr(lambda v: edge.phones.head.apply(v, states, pads))(edge.phones.params)
+    prims = _primitives(jaxpr.jaxpr)
+    assert prims.get("dot_general", 0) == 0 and prims.get("conv_general_dilated", 0) == 0, prims
+    assert prims["edge_int_matmul"] == 4  # Dense, depthwise Conv, pointwise, Dense
+    # a header that names another kind than its tensors is a load error
+    bad = Artifact(dict(art.header, phones=dict(art.header["phones"], conv="full")),
+                   art.tensors, art.blobs)  # fmt: skip
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        compile_artifact(bad, "bad.edge")
+    bad = Artifact(dict(art.header, phones=dict(art.header["phones"], conv="dilated")),
+                   art.tensors, art.blobs)  # fmt: skip
+    with pytest.raises(ModelLoadError, match="damaged phone head header"):
+        compile_artifact(bad, "bad.edge")
+    assert to_bytes(with_phones(export_model(base, 4), sep.phones, 4)) == to_bytes(art)
 
 
 def test_damaged_phone_heads_are_load_errors(tmp_path):

@@ -19,6 +19,7 @@ from test_loss import brute_force_loss, columns
 
 from asr.model_io import ModelLoadError, load_model
 from asr.models import build_model, get_config
+from asr.models.quant import fake_quant, map_kernels
 from asr.models.transducer import init_variables
 from asr.phonetic import (
     NEG,
@@ -34,7 +35,7 @@ from asr.phonetic import (
 )
 from asr.recognizer import DecodeSettings, Recognizer
 from asr.tokenizer import Tokenizer
-from train.phone_head import row_accent, save_with_phones, train_phone_head
+from train.phone_head import encoder_states, row_accent, save_with_phones, train_phone_head
 
 SR = 16000
 
@@ -209,6 +210,25 @@ def test_correct_names_writes_the_spoken_name(pm):
     assert correct_names("turn on the lights", lp2, names, pm) == "turn on the lights"
 
 
+def test_correct_names_tries_only_names_that_match_well_enough(pm):
+    lp = _posteriors(pm, "call kennedy")
+    names = ["zoe", "kennedy", "bauer", "greta"]
+    scores = rank_names(lp, names, pm)
+    s = float(scores[1])  # kennedy's, the best (0: its span is the frame-best phones)
+    assert s == scores.max()
+    assert correct_names("call kevin", lp, names, pm, min_spot=s) == "call kennedy"
+    assert correct_names("call kevin", lp, names, pm, min_spot=s + 1e-3) == "call kevin"
+    # the gate holds out the weaker names only: with kennedy unlisted, the next best (below
+    # its own score) is not tried at kennedy's score, and is at its own
+    rest = ["zoe", "bauer", "greta"]
+    best_rest = float(rank_names(lp, rest, pm).max())
+    assert best_rest < s
+    assert correct_names("call kevin", lp, rest, pm, min_spot=s) == "call kevin"
+    assert (
+        correct_names("call kevin", lp, rest, pm, min_spot=best_rest, margin=-1e6) != "call kevin"
+    )
+
+
 def test_correct_names_weighs_in_the_transducer(pm):
     lp = _posteriors(pm, "call kennedy")
     names = ["zoe", "kennedy", "bauer", "greta"]
@@ -378,6 +398,67 @@ def test_row_accent():
     assert row_accent({}) == "en-us"
 
 
+def _np_head(params: dict, x: np.ndarray, pads: np.ndarray, kernel: int) -> np.ndarray:
+    """A float64 NumPy forward pass of a separable `PhoneHead` (eval mode)."""
+    from scipy.special import log_softmax
+
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params["params"])
+
+    def gelu(v):  # flax's default is the tanh approximation
+        return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))
+
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    h = (x - mu) / np.sqrt(var + 1e-6) * p["LayerNorm_0"]["scale"] + p["LayerNorm_0"]["bias"]
+    h = gelu(h @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    left = (kernel - 1) // 2
+    hp = np.pad(h * (1 - pads)[..., None], ((0, 0), (left, kernel - 1 - left), (0, 0)))
+    w = p["Conv_0"]["kernel"][:, 0, :]  # [taps, channels]
+    dw = sum(hp[:, t : t + h.shape[1]] * w[t] for t in range(kernel)) + p["Conv_0"]["bias"]
+    h = h + gelu(dw @ p["pointwise"]["kernel"] + p["pointwise"]["bias"])
+    return log_softmax(h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"], axis=-1)
+
+
+def test_separable_head_matches_a_float64_reference_and_saves_its_kind(tmp_path):
+    inv = ("a", "b", "k", "z")
+    full = PhoneHead(len(inv), hidden=16, kernel=3)
+    sep = PhoneHead(len(inv), hidden=16, kernel=3, conv="separable")
+    x = np.random.default_rng(0).standard_normal((2, 9, 12)).astype(np.float32)
+    pads = np.zeros((2, 9), np.float32)
+    pads[1, 6:] = 1.0
+    pf = full.init(jax.random.PRNGKey(0), x, pads)
+    ps = sep.init(jax.random.PRNGKey(0), x, pads)
+    shapes = {"/".join(k.key for k in path): v.shape for path, v in
+              jax.tree_util.tree_leaves_with_path(ps)}  # fmt: skip
+    assert shapes["params/Conv_0/kernel"] == (3, 1, 16)  # depthwise
+    assert shapes["params/pointwise/kernel"] == (16, 16)
+    n = lambda v: sum(np.size(a) for a in jax.tree_util.tree_leaves(v))  # noqa: E731
+    assert n(pf) - n(ps) == 3 * 16 * 16 - (3 * 16 + 16 * 16 + 16)
+    # random biases and norm too, so every term of the reference is exercised
+    leaves, tree = jax.tree_util.tree_flatten(ps)
+    keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+    ps = jax.tree_util.tree_unflatten(
+        tree, [0.3 * jax.random.normal(k, a.shape) + a for k, a in zip(keys, leaves, strict=True)]
+    )
+    got = np.asarray(sep.apply(ps, x, pads))
+    want = _np_head(ps, x.astype(np.float64), pads.astype(np.float64), 3)
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    # the kind is saved and read back; a phones.json from before `conv` reads as full
+    pm = PhoneModel(jax.device_get(ps), inv, 16, 3, conv="separable")
+    pm.save(tmp_path)
+    assert PhoneModel.load(tmp_path).conv == "separable"
+    meta = json.loads((tmp_path / "phones.json").read_text())
+    del meta["conv"]
+    (tmp_path / "phones.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="do not fit"):  # read as full: the weights disagree
+        PhoneModel.load(tmp_path)
+    meta["conv"] = "dilated"
+    (tmp_path / "phones.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="phones.json.*dilated"):
+        PhoneModel.load(tmp_path)
+    with pytest.raises(ValueError, match="conv must be one of"):
+        PhoneHead(4, conv="dilated").init(jax.random.PRNGKey(0), x, pads)
+
+
 def test_train_phone_head_learns_and_saves(tmp_path):
     folder, _ = _tiny(tmp_path, False)
     loaded = load_model(folder)
@@ -400,18 +481,50 @@ def test_train_phone_head_learns_and_saves(tmp_path):
     with pytest.raises(ValueError, match="transcript"):
         train_phone_head(loaded, rows[-1:], steps=1, progress=False)
 
+    # a separable student on 4-bit levels, taught by that head's posteriors as well
+    states = encoder_states(loaded, rows[:-1], progress=False)
+    kw = dict(steps=60, batch=4, progress=False, log_every=60, states=states + [states[0]])
+    with pytest.raises(ValueError, match="2 encoder states for 9 rows"):
+        train_phone_head(loaded, rows, **dict(kw, states=states[:2]))
+    alone, _ = train_phone_head(loaded, rows, conv="separable", weight_bits=4, **kw)
+    taught, _ = train_phone_head(
+        loaded, rows, conv="separable", weight_bits=4, teacher=pm, distill_weight=5.0, **kw
+    )
+    assert taught.conv == alone.conv == "separable" and taught.inventory == pm.inventory
+
+    def kl_to_teacher(student):
+        def lp(m, params):
+            return np.concatenate([np.asarray(m.head.apply(params, e[None], np.zeros((1, len(e)))))[0] for e in states])  # fmt: skip
+
+        q = map_kernels(
+            lambda ks, axes: tuple(fake_quant(k, 4, a) for k, a in zip(ks, axes, strict=True)),
+            student.params,
+        )
+        t = lp(pm, pm.params)
+        return float(np.mean(np.sum(np.exp(t) * (t - lp(student, q)), -1)))
+
+    assert kl_to_teacher(taught) < 0.5 * kl_to_teacher(alone)
+    small = PhoneModel(pm.params, pm.inventory[:-1], pm.hidden, pm.kernel)
+    with pytest.raises(ValueError, match="inventory lacks"):
+        train_phone_head(loaded, rows, teacher=small, **kw)
+    with pytest.raises(ValueError, match="weight_bits"):
+        train_phone_head(loaded, rows, weight_bits=1, **kw)
+    with pytest.raises(ValueError, match="conv must be"):
+        train_phone_head(loaded, rows, conv="dilated", **kw)
+
 
 def test_biasing_benchmark_conditions_add_the_phonetic_ones(tmp_path):
     from train.benchmarks.biasing import CONDITIONS, conditions
 
     folder, _ = _tiny(tmp_path, True)
-    with_head = conditions(load_model(folder), 0.5, margin=3.0, weight=0.1)
-    assert with_head["phonetic"] == (0.0, False, True, 0.0, (3.0, 0.1))
-    assert with_head["fusion_phonetic"] == (0.5, False, True, 0.0, (3.0, 0.1))
+    with_head = conditions(load_model(folder), 0.5, margin=3.0, weight=0.1, min_spot=-2.0)
+    assert with_head["phonetic"] == (0.0, False, True, 0.0, (3.0, 0.1, -2.0))
+    assert with_head["fusion_phonetic"] == (0.5, False, True, 0.0, (3.0, 0.1, -2.0))
     d = DecodeSettings()
     assert conditions(load_model(folder), 0.5)["phonetic"][4] == (
         d.phonetic_margin,
         d.phonetic_transducer_weight,
+        d.phonetic_min_spot,
     )
     assert all(v[4] is None for k, v in with_head.items() if "phonetic" not in k)
     assert list(with_head) == [c for c in CONDITIONS if c in with_head]
@@ -442,6 +555,13 @@ def test_cli_phonetic_flags(tmp_path, capsys):
     assert main([*args2, "--phonetic-transducer-weight", "0.5", "--no-phonetic"]) == 2
     assert "not --no-phonetic" in capsys.readouterr().err
     assert main([*args2, "--phonetic-transducer-weight", "-1"]) == 2
+    assert main([*args2, "--phonetic-min-spot", "-1.5"]) == 0
+    assert main([*args, "--phonetic-min-spot", "-1.5"]) == 2
+    assert "--phonetic-min-spot" in capsys.readouterr().err
+    assert main([*args2, "--phonetic-min-spot", "-1.5", "--no-phonetic"]) == 2
+    assert "not --no-phonetic" in capsys.readouterr().err
+    assert main([*args2, "--phonetic-min-spot", "nan"]) == 2
+    assert "phonetic_min_spot must be a finite number" in capsys.readouterr().err
 
 
 def test_cli_export_takes_the_phone_head_and_add_phones_adds_it(tmp_path, capsys):
@@ -479,3 +599,43 @@ def test_cli_export_takes_the_phone_head_and_add_phones_adds_it(tmp_path, capsys
         assert all(np.array_equal(g.fields[f], rec.fields[f]) for f in rec.fields), name
     assert main(["export", "add-phones", str(b), "--phones", str(bare), "-o", str(c)]) == 2
     assert "no phone head" in capsys.readouterr().err
+
+
+def test_cli_train_phones_on_an_artifact_writes_the_artifact_with_the_head(tmp_path, capsys):
+    """`asr train-phones --model X.edge`: the head learns on the artifact's fake-quant encoder
+    (taught by a float model's head here) and lands in a copy of the artifact whose other
+    tensors are byte for byte the original's."""
+    from asr.cli import main
+    from export.artifact import read_artifact
+
+    teacher, _ = _tiny(tmp_path / "t", True)
+    bare = tmp_path / "bare.edge"
+    assert main(["export", "--model", str(teacher), "--bits", "4", "--phone-bits", "8", "-o", str(bare)]) == 0  # fmt: skip
+    art = read_artifact(bare)
+    plain = {k: v for k, v in art.tensors.items() if not k.startswith("phones/")}
+    rng = np.random.default_rng(1)
+    lines = []
+    for i, text in enumerate(["call kennedy", "dial zoe", "call zoe", "dial kennedy"]):
+        f = tmp_path / f"{i}.wav"
+        sf.write(f, (0.2 * rng.standard_normal(SR)).astype(np.float32), SR)
+        lines.append(json.dumps({"audio": str(f), "text": text, "speaker": "en-us"}) + "\n")
+    man = tmp_path / "m.jsonl"
+    man.write_text("".join(lines))
+    out = tmp_path / "small.edge"
+    args = ["train-phones", "--model", str(bare), "--data", str(man), "--steps", "20",
+            "--batch", "2", "--hidden", "8", "--kernel", "3", "--conv", "separable",
+            "--weight-bits", "4", "--teacher", str(teacher), "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["out"] == str(out) and report["phone_bits"] == 4
+    assert report["bytes"] == out.stat().st_size
+    got = read_artifact(out)
+    assert got.header["phones"]["conv"] == "separable" and got.header["phones"]["hidden"] == 8
+    for name, rec in plain.items():
+        g = got.tensors[name]
+        assert all(np.array_equal(g.fields[f], rec.fields[f]) for f in rec.fields), name
+    edge = load_model(out)
+    assert edge.phones.conv == "separable" and edge.phones.inventory == load_model(teacher).phones.inventory  # fmt: skip
+    assert (tmp_path / "small.phones_log.jsonl").exists()
+    with pytest.raises(SystemExit, match="into an .edge file"):
+        main([*args, "--out", str(tmp_path / "folder")])

@@ -90,7 +90,7 @@ def _eval(
     attention: bool,
     use: bool,
     lm_weight: float = 0.0,
-    phonetic: tuple[float, float] | None = None,
+    phonetic: tuple[float, float, float | None] | None = None,
 ) -> dict:
     from asr.recognizer import DecodeSettings, Recognizer, evaluate_manifest
 
@@ -99,7 +99,11 @@ def _eval(
         context_attention=attention,
         context_lm_weight=lm_weight,
         phonetic_margin=None if phonetic is None else phonetic[0],
-        **({} if phonetic is None else {"phonetic_transducer_weight": phonetic[1]}),
+        **(
+            {}
+            if phonetic is None
+            else {"phonetic_transducer_weight": phonetic[1], "phonetic_min_spot": phonetic[2]}
+        ),
     )
     res = evaluate_manifest(Recognizer(loaded, settings), rows, use_context=use)
     keep = ("wer", "words", "context_wer", "context_words", "utterances", "rtf")
@@ -115,11 +119,12 @@ def conditions(
     lm_weight: float = 0.0,
     margin: float = _DEFAULT.phonetic_margin,
     weight: float = _DEFAULT.phonetic_transducer_weight,
-) -> dict[str, tuple[float, bool, bool, float, tuple[float, float] | None]]:
+    min_spot: float | None = _DEFAULT.phonetic_min_spot,
+) -> dict[str, tuple[float, bool, bool, float, tuple[float, float, float | None] | None]]:
     """name -> (boost, attention on, lists used, internal-LM discount, the phonetic pass's
-    (margin, transducer weight) or None for off). The phonetic conditions are there for a model
-    with a phone head (`margin`, `weight`: the recognizer's `phonetic_margin` and
-    `phonetic_transducer_weight`)."""
+    (margin, transducer weight, least spot score) or None for off). The phonetic conditions are
+    there for a model with a phone head (`margin`, `weight`, `min_spot`: the recognizer's
+    `phonetic_margin`, `phonetic_transducer_weight` and `phonetic_min_spot`)."""
     out = {"none": (boost, False, False, 0.0, None), "fusion": (boost, False, True, 0.0, None)}
     if lm_weight > 0:
         out["fusion_ilm"] = (boost, False, True, lm_weight, None)
@@ -127,8 +132,8 @@ def conditions(
         out["attention"] = (0.0, True, True, 0.0, None)
         out["both"] = (boost, True, True, 0.0, None)
     if getattr(loaded, "phones", None) is not None:
-        out["phonetic"] = (0.0, False, True, 0.0, (margin, weight))
-        out["fusion_phonetic"] = (boost, False, True, 0.0, (margin, weight))
+        out["phonetic"] = (0.0, False, True, 0.0, (margin, weight, min_spot))
+        out["fusion_phonetic"] = (boost, False, True, 0.0, (margin, weight, min_spot))
     return out
 
 
@@ -263,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         default=_DEFAULT.phonetic_transducer_weight,
         help="the phonetic conditions' transducer weight (default: the recognizer's)",
     )
+    ap.add_argument(
+        "--phonetic-min-spot",
+        type=float,
+        default=_DEFAULT.phonetic_min_spot,
+        help="the phonetic conditions' least spot score per phone (default: the recognizer's, "
+        "any name)",
+    )
     ap.add_argument("--limit", type=int, default=0, help="name rows at most (0: all)")
     ap.add_argument("--speed-utterances", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=10)
@@ -304,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             args.lm_weight,
             args.phonetic_margin,
             args.phonetic_transducer_weight,
+            args.phonetic_min_spot,
         )
         res: dict = {"names": {}, "no_harm": {}}
         for size in [] if args.speed_only else args.sizes:
