@@ -509,6 +509,8 @@ def test_train_phone_head_learns_and_saves(tmp_path):
         train_phone_head(loaded, rows, teacher=small, **kw)
     with pytest.raises(ValueError, match="weight_bits"):
         train_phone_head(loaded, rows, weight_bits=1, **kw)
+    with pytest.raises(ValueError, match="distill_weight"):
+        train_phone_head(loaded, rows, teacher=pm, distill_weight=float("nan"), **kw)
     with pytest.raises(ValueError, match="conv must be"):
         train_phone_head(loaded, rows, conv="dilated", **kw)
 

@@ -128,6 +128,8 @@ def train_phone_head(
         raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
     if weight_bits and not 2 <= weight_bits <= 8:
         raise ValueError(f"weight_bits must be 0 (float) or in [2, 8], got {weight_bits}")
+    if not (math.isfinite(distill_weight) and distill_weight >= 0):
+        raise ValueError(f"distill_weight must be a finite number >= 0, got {distill_weight}")
     if states is not None and len(states) != len(rows):
         raise ValueError(f"{len(states)} encoder states for {len(rows)} rows")
     texts = [r.get("text") for r in rows]
