@@ -26,7 +26,7 @@ from asr.models.transducer import build_model
 from asr.tokenizer import Tokenizer
 from export.artifact import Artifact, TensorRecord, read_artifact, to_bytes, write_artifact
 from export.encodings import decode, encode
-from export.exporter import export_model, reference_model
+from export.exporter import artifact_config, export_model, reference_model
 from hw.primitives import int_matmul, int_matmul_reference
 from hw.primitives.fixedpoint import dequantize_multiplier
 from hw.runtime import (
@@ -319,6 +319,26 @@ def _record_bytes(rec: TensorRecord) -> tuple:
     return rec.encoding, rec.bits, fields
 
 
+def _head_on_npu(path, art, ref_pm, rng, batch: int):
+    """The artifact written to `path` and loaded for the processor; its phone head on random
+    states (the last row padded after frame 9) checked against `ref_pm` (the fake-quant head)
+    in probabilities, within int8 activations' error, and its jaxpr's primitives (no float
+    matrix product or convolution). Returns (loaded artifact, primitive counts, rng)."""
+    write_artifact(path, art)
+    edge = load_model(path)
+    d = artifact_config(art).d_model
+    states = rng.standard_normal((batch, 12, d)).astype(np.float32)
+    pads = np.zeros((batch, 12), np.float32)
+    pads[-1, 9:] = 1.0
+    got = np.asarray(edge.phones.head.apply(edge.phones.params, states, pads))
+    want = np.asarray(ref_pm.head.apply(ref_pm.params, states, pads))
+    _close([np.exp(got)], [np.exp(want)], 0.03)
+    jaxpr = jax.make_jaxpr(lambda v: edge.phones.head.apply(v, states, pads))(edge.phones.params)
+    prims = _primitives(jaxpr.jaxpr)
+    assert prims.get("dot_general", 0) == 0 and prims.get("conv_general_dilated", 0) == 0, prims
+    return edge, prims, rng
+
+
 def test_phone_head_travels_in_the_artifact_and_runs_on_the_npu(tmp_path):
     from export.exporter import PHONES_PREFIX, artifact_phones, size_report, with_phones
     from hw.runtime import EdgePhoneHead
@@ -349,20 +369,8 @@ def test_phone_head_travels_in_the_artifact_and_runs_on_the_npu(tmp_path):
     step = np.abs(k).reshape(-1, k.shape[-1]).max(0) / 127
     assert np.all(np.abs(kq - k) <= step / 2 + 1e-7)
     # the runtime's head: products on the NPU, outputs close to the reference head's
-    path = tmp_path / "m.edge"
-    write_artifact(path, art)
-    edge = load_model(path)
+    edge, prims, rng = _head_on_npu(tmp_path / "m.edge", art, ref_pm, np.random.default_rng(5), 1)
     assert isinstance(edge.phones.head, EdgePhoneHead)
-    rng = np.random.default_rng(5)
-    states = rng.standard_normal((1, 12, lm.config.d_model)).astype(np.float32)
-    pads = np.zeros((1, 12), np.float32)
-    pads[0, 9:] = 1.0
-    got = np.asarray(edge.phones.head.apply(edge.phones.params, states, pads))
-    want = np.asarray(ref_pm.head.apply(ref_pm.params, states, pads))
-    _close([np.exp(got)], [np.exp(want)], 0.03)  # probabilities, int8 activations
-    jaxpr = jax.make_jaxpr(lambda v: edge.phones.head.apply(v, states, pads))(edge.phones.params)
-    prims = _primitives(jaxpr.jaxpr)
-    assert prims.get("dot_general", 0) == 0 and prims.get("conv_general_dilated", 0) == 0, prims
     assert prims["edge_int_matmul"] == 3  # Dense, Conv, Dense
     # the recognizer on the artifact runs the second pass with a list
     from asr.recognizer import DecodeSettings, Recognizer
@@ -402,20 +410,8 @@ def test_separable_phone_head_runs_on_the_npu(tmp_path):
     kq = np.asarray(ref.params["params"]["Conv_0"]["kernel"])
     step = np.abs(k).reshape(-1, k.shape[-1]).max(0) / 7  # one step per channel, over taps
     assert np.all(np.abs(kq - k) <= step / 2 + 1e-7) and not np.allclose(kq, k)
-    path = tmp_path / "s.edge"
-    write_artifact(path, art)
-    edge = load_model(path)
+    edge, prims, _ = _head_on_npu(tmp_path / "s.edge", art, ref, np.random.default_rng(6), 2)
     assert edge.phones.conv == "separable"
-    rng = np.random.default_rng(6)
-    states = rng.standard_normal((2, 12, base.config.d_model)).astype(np.float32)
-    pads = np.zeros((2, 12), np.float32)
-    pads[1, 7:] = 1.0
-    got = np.asarray(edge.phones.head.apply(edge.phones.params, states, pads))
-    want = np.asarray(ref.head.apply(ref.params, states, pads))
-    _close([np.exp(got)], [np.exp(want)], 0.03)
-    jaxpr = jax.make_jaxpr(lambda v: edge.phones.head.apply(v, states, pads))(edge.phones.params)
-    prims = _primitives(jaxpr.jaxpr)
-    assert prims.get("dot_general", 0) == 0 and prims.get("conv_general_dilated", 0) == 0, prims
     assert prims["edge_int_matmul"] == 4  # Dense, depthwise Conv, pointwise, Dense
     # a header that names another kind than its tensors is a load error
     bad = Artifact(dict(art.header, phones=dict(art.header["phones"], conv="full")),

@@ -551,17 +551,13 @@ def test_cli_phonetic_flags(tmp_path, capsys):
     args2 = ["transcribe", "--model", str(folder2), "--context", str(names), str(wav)]
     assert main([*args2, "--phonetic-margin", "2"]) == 0
     assert main([*args2, "--phonetic-margin", "2", "--no-phonetic"]) == 2  # one or the other
-    assert main([*args2, "--phonetic-transducer-weight", "0.5"]) == 0
-    assert main([*args, "--phonetic-transducer-weight", "0.5"]) == 2
-    assert "--phonetic-transducer-weight" in capsys.readouterr().err
-    assert main([*args2, "--phonetic-transducer-weight", "0.5", "--no-phonetic"]) == 2
-    assert "not --no-phonetic" in capsys.readouterr().err
+    for flag, value in (("--phonetic-transducer-weight", "0.5"), ("--phonetic-min-spot", "-1.5")):
+        assert main([*args2, flag, value]) == 0
+        assert main([*args, flag, value]) == 2  # no head
+        assert flag in capsys.readouterr().err
+        assert main([*args2, flag, value, "--no-phonetic"]) == 2
+        assert "not --no-phonetic" in capsys.readouterr().err
     assert main([*args2, "--phonetic-transducer-weight", "-1"]) == 2
-    assert main([*args2, "--phonetic-min-spot", "-1.5"]) == 0
-    assert main([*args, "--phonetic-min-spot", "-1.5"]) == 2
-    assert "--phonetic-min-spot" in capsys.readouterr().err
-    assert main([*args2, "--phonetic-min-spot", "-1.5", "--no-phonetic"]) == 2
-    assert "not --no-phonetic" in capsys.readouterr().err
     assert main([*args2, "--phonetic-min-spot", "nan"]) == 2
     assert "phonetic_min_spot must be a finite number" in capsys.readouterr().err
 
