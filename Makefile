@@ -145,8 +145,8 @@ default-phones: $(BIN)/.installed
 
 # The shipped edge artifact's phone head (after default-phones): a separable head of width 96
 # (32 k weights) learned on the artifact's own fake-quant encoder through 4-bit levels, taught by
-# the float model's head as well, so the artifact stays under 1% of the large model (about 6
-# minutes on 2 CPU cores); every other byte of the artifact is kept.
+# the float model's head as well, so the artifact stays under 1% of the large model (14 minutes
+# on 2 CPU cores shared with other jobs); every other byte of the artifact is kept.
 default-edge-phones: $(BIN)/.installed
 	$(BIN)/asr train-phones --model asr/assets/default.edge --teacher default --conv separable --hidden 96 \
 	  --weight-bits 4 --out $(RUNS)/edge/default_small_phones.edge --data $(RUNS)/corpus6/train.jsonl \
