@@ -19,7 +19,7 @@ from test_loss import brute_force_loss, columns
 
 from asr.model_io import ModelLoadError, load_model
 from asr.models import build_model, get_config
-from asr.models.quant import fake_quant, map_kernels
+from asr.models.quant import quantize_params
 from asr.models.transducer import init_variables
 from asr.phonetic import (
     NEG,
@@ -496,10 +496,7 @@ def test_train_phone_head_learns_and_saves(tmp_path):
         def lp(m, params):
             return np.concatenate([np.asarray(m.head.apply(params, e[None], np.zeros((1, len(e)))))[0] for e in states])  # fmt: skip
 
-        q = map_kernels(
-            lambda ks, axes: tuple(fake_quant(k, 4, a) for k, a in zip(ks, axes, strict=True)),
-            student.params,
-        )
+        q = quantize_params(student.params, 4)
         t = lp(pm, pm.params)
         return float(np.mean(np.sum(np.exp(t) * (t - lp(student, q)), -1)))
 

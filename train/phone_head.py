@@ -32,7 +32,7 @@ from tqdm import tqdm
 from asr.audio import SAMPLE_RATE, load_audio
 from asr.features import log_mel
 from asr.model_io import LoadedModel, load_model
-from asr.models.quant import fake_quant, map_kernels
+from asr.models.quant import quantize_params
 from asr.phonetic import CONVS, PhoneHead, PhoneModel, in_dim, text_phones
 from asr.recognizer import DecodeSettings
 from train.corpus.espeak import ACCENTS
@@ -114,8 +114,8 @@ def train_phone_head(
     frozen encoder, and its log ([{"step", "loss"}], loss per phone averaged over
     `log_every` steps). Rows whose phones outnumber their frames are left out.
 
-    `conv`: the head's convolution (`asr.phonetic.CONVS`). `weight_bits` > 0 trains through
-    the kernels rounded to the levels the exporter stores (`fake_quant`, straight-through), so
+    `conv`: the head's convolution (`asr.phonetic.CONVS`). `weight_bits` > 0 trains through the
+    kernels rounded to the levels the exporter stores (`quantize_params`, straight through), so
     the head keeps its accuracy at that precision on the edge processor. `teacher`: a phone head
     on the same encoder and phone inventory whose per-frame posteriors the head also learns
     (`distill_weight` x their KL divergence per frame, added to the CTC loss per phone).
@@ -161,16 +161,6 @@ def train_phone_head(
     if teacher is not None and in_dim(teacher.params) != dim:
         raise ValueError(f"the teacher reads {in_dim(teacher.params)}-wide states, not {dim}")
 
-    def quantized(p):
-        if not weight_bits:
-            return p
-        return map_kernels(
-            lambda ks, axes: tuple(
-                fake_quant(k, weight_bits, a) for k, a in zip(ks, axes, strict=True)
-            ),
-            p,
-        )
-
     params = head.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, dim)), jnp.zeros((1, 8)))
     sched = optax.warmup_cosine_decay_schedule(0.0, peak_lr, min(200, steps // 10 + 1), steps)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-4))
@@ -179,7 +169,7 @@ def train_phone_head(
     @jax.jit
     def step(params, opt_state, x, xp, y, yp, key):
         def loss_fn(p):
-            lp = head.apply(quantized(p), x, xp, True, rngs={"dropout": key})
+            lp = head.apply(quantize_params(p, weight_bits), x, xp, True, rngs={"dropout": key})
             loss = optax.ctc_loss(lp, xp, y, yp, blank_id=0)
             loss = jnp.sum(loss) / jnp.maximum(jnp.sum(1.0 - yp), 1.0)
             if teacher is None:
