@@ -138,15 +138,18 @@ class DecodeSettings:
     # the best try replaces it when its phones fit the audio better by more than this many nats
     # (log-likelihood), counting `phonetic_transducer_weight` times the transducer's own
     # log-likelihood change too; None turns it off. Margin 1 and weight 0.2 chosen with the
-    # shipped head on the dev set of held-out-name requests (seed 100, lists of 100; 80 requests
-    # with names, the first 600 without): 46 word errors on the named requests (none: 118) and
-    # 39 on the others (none: 39), against 46 and 41 for the phones alone at margin 4 (README,
+    # head before the Kokoro requests on the dev set of held-out-name requests (seed 100, lists
+    # of 100; 80 requests with names, the first 600 without): 46 word errors on the named
+    # requests (none: 118) and 39 on the others (none: 39), against 46 and 41 for the phones
+    # alone at margin 4; kept for the shipped head, which gets 47 / 17 on the first 250 without
+    # names and 250 errors on 300 Kokoro requests without names (fusion alone 247; README,
     # "Phonetic name matching")
     phonetic_margin: float | None = 1.0
     phonetic_transducer_weight: float = 0.2
     phonetic_top_k: int = 3
     # ... and, when set, only names whose phones match their best span to within this many nats
-    # per phone of the frame-best phones are tried. Off by default: on the dev set every name
+    # per phone of the frame-best phones are tried. Off by default (measured with the head
+    # before the Kokoro requests): on the dev set every name
     # the pass wrote rightly matched to within 2.52 nats, and -2.8 gave 45 / 39 word errors
     # against 46 / 39, but on the test sets it cost names (27.9% -> 30.1% name-word errors with
     # lists of 100) and on the Kokoro voices the names written over other words matched as well
