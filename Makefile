@@ -128,7 +128,7 @@ default-model: $(BIN)/.installed
 	$(MAKE) default-phones
 
 # The shipped model's phone head (phonetic name matching, README "Context biasing"), trained on
-# the frozen shipped model's encoder output (about 5 minutes on 2 CPU cores after the data):
+# the frozen shipped model's encoder output (about 8 minutes on 2 CPU cores after the data):
 # seed 0's corpus, the requests that speak a name of three corpora whose every name is one of
 # the wide names, the real training clips, and 1,902 Kokoro-82M requests in its training styles
 # (seed 9: the first 1,500 are stage 9's; 27 minutes to synthesize when absent). No held-out
