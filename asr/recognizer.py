@@ -141,9 +141,9 @@ class DecodeSettings:
     # head before the Kokoro requests on the dev set of held-out-name requests (seed 100, lists
     # of 100; 80 requests with names, the first 600 without): 46 word errors on the named
     # requests (none: 118) and 39 on the others (none: 39), against 46 and 41 for the phones
-    # alone at margin 4; kept for the shipped head, which gets 47 / 17 on the first 250 without
-    # names and 250 errors on 300 Kokoro requests without names (fusion alone 247; README,
-    # "Phonetic name matching")
+    # alone at margin 4; kept for the shipped head, which gets 47 on those named requests, 17 on
+    # the first 250 without names (none: 18) and 250 on 300 Kokoro requests without names
+    # (fusion alone 247; README, "Phonetic name matching")
     phonetic_margin: float | None = 1.0
     phonetic_transducer_weight: float = 0.2
     phonetic_top_k: int = 3

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slow
 # Measured with the shipped model (beam 4, 2 symbols per frame), 2 CPU cores: WER, errors/words.
 # held-out synthesized requests, each decoded with its row's own name list: measured 2.51%,
 # 56 / 2,232 words (515 utterances; stage 10 with its third phone head, Kokoro requests in its
-# data, the second pass at margin 1 with the transducer's term; the second head also 56); 2.46% (55) with the first head alone at margin 4; 4.08%
-# (91) before the phone head; limit 89 errors
+# data, the second pass at margin 1 with the transducer's term; the second head also 56); 2.46%
+# (55) with the first head alone at margin 4; 4.08% (91) before the phone head; limit 89 errors
 LIMIT_SYNTH = 0.04
 LIMIT_FSDD = 0.012  # measured 0.40%, 1 / 250 words; limit = 3 errors
 LIMIT_SC = 0.11  # measured 8.73%, 72 / 825 words (stage 10); limit = 90 errors

@@ -24,6 +24,11 @@ LIMIT_KOKORO = 0.35
 
 
 @pytest.fixture(scope="module")
+def default_model():
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
 def kokoro_heldout(tmp_path_factory):
     """KOKORO_ROWS requests by Kokoro-82M in its held-out style (`jf_alpha`, which no training
     voice leans on) with held-out names: a voice the model never heard."""
@@ -37,8 +42,8 @@ def kokoro_heldout(tmp_path_factory):
     return read_manifest(manifest)
 
 
-def test_default_model_on_a_heldout_kokoro_voice(kokoro_heldout):
-    recognizer = Recognizer(load_model("default"), DecodeSettings(method="beam", beam=4))
+def test_default_model_on_a_heldout_kokoro_voice(default_model, kokoro_heldout):
+    recognizer = Recognizer(default_model, DecodeSettings(method="beam", beam=4))
     res = evaluate_manifest(recognizer, kokoro_heldout)
     errors = res["substitutions"] + res["deletions"] + res["insertions"]
     print(json.dumps({"wer": res["wer"], "words": res["words"], "errors": errors}))
@@ -52,18 +57,19 @@ def test_default_model_on_a_heldout_kokoro_voice(kokoro_heldout):
 LIMIT_KOKORO_PASS_HARM = 4
 
 
-def test_phonetic_pass_adds_little_to_fusion_on_a_heldout_kokoro_voice(kokoro_heldout):
+def test_phonetic_pass_adds_little_to_fusion_on_a_heldout_kokoro_voice(
+    default_model, kokoro_heldout
+):
     from train.benchmarks.biasing import name_pool, spoken_names, with_lists
 
     plain = [r for r in kokoro_heldout if not spoken_names(r)]
     listed = with_lists(plain, 100, name_pool(), 1, False)
-    model = load_model("default")
     counts = {}
     for tag, settings in (
         ("fusion", DecodeSettings(phonetic_margin=None)),
         ("pass", DecodeSettings()),
     ):
-        res = evaluate_manifest(Recognizer(model, settings), listed)
+        res = evaluate_manifest(Recognizer(default_model, settings), listed)
         counts[tag] = res["substitutions"] + res["deletions"] + res["insertions"]
     print(json.dumps(dict(counts, rows=len(plain))))
     assert len(plain) >= 50
